@@ -1,0 +1,40 @@
+/* hash_avx512.c -- the tch128-v1 stripe loop with AVX-512F: the 32 lanes are
+ * four zmm registers per accumulator.  Compiled with -mavx512f only; called
+ * only when the CPU reports AVX-512F (hash_dispatch.c).  Must give exactly the
+ * results of tc_stripes_portable (tests/test_hash_vectors.py checks). */
+#include "hash_internal.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+
+void tc_stripes_avx512(const uint8_t *p, size_t nstripes, size_t s0,
+                       uint64_t a[TC_HASH_LANES], uint64_t c[TC_HASH_LANES])
+{
+    __m512i acc_a[4], acc_c[4], lane1[4], lane2[4];
+    for (int v = 0; v < 4; v++) {
+        acc_a[v] = _mm512_loadu_si512((const void *)(a + 8 * v));
+        acc_c[v] = _mm512_loadu_si512((const void *)(c + 8 * v));
+        lane1[v] = _mm512_loadu_si512((const void *)(tc_keys + TC_K_LANE1 + 8 * v));
+        lane2[v] = _mm512_loadu_si512((const void *)(tc_keys + TC_K_LANE2 + 8 * v));
+    }
+    for (size_t s = 0; s < nstripes; s++) {
+        __m512i ks1 = _mm512_set1_epi64((long long)tc_keys[TC_K_STRIPE1 + s0 + s]);
+        __m512i ks2 = _mm512_set1_epi64((long long)tc_keys[TC_K_STRIPE2 + s0 + s]);
+        const uint8_t *stripe = p + s * TC_HASH_STRIPE_BYTES;
+        for (int v = 0; v < 4; v++) {
+            __m512i w = _mm512_loadu_si512((const void *)(stripe + 64 * v));
+            /* 0x96 is the truth table of a ^ b ^ c. */
+            __m512i k1 = _mm512_ternarylogic_epi64(w, lane1[v], ks1, 0x96);
+            __m512i k2 = _mm512_ternarylogic_epi64(w, lane2[v], ks2, 0x96);
+            __m512i m1 = _mm512_mul_epu32(k1, _mm512_srli_epi64(k1, 32));
+            __m512i m2 = _mm512_mul_epu32(k2, _mm512_srli_epi64(k2, 32));
+            acc_a[v] = _mm512_add_epi64(acc_a[v], _mm512_add_epi64(w, m1));
+            acc_c[v] = _mm512_add_epi64(acc_c[v], m2);
+        }
+    }
+    for (int v = 0; v < 4; v++) {
+        _mm512_storeu_si512((void *)(a + 8 * v), acc_a[v]);
+        _mm512_storeu_si512((void *)(c + 8 * v), acc_c[v]);
+    }
+}
+#endif

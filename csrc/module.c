@@ -1,0 +1,201 @@
+/* module.c -- the CPython module torchcache_c._C: argument parsing, the GIL,
+ * and turning engine results into Python objects and exceptions.
+ *
+ * It owns no algorithm: hashing is hash*.c, storage is store.c (bound in
+ * store_module.c).  It never imports torch: tensors arrive through DLPack and
+ * results are written into tensors the Python shim allocated. */
+#include "dlpack.h"
+#include "hash.h"
+#include "cuda.h"
+#include "zstd_dl.h"
+
+#include <stdlib.h>
+
+#ifndef TC_VERSION
+#define TC_VERSION "0.0.0"
+#endif
+
+/* Below this many bytes the GIL is kept: releasing it costs more than hashing. */
+#define TC_GIL_RELEASE_BYTES (64 * 1024)
+
+static int check_digest_out(const tc_view *out, int64_t batch)
+{
+    if (out->t->device.device_type != TC_DL_CPU || out->dtype_word != (0 | 64 << 8 | 1 << 16) ||
+        out->ndim != 2 || out->shape[0] != batch || out->shape[1] != 2 || !out->contiguous) {
+        PyErr_Format(PyExc_ValueError,
+                     "out must be a contiguous CPU int64 tensor of shape (%lld, 2)",
+                     (long long)batch);
+        return -1;
+    }
+    return 0;
+}
+
+/* Fills items[i] for item i of a batch view (dimension 0 is the batch). */
+static void item_of(const tc_view *x, int64_t i, tc_item *item)
+{
+    item->base = x->data + i * x->strides[0] * (int64_t)x->itemsize;
+    item->itemsize = x->itemsize;
+    item->ndim = x->ndim - 1;
+    item->shape = x->shape + 1;
+    item->strides = x->strides + 1;
+    item->dtype_word = x->dtype_word;
+}
+
+PyDoc_STRVAR(hash_into_doc,
+"hash_into(x, out, sample_count=0, stream=0)\n--\n\n"
+"Write the tch128-v1 digest of every item x[i] into out[i] (an int64 (B, 2)\n"
+"CPU tensor).  sample_count=0 hashes every byte; N > 0 hashes the sample of\n"
+"N elements defined in docs/hash.md.  For a CUDA x, stream is the address of\n"
+"the CUDA stream to run on.");
+
+static PyObject *py_hash_into(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"x", "out", "sample_count", "stream", NULL};
+    PyObject *x_obj, *out_obj;
+    long long sample_count = 0;
+    unsigned long long stream = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|LK:hash_into", kwlist, &x_obj, &out_obj,
+                                     &sample_count, &stream))
+        return NULL;
+    if (sample_count < 0) {
+        PyErr_Format(PyExc_ValueError, "sample_count must be >= 0, not %lld", sample_count);
+        return NULL;
+    }
+    tc_view x, out;
+    if (tc_view_from_object(x_obj, "x", &x) < 0)
+        return NULL;
+    if (tc_view_from_object(out_obj, "out", &out) < 0) {
+        tc_view_release(&x);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (x.ndim < 1) {
+        PyErr_SetString(PyExc_ValueError,
+                        "x must have a batch dimension: a 0-d tensor has no items; "
+                        "use x.reshape(1) for one scalar item");
+        goto done;
+    }
+    int64_t batch = x.shape[0];
+    if (check_digest_out(&out, batch) < 0)
+        goto done;
+    uint64_t *digests = (uint64_t *)out.data;
+    int dev = x.t->device.device_type;
+    if (dev == TC_DL_CUDA || dev == TC_DL_CUDA_MANAGED) {
+        char err[256];
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = tc_cuda_hash_batch(&x, (uint64_t)sample_count, (void *)(uintptr_t)stream,
+                                digests, err, sizeof(err));
+        Py_END_ALLOW_THREADS
+        if (rc != 0) {
+            PyErr_SetString(rc == TC_CUDA_UNAVAILABLE ? PyExc_NotImplementedError
+                                                      : PyExc_RuntimeError, err);
+            goto done;
+        }
+    } else if (dev == TC_DL_CPU || dev == TC_DL_CUDA_HOST) {
+        tc_hash_stream *scratch = malloc(sizeof(tc_hash_stream));
+        if (scratch == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        int64_t total = tc_view_numel(&x) * (int64_t)x.itemsize;
+        PyThreadState *ts = NULL;
+        if (total >= TC_GIL_RELEASE_BYTES)
+            ts = PyEval_SaveThread();
+        for (int64_t i = 0; i < batch; i++) {
+            tc_item item;
+            item_of(&x, i, &item);
+            tc_digest d = tc_hash_item(&item, (uint64_t)sample_count, scratch);
+            digests[2 * i] = d.d1;
+            digests[2 * i + 1] = d.d2;
+        }
+        if (ts)
+            PyEval_RestoreThread(ts);
+        free(scratch);
+    } else {
+        PyErr_Format(PyExc_ValueError,
+                     "x is on DLPack device type %d; only CPU and CUDA tensors can be hashed",
+                     dev);
+        goto done;
+    }
+    Py_INCREF(Py_None);
+    result = Py_None;
+done:
+    tc_view_release(&x);
+    tc_view_release(&out);
+    return result;
+}
+
+PyDoc_STRVAR(build_info_doc,
+"build_info()\n--\n\n"
+"A dict describing this build, to paste into a bug report.");
+
+static PyObject *py_build_info(PyObject *self, PyObject *unused)
+{
+    char zstd_version[32];
+    int have_zstd = tc_zstd_available(zstd_version, sizeof(zstd_version));
+    return Py_BuildValue(
+        "{s:s,s:s,s:s,s:s,s:O,s:O,s:s,s:s}",
+        "version", TC_VERSION,
+        "compiler",
+#if defined(__clang__)
+        "clang " __clang_version__,
+#elif defined(__GNUC__)
+        "gcc " __VERSION__,
+#else
+        "unknown",
+#endif
+        "simd", tc_hash_simd_name(tc_hash_simd_active()),
+        "simd_best", tc_hash_simd_name(tc_hash_simd_best()),
+        "cuda_kernels", tc_cuda_kernels_embedded() ? Py_True : Py_False,
+        "zstd", have_zstd ? Py_True : Py_False,
+        "zstd_version", have_zstd ? zstd_version : "",
+        "hash", "tch128-v1");
+}
+
+PyDoc_STRVAR(set_simd_doc,
+"_set_simd(level)\n--\n\n"
+"Use the stripe loop for level ('portable', 'avx2' or 'avx512') in this\n"
+"process.  For tests and benchmarks; raises ValueError if the CPU lacks it.");
+
+static PyObject *py_set_simd(PyObject *self, PyObject *arg)
+{
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (name == NULL)
+        return NULL;
+    for (int level = TC_SIMD_PORTABLE; level <= TC_SIMD_AVX512; level++) {
+        if (strcmp(name, tc_hash_simd_name(level)) == 0) {
+            if (tc_hash_simd_force(level) < 0) {
+                PyErr_Format(PyExc_ValueError, "this CPU does not support SIMD level %R", arg);
+                return NULL;
+            }
+            Py_RETURN_NONE;
+        }
+    }
+    PyErr_Format(PyExc_ValueError,
+                 "unknown SIMD level %R; expected 'portable', 'avx2' or 'avx512'", arg);
+    return NULL;
+}
+
+static PyMethodDef module_methods[] = {
+    {"hash_into", (PyCFunction)(void (*)(void))py_hash_into, METH_VARARGS | METH_KEYWORDS,
+     hash_into_doc},
+    {"build_info", py_build_info, METH_NOARGS, build_info_doc},
+    {"_set_simd", py_set_simd, METH_O, set_simd_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "torchcache_c._C",
+    "The C core of torchcache_c: the item hasher and the segment store.", -1,
+    module_methods,
+};
+
+PyMODINIT_FUNC PyInit__C(void)
+{
+    tc_hash_init();
+    PyObject *m = PyModule_Create(&module_def);
+    if (m == NULL)
+        return NULL;
+    return m;
+}

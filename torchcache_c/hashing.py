@@ -1,0 +1,81 @@
+"""hash_tensor: torch-facing wrapper of the C hasher (docs/hash.md).
+
+It prepares the tensor (detach, resolve lazy conj/neg views), allocates the
+digest tensor and hands both to the C core through DLPack.  It never touches
+the bytes itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+
+from . import _C
+
+logger = logging.getLogger("torchcache_c")
+_warned_cuda_copy = False
+
+
+def _check_subsample(subsample_count: Optional[int]) -> int:
+    if subsample_count is None:
+        return 0
+    if isinstance(subsample_count, bool) or not isinstance(subsample_count, int):
+        raise TypeError(
+            f"subsample_count must be an int or None, not {type(subsample_count).__name__}"
+        )
+    if subsample_count < 0:
+        raise ValueError(f"subsample_count must be >= 0 or None, not {subsample_count}")
+    return subsample_count
+
+
+def _prepare(x: torch.Tensor) -> torch.Tensor:
+    x = x.detach()
+    if x.is_conj():
+        x = x.resolve_conj()
+    if x.is_neg():
+        x = x.resolve_neg()
+    return x
+
+
+def hash_tensor(x: torch.Tensor, *, subsample_count: Optional[int] = None) -> torch.Tensor:
+    """Return the 128-bit digest of every item ``x[i]`` as an int64 tensor of shape (B, 2).
+
+    Every byte of each item is hashed, together with its dtype and per-item shape,
+    unless ``subsample_count=N`` asks for the documented sample of N elements.
+    The digest does not depend on batch size, position in the batch, memory layout
+    or device.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"hash_tensor() expects a torch.Tensor, not {type(x).__name__}")
+    count = _check_subsample(subsample_count)
+    if x.dim() == 0:
+        raise ValueError(
+            "hash_tensor() needs a batch dimension: a 0-d tensor has no items; "
+            "use x.reshape(1) to hash one scalar item"
+        )
+    x = _prepare(x)
+    out = torch.empty((x.shape[0], 2), dtype=torch.int64)
+    if x.shape[0] == 0:
+        return out
+    if x.device.type == "cuda":
+        return _hash_cuda(x, out, count)
+    if x.device.type != "cpu":
+        raise ValueError(f"hash_tensor() supports CPU and CUDA tensors, not {x.device.type}")
+    _C.hash_into(x, out, count)
+    return out
+
+
+def _hash_cuda(x: torch.Tensor, out: torch.Tensor, count: int) -> torch.Tensor:
+    global _warned_cuda_copy
+    stream = torch.cuda.current_stream(x.device).cuda_stream
+    try:
+        _C.hash_into(x, out, count, stream)
+        return out
+    except NotImplementedError as exc:
+        if not _warned_cuda_copy:
+            logger.warning("hashing CUDA tensors on the host (%s)", exc)
+            _warned_cuda_copy = True
+    _C.hash_into(x.cpu(), out, count)
+    return out
