@@ -29,7 +29,7 @@ VERSION = re.search(
 # file -> flags; compiled only on x86-64 and called only when the CPU has them.
 SIMD_SOURCES = {
     "hash_avx2.c": ["-mavx2"],
-    "hash_avx512.c": ["-mavx512f"],
+    "hash_avx512.c": ["-mavx512f", "-mavx512dq"],
 }
 # SASS for these, plus PTX of the newest for GPUs that come later.
 CUDA_ARCHS = ["75", "80", "86", "89", "90"]
@@ -61,7 +61,8 @@ def _nvcc_supported_archs(nvcc):
 
 class BuildExt(build_ext):
     def build_extension(self, ext):
-        warn = ["-Wall", "-Wextra"]
+        # CPython's calling convention hands every method a `self` it may not use.
+        warn = ["-Wall", "-Wextra", "-Wno-unused-parameter"]
         if os.environ.get("TORCHCACHE_C_WERROR") == "1":
             warn.append("-Werror")
         ext.extra_compile_args = ext.extra_compile_args + warn

@@ -67,7 +67,20 @@ void tc_stripes_portable(const uint8_t *p, size_t nstripes, size_t s0,
     }
 }
 
+void tc_finish_portable(const uint64_t a[TC_HASH_LANES], const uint64_t c[TC_HASH_LANES],
+                        uint64_t h[2])
+{
+    uint64_t h1 = 0, h2 = 0;
+    for (int j = 0; j < TC_HASH_LANES; j++) {
+        h1 += tc_fmix64(a[j] + tc_fmix64(c[j] ^ tc_keys[TC_K_FIN1 + j]));
+        h2 += tc_fmix64(c[j] + tc_fmix64(a[j] ^ tc_keys[TC_K_FIN2 + j]));
+    }
+    h[0] = h1;
+    h[1] = h2;
+}
+
 tc_stripes_fn tc_stripes_active = tc_stripes_portable;
+tc_finish_fn tc_finish_active = tc_finish_portable;
 
 void tc_hash_block(const uint8_t *p, size_t n, uint64_t h[2])
 {
@@ -86,13 +99,7 @@ void tc_hash_block(const uint8_t *p, size_t n, uint64_t h[2])
         memset(pad + rest, 0, sizeof(pad) - rest);
         tc_stripes_active(pad, 1, full, a, c);
     }
-    uint64_t h1 = 0, h2 = 0;
-    for (int j = 0; j < TC_HASH_LANES; j++) {
-        h1 += tc_fmix64(a[j] + tc_fmix64(c[j] ^ tc_keys[TC_K_FIN1 + j]));
-        h2 += tc_fmix64(c[j] + tc_fmix64(a[j] ^ tc_keys[TC_K_FIN2 + j]));
-    }
-    h[0] = h1;
-    h[1] = h2;
+    tc_finish_active(a, c, h);
 }
 
 static void absorb_block(tc_hash_stream *s, const uint8_t *p, size_t n)
@@ -196,19 +203,42 @@ static void feed_strided(tc_hash_stream *s, const tc_item *item)
     }
 }
 
-/* docs/hash.md, section 6: element i of the sample is element
- * floor(i * numel / count) of the item in row-major order. */
-static void feed_sample(tc_hash_stream *s, const tc_item *item, uint64_t numel, uint64_t count)
+/* Byte offset of row-major element e of an item with any strides. */
+static int64_t element_offset(const tc_item *item, uint64_t e)
 {
+    int64_t off = 0;
+    for (int d = item->ndim - 1; d >= 0; d--) {
+        uint64_t dim = (uint64_t)item->shape[d];
+        off += (int64_t)(e % dim) * item->strides[d];
+        e /= dim;
+    }
+    return off * (int64_t)item->itemsize;
+}
+
+/* docs/hash.md, section 6: element i of the sample is element
+ * floor(i * numel / count) of the item in row-major order.  The index is
+ * stepped exactly (quotient plus a carried remainder) instead of divided per
+ * element, and sampled elements are packed into s->buf directly. */
+static void feed_sample(tc_hash_stream *s, const tc_item *item, uint64_t numel, uint64_t count,
+                        int compact)
+{
+    uint64_t q = numel / count, r = numel % count;
+    uint64_t e = 0, frac = 0;
+    size_t isz = item->itemsize;
     for (uint64_t i = 0; i < count; i++) {
-        uint64_t e = (uint64_t)(((unsigned __int128)i * numel) / count);
-        int64_t off = 0;
-        for (int d = item->ndim - 1; d >= 0; d--) {
-            uint64_t dim = (uint64_t)item->shape[d];
-            off += (int64_t)(e % dim) * item->strides[d];
-            e /= dim;
+        int64_t off = compact ? (int64_t)(e * isz) : element_offset(item, e);
+        if (s->fill + isz <= TC_HASH_BLOCK_BYTES) {
+            memcpy(s->buf + s->fill, item->base + off, isz);
+            s->fill += isz;
+        } else {
+            tc_stream_update(s, item->base + off, isz);
         }
-        tc_stream_update(s, item->base + off * (int64_t)item->itemsize, item->itemsize);
+        e += q;
+        frac += r;
+        if (frac >= count) {
+            frac -= count;
+            e++;
+        }
     }
 }
 
@@ -229,7 +259,7 @@ tc_digest tc_hash_item(const tc_item *item, uint64_t sample_count, tc_hash_strea
     if (numel == 0) {
         /* no bytes */
     } else if (sample_count) {
-        feed_sample(s, item, numel, sample_count);
+        feed_sample(s, item, numel, sample_count, compact);
     } else if (compact) {
         tc_stream_update(s, item->base, (size_t)numel * item->itemsize);
     } else {

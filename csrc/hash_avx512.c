@@ -1,6 +1,7 @@
-/* hash_avx512.c -- the tch128-v1 stripe loop with AVX-512F: the 32 lanes are
- * four zmm registers per accumulator.  Compiled with -mavx512f only; called
- * only when the CPU reports AVX-512F (hash_dispatch.c).  Must give exactly the
+/* hash_avx512.c -- the tch128-v1 stripe loop and block finish with AVX-512F/DQ:
+ * the 32 lanes are four zmm registers per accumulator.  Compiled with
+ * -mavx512f -mavx512dq only; called only when the CPU reports both
+ * (hash_dispatch.c).  Must give exactly the
  * results of tc_stripes_portable (tests/test_hash_vectors.py checks). */
 #include "hash_internal.h"
 
@@ -18,6 +19,10 @@ void tc_stripes_avx512(const uint8_t *p, size_t nstripes, size_t s0,
         lane2[v] = _mm512_loadu_si512((const void *)(tc_keys + TC_K_LANE2 + 8 * v));
     }
     for (size_t s = 0; s < nstripes; s++) {
+        /* Four stripes (1 KiB) ahead: the hardware prefetcher alone left the loop
+         * stalling on L3 at about 60% of its in-cache speed. */
+        _mm_prefetch((const char *)(p + (s + 4) * TC_HASH_STRIPE_BYTES), _MM_HINT_T0);
+        _mm_prefetch((const char *)(p + (s + 4) * TC_HASH_STRIPE_BYTES + 128), _MM_HINT_T0);
         __m512i ks1 = _mm512_set1_epi64((long long)tc_keys[TC_K_STRIPE1 + s0 + s]);
         __m512i ks2 = _mm512_set1_epi64((long long)tc_keys[TC_K_STRIPE2 + s0 + s]);
         const uint8_t *stripe = p + s * TC_HASH_STRIPE_BYTES;
@@ -36,5 +41,32 @@ void tc_stripes_avx512(const uint8_t *p, size_t nstripes, size_t s0,
         _mm512_storeu_si512((void *)(a + 8 * v), acc_a[v]);
         _mm512_storeu_si512((void *)(c + 8 * v), acc_c[v]);
     }
+}
+
+static inline __m512i fmix64x8(__m512i z)
+{
+    const __m512i m1 = _mm512_set1_epi64((long long)0xff51afd7ed558ccdULL);
+    const __m512i m2 = _mm512_set1_epi64((long long)0xc4ceb9fe1a85ec53ULL);
+    z = _mm512_xor_si512(z, _mm512_srli_epi64(z, 33));
+    z = _mm512_mullo_epi64(z, m1);
+    z = _mm512_xor_si512(z, _mm512_srli_epi64(z, 33));
+    z = _mm512_mullo_epi64(z, m2);
+    return _mm512_xor_si512(z, _mm512_srli_epi64(z, 33));
+}
+
+void tc_finish_avx512(const uint64_t a[TC_HASH_LANES], const uint64_t c[TC_HASH_LANES],
+                      uint64_t h[2])
+{
+    __m512i h1 = _mm512_setzero_si512(), h2 = _mm512_setzero_si512();
+    for (int v = 0; v < 4; v++) {
+        __m512i av = _mm512_loadu_si512((const void *)(a + 8 * v));
+        __m512i cv = _mm512_loadu_si512((const void *)(c + 8 * v));
+        __m512i f1 = _mm512_loadu_si512((const void *)(tc_keys + TC_K_FIN1 + 8 * v));
+        __m512i f2 = _mm512_loadu_si512((const void *)(tc_keys + TC_K_FIN2 + 8 * v));
+        h1 = _mm512_add_epi64(h1, fmix64x8(_mm512_add_epi64(av, fmix64x8(_mm512_xor_si512(cv, f1)))));
+        h2 = _mm512_add_epi64(h2, fmix64x8(_mm512_add_epi64(cv, fmix64x8(_mm512_xor_si512(av, f2)))));
+    }
+    h[0] = (uint64_t)_mm512_reduce_add_epi64(h1);
+    h[1] = (uint64_t)_mm512_reduce_add_epi64(h2);
 }
 #endif

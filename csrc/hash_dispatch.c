@@ -20,7 +20,7 @@ static int detect(void)
 {
 #ifdef TC_HAVE_X86_VARIANTS
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f"))
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq"))
         return TC_SIMD_AVX512;
     if (__builtin_cpu_supports("avx2"))
         return TC_SIMD_AVX2;
@@ -45,6 +45,9 @@ int tc_hash_simd_force(int level)
         return -1;
     simd_active = level;
     tc_stripes_active = fn_for(level);
+#ifdef TC_HAVE_X86_VARIANTS
+    tc_finish_active = level == TC_SIMD_AVX512 ? tc_finish_avx512 : tc_finish_portable;
+#endif
     return 0;
 }
 

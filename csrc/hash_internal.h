@@ -37,6 +37,18 @@ void tc_stripes_avx512(const uint8_t *p, size_t nstripes, size_t s0,
 #define TC_HAVE_X86_VARIANTS 1
 #endif
 
+/* Reduces the lane accumulators to the block digest (h1, h2). */
+typedef void (*tc_finish_fn)(const uint64_t a[TC_HASH_LANES], const uint64_t c[TC_HASH_LANES],
+                             uint64_t h[2]);
+
+void tc_finish_portable(const uint64_t a[TC_HASH_LANES], const uint64_t c[TC_HASH_LANES],
+                        uint64_t h[2]);
+#ifdef TC_HAVE_X86_VARIANTS
+void tc_finish_avx512(const uint64_t a[TC_HASH_LANES], const uint64_t c[TC_HASH_LANES],
+                      uint64_t h[2]);
+#endif
+
 extern tc_stripes_fn tc_stripes_active;
+extern tc_finish_fn tc_finish_active;
 
 #endif

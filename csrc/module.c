@@ -186,9 +186,11 @@ static PyMethodDef module_methods[] = {
 };
 
 static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "torchcache_c._C",
-    "The C core of torchcache_c: the item hasher and the segment store.", -1,
-    module_methods,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "torchcache_c._C",
+    .m_doc = "The C core of torchcache_c: the item hasher and the segment store.",
+    .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC PyInit__C(void)
