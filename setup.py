@@ -127,7 +127,8 @@ def _extension() -> Extension:
     compile_args = ["-O3", "-std=c11", "-fvisibility=hidden"]
     link_args = []
     if os.environ.get("TORCHCACHE_C_SANITIZE") == "1":
-        san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
+        san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+               "-fno-omit-frame-pointer", "-O1", "-g"]
         compile_args += san
         link_args += san
     return Extension(
