@@ -2,7 +2,8 @@
 
     python benchmarks/bench_hash.py [--batch 256] [--repeats 7]
 
-Single thread (torch.set_num_threads(1)); prints GB/s of each and the ratios
+Single thread by default (--threads sets torch.set_num_threads, which
+hash_tensor follows too); prints GB/s of each and the ratios
 hash / sum and hash / memcpy, medians of --repeats runs, all in this one run.
 """
 
@@ -31,8 +32,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--simd", choices=["portable", "avx2", "avx512"], default=None)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads, also used by hash_tensor (default 1)")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     if args.simd:
         _C._set_simd(args.simd)
     x = torch.randn(args.batch, 3, 224, 224)
@@ -43,7 +46,7 @@ def main() -> None:
     t_copy = _median_seconds(lambda: dst.copy_(x), args.repeats)
     t_sub = _median_seconds(lambda: hash_tensor(x, subsample_count=10000), args.repeats)
     info = torchcache_c.build_info()
-    print(f"batch {tuple(x.shape)} float32, {nbytes / 1e6:.1f} MB, 1 thread, "
+    print(f"batch {tuple(x.shape)} float32, {nbytes / 1e6:.1f} MB, {args.threads} thread(s), "
           f"simd={info['simd']}, median of {args.repeats}")
     for name, t in [("hash_tensor (full)", t_hash), ("x.sum()", t_sum),
                     ("memcpy (copy_)", t_copy), ("hash_tensor (subsample 10000)", t_sub)]:

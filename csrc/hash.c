@@ -102,16 +102,23 @@ void tc_hash_block(const uint8_t *p, size_t n, uint64_t h[2])
     tc_finish_active(a, c, h);
 }
 
-static void absorb_block(tc_hash_stream *s, const uint8_t *p, size_t n)
+void tc_block_terms(const uint8_t *p, size_t n, uint64_t b, uint64_t t[2])
 {
     uint64_t h[2];
     tc_hash_block(p, n, h);
-    uint64_t b = s->nblocks++;
     /* Terms are keyed by the block index and summed, so blocks can be hashed in
-     * any order or in parallel (on a GPU) and still give one digest
+     * any order, on several threads or on a GPU, and still give one digest
      * (docs/hash.md, section 4). */
-    s->t1 += tc_fmix64(h[0] ^ tc_fmix64(b + tc_keys[TC_K_BLOCK1]));
-    s->t2 += tc_fmix64(h[1] ^ tc_fmix64(b + tc_keys[TC_K_BLOCK2]));
+    t[0] += tc_fmix64(h[0] ^ tc_fmix64(b + tc_keys[TC_K_BLOCK1]));
+    t[1] += tc_fmix64(h[1] ^ tc_fmix64(b + tc_keys[TC_K_BLOCK2]));
+}
+
+static void absorb_block(tc_hash_stream *s, const uint8_t *p, size_t n)
+{
+    uint64_t t[2] = {s->t1, s->t2};
+    tc_block_terms(p, n, s->nblocks++, t);
+    s->t1 = t[0];
+    s->t2 = t[1];
 }
 
 void tc_stream_init(tc_hash_stream *s)
@@ -151,21 +158,18 @@ static inline void meta_absorb(uint64_t *s1, uint64_t *s2, uint64_t m)
     *s2 = tc_fmix64(*s2 ^ rotl64(m, 32)) + TC_GAMMA;
 }
 
-tc_digest tc_stream_final(tc_hash_stream *s, uint64_t sample_count, const tc_item *item)
+tc_digest tc_finish_item(uint64_t t1, uint64_t t2, uint64_t nblocks, uint64_t sample_count,
+                         const tc_item *item)
 {
-    if (s->fill) {
-        absorb_block(s, s->buf, s->fill);
-        s->fill = 0;
-    }
     uint64_t numel = 1;
     for (int d = 0; d < item->ndim; d++)
         numel *= (uint64_t)item->shape[d];
-    uint64_t s1 = s->t1 ^ tc_keys[TC_K_SEED1];
-    uint64_t s2 = s->t2 ^ tc_keys[TC_K_SEED2];
+    uint64_t s1 = t1 ^ tc_keys[TC_K_SEED1];
+    uint64_t s2 = t2 ^ tc_keys[TC_K_SEED2];
     meta_absorb(&s1, &s2, sample_count);
     meta_absorb(&s1, &s2, item->dtype_word);
     meta_absorb(&s1, &s2, numel * item->itemsize);
-    meta_absorb(&s1, &s2, s->nblocks);
+    meta_absorb(&s1, &s2, nblocks);
     meta_absorb(&s1, &s2, (uint64_t)item->ndim);
     for (int d = 0; d < item->ndim; d++)
         meta_absorb(&s1, &s2, (uint64_t)item->shape[d]);
@@ -173,6 +177,15 @@ tc_digest tc_stream_final(tc_hash_stream *s, uint64_t sample_count, const tc_ite
     out.d1 = tc_fmix64(s1 + rotl64(s2, 29));
     out.d2 = tc_fmix64(s2 ^ out.d1);
     return out;
+}
+
+tc_digest tc_stream_final(tc_hash_stream *s, uint64_t sample_count, const tc_item *item)
+{
+    if (s->fill) {
+        absorb_block(s, s->buf, s->fill);
+        s->fill = 0;
+    }
+    return tc_finish_item(s->t1, s->t2, s->nblocks, sample_count, item);
 }
 
 /* Feeds the item's elements in logical row-major order: the innermost

@@ -54,6 +54,27 @@ tc_digest tc_stream_final(tc_hash_stream *s, uint64_t sample_count, const tc_ite
  * elements.  `s` is caller-provided scratch (it is large). */
 tc_digest tc_hash_item(const tc_item *item, uint64_t sample_count, tc_hash_stream *s);
 
+/* The pieces the threaded batch driver (hash_batch.c) and the GPU combine:
+ * add block b's terms (docs/hash.md, section 4) to t[0], t[1]; and finish an
+ * item from its term sums (section 5). */
+void tc_block_terms(const uint8_t *p, size_t n, uint64_t b, uint64_t t[2]);
+tc_digest tc_finish_item(uint64_t t1, uint64_t t2, uint64_t nblocks, uint64_t sample_count,
+                         const tc_item *item);
+
+/* A batch: item i starts at base + i * batch_stride bytes; all items share
+ * shape, strides, itemsize and dtype (item.base is ignored). */
+typedef struct {
+    const uint8_t *base;
+    int64_t batch_stride;
+    int64_t batch;
+    tc_item item;
+} tc_batch;
+
+/* Digests of every item into digests[2 * i], digests[2 * i + 1], on up to
+ * `threads` threads (fewer for small batches).  Returns 0, or -1 if scratch
+ * memory could not be had (digests are then unspecified). */
+int tc_hash_batch(const tc_batch *x, uint64_t sample_count, int threads, uint64_t *digests);
+
 /* Constants shared with the CUDA engine. */
 uint64_t tc_hash_key(uint64_t index);
 uint64_t tc_fmix64(uint64_t z);

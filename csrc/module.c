@@ -30,32 +30,37 @@ static int check_digest_out(const tc_view *out, int64_t batch)
     return 0;
 }
 
-/* Fills items[i] for item i of a batch view (dimension 0 is the batch). */
-static void item_of(const tc_view *x, int64_t i, tc_item *item)
+/* Describes a batch view (dimension 0 is the batch) for the hash engine. */
+static void batch_of(const tc_view *x, tc_batch *b)
 {
-    item->base = x->data + i * x->strides[0] * (int64_t)x->itemsize;
-    item->itemsize = x->itemsize;
-    item->ndim = x->ndim - 1;
-    item->shape = x->shape + 1;
-    item->strides = x->strides + 1;
-    item->dtype_word = x->dtype_word;
+    b->base = x->data;
+    b->batch_stride = x->strides[0] * (int64_t)x->itemsize;
+    b->batch = x->shape[0];
+    b->item.base = NULL;
+    b->item.itemsize = x->itemsize;
+    b->item.ndim = x->ndim - 1;
+    b->item.shape = x->shape + 1;
+    b->item.strides = x->strides + 1;
+    b->item.dtype_word = x->dtype_word;
 }
 
 PyDoc_STRVAR(hash_into_doc,
-"hash_into(x, out, sample_count=0, stream=0)\n--\n\n"
+"hash_into(x, out, sample_count=0, stream=0, threads=1)\n--\n\n"
 "Write the tch128-v1 digest of every item x[i] into out[i] (an int64 (B, 2)\n"
 "CPU tensor).  sample_count=0 hashes every byte; N > 0 hashes the sample of\n"
 "N elements defined in docs/hash.md.  For a CUDA x, stream is the address of\n"
-"the CUDA stream to run on.");
+"the CUDA stream to run on.  A large CPU batch is split over up to `threads`\n"
+"threads.");
 
 static PyObject *py_hash_into(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"x", "out", "sample_count", "stream", NULL};
+    static char *kwlist[] = {"x", "out", "sample_count", "stream", "threads", NULL};
     PyObject *x_obj, *out_obj;
     long long sample_count = 0;
     unsigned long long stream = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|LK:hash_into", kwlist, &x_obj, &out_obj,
-                                     &sample_count, &stream))
+    int threads = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|LKi:hash_into", kwlist, &x_obj, &out_obj,
+                                     &sample_count, &stream, &threads))
         return NULL;
     if (sample_count < 0) {
         PyErr_Format(PyExc_ValueError, "sample_count must be >= 0, not %lld", sample_count);
@@ -93,25 +98,20 @@ static PyObject *py_hash_into(PyObject *self, PyObject *args, PyObject *kwargs)
             goto done;
         }
     } else if (dev == TC_DL_CPU || dev == TC_DL_CUDA_HOST) {
-        tc_hash_stream *scratch = malloc(sizeof(tc_hash_stream));
-        if (scratch == NULL) {
-            PyErr_NoMemory();
-            goto done;
-        }
+        tc_batch batch_desc;
+        batch_of(&x, &batch_desc);
         int64_t total = tc_view_numel(&x) * (int64_t)x.itemsize;
+        int rc;
         PyThreadState *ts = NULL;
         if (total >= TC_GIL_RELEASE_BYTES)
             ts = PyEval_SaveThread();
-        for (int64_t i = 0; i < batch; i++) {
-            tc_item item;
-            item_of(&x, i, &item);
-            tc_digest d = tc_hash_item(&item, (uint64_t)sample_count, scratch);
-            digests[2 * i] = d.d1;
-            digests[2 * i + 1] = d.d2;
-        }
+        rc = tc_hash_batch(&batch_desc, (uint64_t)sample_count, threads, digests);
         if (ts)
             PyEval_RestoreThread(ts);
-        free(scratch);
+        if (rc != 0) {
+            PyErr_NoMemory();
+            goto done;
+        }
     } else {
         PyErr_Format(PyExc_ValueError,
                      "x is on DLPack device type %d; only CPU and CUDA tensors can be hashed",

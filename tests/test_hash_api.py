@@ -163,3 +163,19 @@ def test_build_info_describes_the_build():
     assert info["simd"] in ("portable", "avx2", "avx512")
     assert isinstance(info["cuda_kernels"], bool) and isinstance(info["zstd"], bool)
     assert info["hash"] == "tch128-v1"
+
+
+@pytest.mark.parametrize("shape", [(1, 3_000_001), (7, 1_000_003), (300, 20_000)])
+@pytest.mark.parametrize("threads", [2, 3, 8])
+def test_threaded_batch_matches_one_thread(shape, threads):
+    x = torch.randint(0, 256, shape, dtype=torch.uint8)
+    one = torch.empty(shape[0], 2, dtype=torch.int64)
+    many = torch.empty(shape[0], 2, dtype=torch.int64)
+    torchcache_c._C.hash_into(x, one, 0, 0, 1)
+    torchcache_c._C.hash_into(x, many, 0, 0, threads)
+    assert torch.equal(one, many)
+    torchcache_c._C.hash_into(x[:, ::2], one, 0, 0, 1)
+    torchcache_c._C.hash_into(x[:, ::2], many, 0, 0, threads)
+    assert torch.equal(one, many)
+    torchcache_c._C.hash_into(x, many, 1000, 0, threads)
+    assert torch.equal(many, hash_tensor(x, subsample_count=1000))

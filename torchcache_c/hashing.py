@@ -63,7 +63,7 @@ def hash_tensor(x: torch.Tensor, *, subsample_count: Optional[int] = None) -> to
         return _hash_cuda(x, out, count)
     if x.device.type != "cpu":
         raise ValueError(f"hash_tensor() supports CPU and CUDA tensors, not {x.device.type}")
-    _C.hash_into(x, out, count)
+    _C.hash_into(x, out, count, 0, torch.get_num_threads())
     return out
 
 
@@ -77,5 +77,5 @@ def _hash_cuda(x: torch.Tensor, out: torch.Tensor, count: int) -> torch.Tensor:
         if not _warned_cuda_copy:
             logger.warning("hashing CUDA tensors on the host (%s)", exc)
             _warned_cuda_copy = True
-    _C.hash_into(x.cpu(), out, count)
+    _C.hash_into(x.cpu(), out, count, 0, torch.get_num_threads())
     return out
