@@ -1,0 +1,365 @@
+"""No cache vs torchcache 0.4.1 vs torchcache_c, on the same workloads, in one run.
+
+    pip install -e ".[bench]"       # torchcache==0.4.1, zstd, matplotlib
+    python benchmarks/compare.py    # writes benchmarks/out/compare.{json,png}
+
+Workload "backbone": a frozen patch-embedding backbone maps (B, 3, 224, 224) float32
+images to (B, 768) features; 8 batches of 256 items an epoch.
+Workload "vit": a small ViT-style encoder built from torch.nn feeds a linear head
+that trains for several epochs (forward of the encoder cached, head trained).
+
+Per system, each the median of several epochs:
+  miss epoch      the first epoch over an empty cache (everything computed and stored)
+  memory-hit      later epochs in the same process
+  disk-hit        the first epoch of a fresh process over the same directory
+plus bytes on disk per item, and whether every output equals the uncached module's.
+Then a correctness table run on both libraries (collisions among 10,000 random items,
+a change outside the strided sample, int token ids in / float embeddings out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+from torch import nn
+
+SYSTEMS = ("none", "torchcache", "torchcache_c")
+
+
+# --------------------------------------------------------------------------- models
+class Backbone(nn.Module):
+    """Pooled stem + patch embedding + GELU + mean pool + LayerNorm: (B, 3, 224, 224) -> (B, 768).
+
+    Deliberately light (about 7 MFLOP per image) so that an epoch's time is mostly
+    the cache's own cost: a real frozen backbone only makes every cache look better.
+    """
+
+    def __init__(self, dim: int = 768):
+        super().__init__()
+        torch.manual_seed(0)
+        self.patch = nn.Conv2d(3, dim, kernel_size=4, stride=4)
+        self.norm = nn.LayerNorm(dim)
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, x):
+        x = nn.functional.avg_pool2d(x, 4)
+        return self.norm(nn.functional.gelu(self.patch(x)).flatten(2).mean(-1))
+
+
+class TinyViT(nn.Module):
+    """Patch embedding + 2 transformer layers + mean pool: (B, 3, 64, 64) -> (B, 192)."""
+
+    def __init__(self, dim: int = 192):
+        super().__init__()
+        torch.manual_seed(1)
+        self.patch = nn.Conv2d(3, dim, kernel_size=8, stride=8)
+        self.pos = nn.Parameter(torch.randn(1, 64, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, 4, dim * 4, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, x):
+        tokens = self.patch(x).flatten(2).transpose(1, 2) + self.pos
+        return self.encoder(tokens).mean(1)
+
+
+class Embedder(nn.Module):
+    """int64 token ids (B, 16) -> float embeddings (B, 64)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.emb = nn.Embedding(1000, 64)
+        self.requires_grad_(False)
+
+    def forward(self, ids):
+        return self.emb(ids).mean(1)
+
+
+class Projector(nn.Module):
+    """(B, D) float -> (B, 8): a frozen linear map, for the collision test."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        torch.manual_seed(3)
+        self.lin = nn.Linear(d, 8)
+        self.requires_grad_(False)
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+def build(model_cls, system: str, cache_dir: str | None, **kwargs):
+    """An instance of model_cls, wrapped by `system`'s decorator (persistent in cache_dir)."""
+    if system == "none":
+        return model_cls(**kwargs)
+    opts = dict(persistent=cache_dir is not None, persistent_cache_dir=cache_dir)
+    if system == "torchcache":
+        from torchcache import torchcache
+    else:
+        from torchcache_c import torchcache
+    cls = type(model_cls.__name__, (model_cls,), {"__module__": __name__})
+    return torchcache(**opts)(cls)(**kwargs)
+
+
+# --------------------------------------------------------------------------- data
+def backbone_batches(n_batches: int, batch_size: int):
+    g = torch.Generator().manual_seed(10)
+    return [torch.rand(batch_size, 3, 224, 224, generator=g) for _ in range(n_batches)]
+
+
+def vit_data(n_items: int):
+    g = torch.Generator().manual_seed(11)
+    x = torch.rand(n_items, 3, 64, 64, generator=g)
+    y = torch.randint(0, 10, (n_items,), generator=g)
+    return x, y
+
+
+# --------------------------------------------------------------------------- timing
+def run_epoch(model, batches):
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        outs = [model(b) for b in batches]
+    return time.perf_counter() - t0, outs
+
+
+def train_epoch(model, head, opt, x, y, batch_size):
+    t0 = time.perf_counter()
+    for i in range(0, len(x), batch_size):
+        with torch.no_grad():
+            feats = model(x[i:i + batch_size])
+        loss = nn.functional.cross_entropy(head(feats), y[i:i + batch_size])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - t0
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def worker_disk_hit(args) -> None:
+    """Fresh process: one epoch over an existing cache directory; prints JSON."""
+    torch.set_num_threads(args.threads)
+    batches = backbone_batches(args.batches, args.batch_size)
+    model = build(Backbone, args.system, args.dir)
+    seconds, outs = run_epoch(model, batches)
+    reference = Backbone()
+    with torch.no_grad():
+        equal = all(torch.equal(o, reference(b)) for o, b in zip(outs, batches))
+    print(json.dumps({"seconds": seconds, "equal": equal}))
+
+
+def measure_backbone(system: str, args, root: Path, reference) -> dict:
+    batches = backbone_batches(args.batches, args.batch_size)
+    items = args.batches * args.batch_size
+    result: dict = {}
+    if system == "none":
+        model = build(Backbone, "none", None)
+        result["uncached"] = statistics.median(
+            run_epoch(model, batches)[0] for _ in range(args.epochs))
+        return result
+    misses, hits, equal = [], [], True
+    cache_dir = None
+    for trial in range(args.miss_trials):
+        cache_dir = root / f"{system}-{trial}"
+        model = build(Backbone, system, str(cache_dir))
+        seconds, outs = run_epoch(model, batches)
+        misses.append(seconds)
+        equal &= all(torch.equal(o, r) for o, r in zip(outs, reference))
+        if trial == args.miss_trials - 1:
+            for _ in range(args.epochs):
+                seconds, outs = run_epoch(model, batches)
+                hits.append(seconds)
+                equal &= all(torch.equal(o, r) for o, r in zip(outs, reference))
+        del model
+    disk = []
+    for _ in range(args.disk_trials):
+        out = subprocess.run(
+            [sys.executable, __file__, "--worker", "disk-hit", "--system", system,
+             "--dir", str(cache_dir), "--batches", str(args.batches),
+             "--batch-size", str(args.batch_size), "--threads", str(args.threads)],
+            check=True, capture_output=True, text=True)
+        rec = json.loads(out.stdout.strip().splitlines()[-1])
+        disk.append(rec["seconds"])
+        equal &= rec["equal"]
+    result.update(miss=statistics.median(misses), memory_hit=statistics.median(hits),
+                  disk_hit=statistics.median(disk),
+                  bytes_per_item=dir_bytes(cache_dir) / items, outputs_equal=equal)
+    return result
+
+
+def measure_vit(system: str, args, root: Path) -> dict:
+    x, y = vit_data(args.vit_items)
+    model = build(TinyViT, system, str(root / f"vit-{system}") if system != "none" else None)
+    torch.manual_seed(5)
+    head = nn.Linear(192, 10)
+    opt = torch.optim.SGD(head.parameters(), lr=0.1)
+    times = [train_epoch(model, head, opt, x, y, args.batch_size) for _ in range(args.vit_epochs)]
+    return {"first_epoch": times[0], "later_epochs": statistics.median(times[1:]),
+            "total": sum(times)}
+
+
+# --------------------------------------------------------------------------- correctness
+def correctness(system: str, root: Path) -> dict:
+    """Wrong outputs of each library on three known failure modes of torchcache 0.4.1."""
+    # 1. 10,000 distinct random items through a cached frozen projection.
+    g = torch.Generator().manual_seed(20)
+    items = torch.randn(10_000, 256, generator=g)
+    model = build(Projector, system, None, d=256)
+    ref = Projector(256)
+    wrong_random = 0
+    with torch.no_grad():
+        for _ in range(2):  # the second pass reads every item back from the cache
+            for i in range(0, 10_000, 500):
+                out = model(items[i:i + 500])
+                wrong_random += int((out != ref(items[i:i + 500])).any(dim=1).sum())
+    # 2. A change outside torchcache's strided sample (an image, default subsample).
+    img = torch.rand(1, 3, 224, 224, generator=g)
+    changed = img.clone()
+    changed.view(-1)[1] += 1.0  # index 1 is not a multiple of the stride 15
+    bb = build(Backbone, system, None)
+    ref_bb = Backbone()
+    with torch.no_grad():
+        bb(img)
+        wrong_sample = int(not torch.equal(bb(changed), ref_bb(changed)))
+    # 3. int token ids in, float embeddings out, served from the cache.
+    ids = torch.randint(0, 1000, (64, 16), generator=g)
+    emb = build(Embedder, system, None)
+    ref_emb = Embedder()
+    with torch.no_grad():
+        emb(ids)
+        served = emb(ids)
+        wrong_tokens = int((served != ref_emb(ids)).any(dim=1).sum())
+        token_dtype = str(served.dtype)
+    return {"random_items_wrong": wrong_random, "random_items_total": 20_000,
+            "outside_sample_wrong": wrong_sample, "token_rows_wrong": wrong_tokens,
+            "token_rows_total": 64, "token_output_dtype": token_dtype}
+
+
+# --------------------------------------------------------------------------- report
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def chart(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bb = results["backbone"]
+    labels = ["miss epoch", "memory-hit epoch", "disk-hit epoch"]
+    keys = ["miss", "memory_hit", "disk_hit"]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.38
+    for k, system in enumerate(("torchcache", "torchcache_c")):
+        vals = [bb[system][key] for key in keys]
+        pos = [i + (k - 0.5) * width for i in range(len(keys))]
+        bars = ax.bar(pos, vals, width, label=system)
+        ax.bar_label(bars, fmt="%.3f s", fontsize=8)
+    ax.axhline(bb["none"]["uncached"], color="gray", ls="--", label="uncached epoch")
+    ax.set_xticks(range(len(keys)), labels)
+    ax.set_yscale("log")
+    ax.set_ylabel("seconds per epoch (log)")
+    ax.set_title(f"2048 items (B,3,224,224)->(B,768), {results['date']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batches", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--epochs", type=int, default=5, help="memory-hit / uncached epochs")
+    ap.add_argument("--miss-trials", type=int, default=3)
+    ap.add_argument("--disk-trials", type=int, default=3)
+    ap.add_argument("--vit-items", type=int, default=2048)
+    ap.add_argument("--vit-epochs", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out")
+    ap.add_argument("--worker", choices=["disk-hit"], help=argparse.SUPPRESS)
+    ap.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)
+    ap.add_argument("--dir", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker_disk_hit(args)
+        return
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = {"date": date.today().isoformat(), "machine": machine(),
+               "command": "python benchmarks/compare.py " + " ".join(sys.argv[1:]),
+               "threads": args.threads, "backbone": {}, "vit": {}, "correctness": {}}
+    with tempfile.TemporaryDirectory(prefix="tc-compare-") as tmp:
+        root = Path(tmp)
+        ref_model = Backbone()
+        with torch.no_grad():
+            reference = [ref_model(b) for b in backbone_batches(args.batches, args.batch_size)]
+        for system in SYSTEMS:
+            print(f"backbone: {system} ...", flush=True)
+            results["backbone"][system] = measure_backbone(system, args, root, reference)
+        for system in SYSTEMS:
+            print(f"vit: {system} ...", flush=True)
+            results["vit"][system] = measure_vit(system, args, root)
+        for system in ("torchcache", "torchcache_c"):
+            print(f"correctness: {system} ...", flush=True)
+            results["correctness"][system] = correctness(system, root)
+    (args.out / "compare.json").write_text(json.dumps(results, indent=1) + "\n")
+    chart(results, args.out / "compare.png")
+    report(results)
+
+
+def report(results: dict) -> None:
+    bb = results["backbone"]
+    unc = bb["none"]["uncached"]
+    tc, ours = bb["torchcache"], bb["torchcache_c"]
+    print(f"\n{results['date']} | {results['machine']} | threads {results['threads']}")
+    print(f"backbone workload, seconds per epoch (median); uncached epoch {unc:.3f} s")
+    print(f"{'':18s}{'torchcache':>12s}{'torchcache_c':>14s}{'tc / ours':>11s}")
+    for key, label in [("miss", "miss epoch"), ("memory_hit", "memory-hit epoch"),
+                       ("disk_hit", "disk-hit epoch")]:
+        print(f"{label:18s}{tc[key]:12.3f}{ours[key]:14.3f}{tc[key] / ours[key]:10.1f}x")
+    print(f"{'bytes/item on disk':18s}{tc['bytes_per_item']:12.0f}{ours['bytes_per_item']:14.0f}")
+    print(f"{'outputs == uncached':18s}{str(tc['outputs_equal']):>12s}{str(ours['outputs_equal']):>14s}")
+    print(f"miss epoch / uncached epoch: torchcache {tc['miss'] / unc:.2f}, "
+          f"torchcache_c {ours['miss'] / unc:.2f} (target <= 1.1)")
+    print(f"memory-hit speed-up vs torchcache {tc['memory_hit'] / ours['memory_hit']:.1f}x "
+          f"(target >= 5), disk-hit {tc['disk_hit'] / ours['disk_hit']:.1f}x (target >= 10)")
+    vit = results["vit"]
+    print("\nvit workload (encoder cached, linear head trained), seconds")
+    for system in SYSTEMS:
+        v = vit[system]
+        print(f"  {system:14s} first epoch {v['first_epoch']:7.3f}  later epochs "
+              f"{v['later_epochs']:7.3f}  total {v['total']:7.3f}")
+    print("\ncorrectness (wrong outputs)")
+    for system, c in results["correctness"].items():
+        print(f"  {system:14s} random items {c['random_items_wrong']}/{c['random_items_total']}, "
+              f"change outside sample {c['outside_sample_wrong']}/1, token ids "
+              f"{c['token_rows_wrong']}/{c['token_rows_total']} (served as {c['token_output_dtype']})")
+
+
+if __name__ == "__main__":
+    main()
