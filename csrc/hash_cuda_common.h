@@ -309,9 +309,7 @@ TC_HD void tc_cu_gather_element(const tc_cu_gather_args *a, uint64_t i)
     }
 }
 
-/* ---- the plan: which launches hash a batch (host only) ---- */
-
-#ifndef __CUDA_ARCH__
+/* ---- the plan: which launches hash a batch (host functions) ---- */
 
 typedef struct {
     /* the batch, filled in by the caller */
@@ -473,7 +471,5 @@ static inline void tc_cu_plan_finish_args(const tc_cu_plan *pl, uint64_t acc,
     for (int d = 0; d < TC_CU_MAX_DIMS; d++)
         f->shape[d] = d < pl->ndim ? pl->shape[d] : 0;
 }
-
-#endif /* !__CUDA_ARCH__ */
 
 #endif
