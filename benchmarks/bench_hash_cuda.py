@@ -39,7 +39,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--device", default="cuda")
     args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_hash_cuda.py needs a CUDA device")
     device = torch.device(args.device)
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     torch.cuda.set_device(device)
     x = torch.randn(args.batch, 3, 224, 224, device=device)
     x_cl = x.contiguous(memory_format=torch.channels_last)
