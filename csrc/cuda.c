@@ -65,7 +65,6 @@ static struct {
     CUresult (*DevicePrimaryCtxRetain)(CUcontext *, CUdevice);
     CUresult (*CtxGetCurrent)(CUcontext *);
     CUresult (*CtxSetCurrent)(CUcontext);
-    CUresult (*CtxGetDevice)(CUdevice *);
     CUresult (*ModuleLoadData)(CUmodule *, const void *);
     CUresult (*ModuleGetFunction)(CUfunction *, CUmodule, const char *);
     CUresult (*LaunchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned,
@@ -106,7 +105,6 @@ static void drv_load(void)
     SYM(DevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain", 1);
     SYM(CtxGetCurrent, "cuCtxGetCurrent", 1);
     SYM(CtxSetCurrent, "cuCtxSetCurrent", 1);
-    SYM(CtxGetDevice, "cuCtxGetDevice", 1);
     SYM(ModuleLoadData, "cuModuleLoadData", 1);
     SYM(ModuleGetFunction, "cuModuleGetFunction", 1);
     SYM(LaunchKernel, "cuLaunchKernel", 1);
@@ -211,21 +209,14 @@ done:
     return rc;
 }
 
-/* Makes a context of `device` current: the current one if it is on that device
- * (torch's), else the device's primary context.  *prev receives the context to
- * restore afterwards, or stays NULL when nothing changed. */
+/* Makes the primary context of `device` current: the context torch allocates
+ * in and whose streams it hands us.  It is usually current already; when it is
+ * not (no context on this thread, or another device's), it is retained once
+ * per process and made current for the call, and *prev is what to restore. */
 static int enter_context(int device, CUcontext *ctx, CUcontext *prev, int *switched, char *err,
                          size_t err_len)
 {
     *switched = 0;
-    CU_CHECK("cuCtxGetCurrent", drv.CtxGetCurrent(ctx));
-    *prev = *ctx;
-    if (*ctx != NULL) {
-        CUdevice cur;
-        CU_CHECK("cuCtxGetDevice", drv.CtxGetDevice(&cur));
-        if (cur == device)
-            return 0;
-    }
     if (device < 0 || device >= TC_MAX_CONTEXTS) {
         snprintf(err, err_len, "CUDA device %d is out of range", device);
         return TC_CUDA_ERROR;
@@ -245,6 +236,9 @@ static int enter_context(int device, CUcontext *ctx, CUcontext *prev, int *switc
     pthread_mutex_unlock(&retained_lock);
     if (rc != CUDA_SUCCESS)
         return cu_fail(rc, call, err, err_len);
+    CU_CHECK("cuCtxGetCurrent", drv.CtxGetCurrent(prev));
+    if (*prev == *ctx)
+        return 0;
     CU_CHECK("cuCtxSetCurrent", drv.CtxSetCurrent(*ctx));
     *switched = 1;
     return 0;
