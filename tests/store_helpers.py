@@ -6,6 +6,7 @@ it is served without knowing which writer stored it or when.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -36,13 +37,11 @@ def check_served(store: Store, keys: torch.Tensor, numel: int) -> int:
     return int(present.sum())
 
 
-def writer_main(argv) -> None:
-    """python store_helpers.py DIR FIRST COUNT BATCH NUMEL [LOOP]: put ids
-    FIRST..FIRST+COUNT in batches (forever if LOOP, for kill tests)."""
-    path, first, count, batch, numel = argv[0], *map(int, argv[1:5])
-    loop = len(argv) > 5 and argv[5] == "loop"
+def write_items(path: str, first: int, count: int, batch: int, numel: int,
+                loop: bool = False) -> None:
+    """Puts ids first..first+count in batches (forever with new salts if loop,
+    for the kill tests), looking each batch up again as a cache would."""
     store = Store(path, refresh_ms=0)
-    print("ready", flush=True)
     salt = 0
     while True:
         for start in range(first, first + count, batch):
@@ -55,5 +54,19 @@ def writer_main(argv) -> None:
     store.close()
 
 
+def fork_writer(*args, **kwargs) -> int:
+    """Runs write_items in a forked child (no interpreter start-up); returns its pid."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            write_items(*args, **kwargs)
+            code = 0
+        finally:
+            os._exit(code)
+    return pid
+
+
 if __name__ == "__main__":
-    writer_main(sys.argv[1:])
+    # python store_helpers.py DIR FIRST COUNT BATCH NUMEL
+    write_items(sys.argv[1], *map(int, sys.argv[2:6]))
