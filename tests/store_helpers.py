@@ -60,6 +60,8 @@ def fork_writer(*args, **kwargs) -> int:
     if pid == 0:
         code = 1
         try:
+            # The parent's OpenMP pool does not survive fork; compute in this thread.
+            torch.set_num_threads(1)
             write_items(*args, **kwargs)
             code = 0
         finally:
