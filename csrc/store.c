@@ -294,20 +294,21 @@ static void entry_kill(tc_store *s, entry *e, int corrupt)
         __atomic_fetch_add(&s->corrupt, 1, __ATOMIC_RELAXED);
 }
 
-/* The header of a live entry, validated again against the file (cheap, and a
- * mapping is only as trustworthy as whoever can write the file). */
-static const rec_header *entry_header(const tc_store *s, const entry *e)
+/* The header of a live entry.  Before its first use it is validated in full
+ * again; after that (the entry is verified) only the fields that bound memory
+ * reads are, which keeps a hit to a few loads (docs/format.md, section 6). */
+static const rec_header *entry_header(const tc_store *s, const entry *e, int verified)
 {
     const segment *g = &s->segs[e->seg - 1];
     if (e->offset + REC_HEADER_BYTES > g->file_len)
         return NULL;
     const rec_header *h = (const rec_header *)(g->base + e->offset);
-    uint64_t total;
-    if (header_check(h, g->file_len - e->offset, &total) != HDR_OK)
-        return NULL;
+    uint64_t avail = g->file_len - e->offset, total;
     if (h->key0 != e->key0 || h->key1 != e->key1)
         return NULL;
-    return h;
+    if (verified)
+        return h->magic == REC_MAGIC && h->stored_len <= avail - REC_HEADER_BYTES ? h : NULL;
+    return header_check(h, avail, &total) == HDR_OK ? h : NULL;
 }
 
 /* A live, verified entry for the key, or NULL.  The payload checksum is checked
@@ -317,12 +318,13 @@ static entry *probe(tc_store *s, uint64_t k0, uint64_t k1, const rec_header **hd
     entry *e = index_find(s, k0, k1);
     if (!entry_live(e))
         return NULL;
-    const rec_header *h = entry_header(s, e);
+    int verified = (__atomic_load_n(&e->state, __ATOMIC_ACQUIRE) & ENTRY_VERIFIED) != 0;
+    const rec_header *h = entry_header(s, e, verified);
     if (h == NULL) {
         entry_kill(s, e, 1);
         return NULL;
     }
-    if (!(__atomic_load_n(&e->state, __ATOMIC_ACQUIRE) & ENTRY_VERIFIED)) {
+    if (!verified) {
         if (payload_checksum((const uint8_t *)h + REC_HEADER_BYTES, h->stored_len) !=
             h->payload_sum) {
             entry_kill(s, e, 1);
@@ -992,6 +994,9 @@ static uint8_t *arena_reserve(tc_store *s, uint64_t total, size_t *seg, uint64_t
     void *p = mmap(NULL, (size_t)len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return NULL;
+    /* Huge pages where the kernel allows them: a gather touches records all over
+     * the arena, and 4 KiB pages would cost a TLB miss per record. */
+    madvise(p, (size_t)len, MADV_HUGEPAGE);
     long si = segment_add(s, NULL, -1);
     if (si < 0) {
         munmap(p, (size_t)len);
