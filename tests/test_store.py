@@ -433,3 +433,29 @@ def test_forked_child_writes_its_own_new_segment(tmp_path):
     assert any(f"-{pid}-" in s.name for s in segs)
     assert store.refresh() == 10
     assert check_served(store, child_keys, 16) == 10
+
+
+# ---- threads -------------------------------------------------------------------
+
+def test_threads_can_put_lookup_and_gather_at_once(where):
+    import threading
+
+    store = Store(where, refresh_ms=0)
+    errors = []
+
+    def work(t):
+        try:
+            for b in range(20):
+                keys = keys_for(range(b * 10, b * 10 + 10), salt=t % 2)
+                store.put(keys, items_for(keys, 512))
+                assert check_served(store, keys, 512) == 10
+        except Exception as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    assert store.stats()["records"] == 400
