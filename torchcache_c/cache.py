@@ -320,11 +320,11 @@ class ModuleCache:
             if self.persistent:
                 path = self.cache_dir
                 level = opts["zstd_compression_level"] if opts["zstd_compression"] else None
-                self._handle = _open_store(("dir", str(path)), lambda: _C.Store(
+                self._handle = _open_store(("dir", str(path), level, opts["max_persistent_cache_size"]), lambda: _C.Store(
                     str(path), max_bytes=int(opts["max_persistent_cache_size"]),
                     zstd_level=level, zstd_threads=int(opts["zstd_compression_threads"])))
             else:
-                self._handle = _open_store(("mem", mhash), lambda: _C.Store(
+                self._handle = _open_store(("mem", mhash, opts["max_memory_cache_size"]), lambda: _C.Store(
                     None, max_bytes=int(opts["max_memory_cache_size"])))
             self._handle_hash = mhash
             self._layouts.clear()

@@ -150,15 +150,27 @@ def _closure_tensors(fn: types.FunctionType) -> List[Tuple[str, torch.Tensor]]:
     return out
 
 
+def _is_simple(value: Any) -> bool:
+    if isinstance(value, tuple):
+        return all(_is_simple(v) for v in value)
+    return isinstance(value, (int, float, str, bool, type(None), torch.dtype, types.FunctionType))
+
+
 def _closure_values(fn: types.FunctionType) -> str:
-    """The other closure values, read at each call since cells can be rebound."""
+    """Simple closure values, read at each call since cells can be rebound.
+
+    Tensors and modules are tracked by content (`_closure_tensors`); other objects
+    (a list that collects logs, a config object) count by type only.
+    """
     parts = []
     for name, value in _cells(fn):
         if isinstance(value, torch.Tensor):
             continue
         if isinstance(value, torch.nn.Module):
             parts.append(f"{name}=module:{type(value).__qualname__}:{value.training}")
-        else:
+        elif _is_simple(value):
             parts.append(f"{name}={canonical(value)}")
+        else:
+            parts.append(f"{name}=object:{type(value).__qualname__}")
     return ";".join(parts)
 
