@@ -62,11 +62,13 @@ def _digest_pair(text: str) -> torch.Tensor:
 # ---- stores shared by every cache instance of this process -----------------------
 
 class _StoreHandle:
-    """One open store and the lock that serializes its mutation between threads."""
+    """One open store, the lock that serializes its use between threads, and the
+    output layouts (per context digest) of the records in it."""
 
     def __init__(self, store: Any):
         self.store = store
         self.lock = threading.Lock()
+        self.layouts: Dict[str, dict] = {}
 
 
 _open_stores: "weakref.WeakValueDictionary[tuple, _StoreHandle]" = weakref.WeakValueDictionary()
@@ -156,7 +158,6 @@ class ModuleCache:
         self._lock = threading.Lock()
         self._handle: Optional[_StoreHandle] = None
         self._handle_hash: Optional[str] = None
-        self._layouts: Dict[str, dict] = {}
         self._logged: set = set()
         self._counts = {"hits": 0, "misses": 0, "items_stored": 0}
 
@@ -211,7 +212,7 @@ class ModuleCache:
         context = f"{mhash}|{training}|{self._autocast(device)}|{self._dynamic_context()}|{context}"
         ctx_hex = hashlib.blake2b(context.encode(), digest_size=16).hexdigest()
         keys = self._item_keys([t for _, t in inputs], context, batch)
-        layout = self._layout(ctx_hex)
+        layout = self._layout(handle, ctx_hex)
         if layout is None:
             present = torch.zeros(batch, dtype=torch.bool)
         else:
@@ -225,7 +226,7 @@ class ModuleCache:
         miss_leaves: List[torch.Tensor] = []
         if len(miss):
             miss_leaves, layout = self._forward_misses(
-                forward, args, kwargs, inputs, miss, batch, ctx_hex)
+                forward, args, kwargs, inputs, miss, batch, handle, ctx_hex)
             self._store(handle, keys[miss], miss_leaves, layout)
         if not len(hit):
             return _unflatten(layout["spec"], [self._returned(t, layout, j, device)
@@ -327,7 +328,6 @@ class ModuleCache:
                 self._handle = _open_store(("mem", mhash, opts["max_memory_cache_size"]), lambda: _C.Store(
                     None, max_bytes=int(opts["max_memory_cache_size"])))
             self._handle_hash = mhash
-            self._layouts.clear()
             logger.info("module hash %s (%s)", mhash, self.cache_dir or "in memory")
             return self._handle, mhash
 
@@ -347,20 +347,20 @@ class ModuleCache:
             present &= found.bool()
         return present
 
-    def _layout(self, ctx_hex: str) -> Optional[dict]:
-        layout = self._layouts.get(ctx_hex)
+    def _layout(self, handle: _StoreHandle, ctx_hex: str) -> Optional[dict]:
+        layout = handle.layouts.get(ctx_hex)
         if layout is None and self.persistent:
             path = self.cache_dir / f"layout-{ctx_hex}.json"
             try:
                 data = json.loads(path.read_text())
                 if data.get("format") == _LAYOUT_FORMAT:
                     layout = {"spec": data["spec"], "dtypes": data["dtypes"]}
-                    self._layouts[ctx_hex] = layout
+                    handle.layouts[ctx_hex] = layout
             except (OSError, ValueError, KeyError):
                 return None
         return layout
 
-    def _forward_misses(self, forward, args, kwargs, inputs, miss, batch, ctx_hex):
+    def _forward_misses(self, forward, args, kwargs, inputs, miss, batch, handle, ctx_hex):
         if len(miss) == batch:
             out = forward(*args, **kwargs)
         else:
@@ -375,14 +375,14 @@ class ModuleCache:
                     f"output leaf {j} has shape {tuple(leaf.shape)}; every output tensor must "
                     f"have the batch size {len(miss)} as its leading dimension")
         layout = {"spec": spec, "dtypes": [str(t.dtype).split(".")[1] for t in leaves]}
-        with self._lock:
-            known = self._layouts.get(ctx_hex)
+        with handle.lock:
+            known = handle.layouts.get(ctx_hex)
             if known is not None and known != layout:
                 raise RuntimeError(
                     f"forward returned a different output structure or dtype ({layout}) than "
                     f"before for the same arguments ({known})")
             if known is None:
-                self._layouts[ctx_hex] = layout
+                handle.layouts[ctx_hex] = layout
                 if self.persistent:
                     self._write_layout(ctx_hex, layout)
         return leaves, layout
