@@ -8,6 +8,7 @@
 #include "hash.h"
 #include "cuda.h"
 #include "zstd_dl.h"
+#include "store_module.h"
 
 #include <stdlib.h>
 
@@ -197,5 +198,9 @@ PyMODINIT_FUNC PyInit__C(void)
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL)
         return NULL;
+    if (tc_store_module_init(m) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }

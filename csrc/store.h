@@ -1,0 +1,88 @@
+/* store.h -- the append-only segment store (docs/format.md): public engine
+ * interface.  Plain C, no Python.
+ *
+ * A store is one directory (one module key) holding one segment file per
+ * writer, or, with no directory, an anonymous in-memory arena; both are read
+ * through the same index.  Every function returns TC_STORE_OK or a negative
+ * TC_STORE_E* code with a message in err.  A store may be used from several
+ * threads at once (a reader-writer lock guards the index and the mappings). */
+#ifndef TC_STORE_H
+#define TC_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Most dimensions an item (one row of a batch) may have (docs/format.md, section 3). */
+#define TC_STORE_MAX_NDIM 8
+
+enum {
+    TC_STORE_OK = 0,
+    TC_STORE_EARG = -1,      /* bad argument from the caller */
+    TC_STORE_EIO = -2,       /* the directory could not be opened or created */
+    TC_STORE_ENOMEM = -3,
+    TC_STORE_EMISSING = -4,  /* a key is not in the store */
+    TC_STORE_EMISMATCH = -5, /* a record's dtype or shape differs from the destination */
+    TC_STORE_ECORRUPT = -6,  /* a record failed its payload checksum; it is now dropped */
+    TC_STORE_EZSTD = -7,     /* libzstd is missing or failed */
+    TC_STORE_ECLOSED = -8,
+};
+
+typedef struct tc_store tc_store;
+
+typedef struct {
+    uint64_t max_bytes;    /* bytes this store may write (0: no limit) */
+    int compress;          /* store records zstd-compressed when that is smaller */
+    int zstd_level;
+    int zstd_threads;
+    uint64_t refresh_ms;   /* least time between two refreshes triggered by misses */
+} tc_store_options;
+
+typedef struct {
+    uint64_t records;         /* keys indexed and not found corrupt */
+    uint64_t segments;        /* segment files known (or arena chunks) */
+    uint64_t corrupt;         /* records skipped: bad checksum, invalid header */
+    uint64_t bytes_written;   /* record bytes this store appended */
+    uint64_t records_written; /* records this store appended */
+    uint64_t bytes_indexed;   /* raw (uncompressed) payload bytes of the indexed records */
+    uint64_t refreshes;       /* scans for other writers' records */
+    int full;                 /* max_bytes was reached */
+} tc_store_stats;
+
+/* Opens (creating with parents) the directory `dir`, or an arena when dir is NULL,
+ * and indexes every valid record already there. */
+int tc_store_open(const char *dir, const tc_store_options *opt, tc_store **out, char *err,
+                  size_t err_len);
+/* Unmaps and closes everything; later calls return TC_STORE_ECLOSED.  Idempotent. */
+void tc_store_close(tc_store *s);
+/* Closes and frees. */
+void tc_store_free(tc_store *s);
+
+/* present[i] = 1 if keys[2i], keys[2i+1] is stored and its payload verifies.  When a
+ * key misses, picks up other writers' records first (at most every refresh_ms). */
+int tc_store_lookup(tc_store *s, const uint64_t *keys, size_t n, uint8_t *present, char *err,
+                    size_t err_len);
+/* dtype word and item shape of the record of one key. */
+int tc_store_entry_info(tc_store *s, const uint64_t key[2], uint64_t *dtype_word, int *ndim,
+                        int64_t shape[TC_STORE_MAX_NDIM], char *err, size_t err_len);
+/* Copies (decompressing) the record of each key into dest + i * item_bytes; every
+ * record must have this dtype word and item shape.  On failure *bad_row is the row. */
+int tc_store_gather(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtype_word, int ndim,
+                    const int64_t *shape, uint8_t *dest, size_t *bad_row, char *err,
+                    size_t err_len);
+/* Stores item i of src (items of this dtype and shape, compact, one after the other)
+ * under keys[i], skipping keys already present.  *stored counts records appended.
+ * Running out of max_bytes or an I/O error are not failures: they stop storing
+ * (see tc_store_io_error and stats.full) and put returns TC_STORE_OK. */
+int tc_store_put(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtype_word, int ndim,
+                 const int64_t *shape, const uint8_t *src, size_t *stored, char *err,
+                 size_t err_len);
+/* Scans for other writers' records now; *added counts newly indexed records. */
+int tc_store_refresh(tc_store *s, size_t *added, char *err, size_t err_len);
+int tc_store_stats_get(tc_store *s, tc_store_stats *st);
+/* Copies the first I/O error that stopped storing into buf; returns 0 if none. */
+int tc_store_io_error(tc_store *s, char *buf, size_t len);
+
+/* Bytes per element of a dtype word, 0 if it is not a whole number of bytes. */
+size_t tc_store_itemsize(uint64_t dtype_word);
+
+#endif

@@ -1,0 +1,553 @@
+/* store_module.c -- torchcache_c._C.Store: the CPython face of store.c.
+ *
+ * It checks arguments (tensors arrive through DLPack as tc_view), releases the
+ * GIL around every engine call that touches files or tensor bytes, and turns
+ * engine error codes into exceptions.  It holds no storage logic of its own. */
+#include "store_module.h"
+#include "dlpack.h"
+#include "store.h"
+
+#include <limits.h>
+
+#define TC_DTYPE_INT64 (0 | 64 << 8 | 1 << 16)
+/* docs/format.md, section 7: how often a miss may trigger a scan for other writers. */
+#define TC_DEFAULT_REFRESH_MS 100
+
+typedef struct {
+    PyObject_HEAD
+    tc_store *store;
+    PyObject *path; /* str, or None for the in-memory arena */
+    int closed;
+} StoreObject;
+
+static int check_open(StoreObject *self)
+{
+    if (self->closed || self->store == NULL) {
+        PyErr_SetString(PyExc_ValueError, "store is closed");
+        return -1;
+    }
+    return 0;
+}
+
+/* Raises the exception that matches an engine error code. */
+static void raise_engine_error(int rc, const char *msg)
+{
+    PyObject *type;
+    switch (rc) {
+    case TC_STORE_EARG:
+    case TC_STORE_EMISMATCH:
+    case TC_STORE_ECLOSED:
+        type = PyExc_ValueError;
+        break;
+    case TC_STORE_EMISSING:
+    case TC_STORE_ECORRUPT:
+        type = PyExc_KeyError;
+        break;
+    case TC_STORE_ENOMEM:
+        PyErr_NoMemory();
+        return;
+    case TC_STORE_EIO:
+        type = PyExc_OSError;
+        break;
+    default:
+        type = PyExc_RuntimeError;
+        break;
+    }
+    if (type == PyExc_KeyError) {
+        /* KeyError(str) would show the message with quotes; it is still the key error. */
+        PyObject *m = PyUnicode_FromString(msg);
+        if (m) {
+            PyErr_SetObject(type, m);
+            Py_DECREF(m);
+        }
+        return;
+    }
+    PyErr_SetString(type, msg);
+}
+
+static int is_cpu(const tc_view *v)
+{
+    int dev = v->t->device.device_type;
+    return dev == TC_DL_CPU || dev == TC_DL_CUDA_HOST;
+}
+
+/* keys: a contiguous CPU int64 tensor of shape (N, 2). */
+static int keys_view(PyObject *obj, tc_view *v)
+{
+    if (tc_view_from_object(obj, "keys", v) < 0)
+        return -1;
+    if (!is_cpu(v) || v->dtype_word != TC_DTYPE_INT64 || v->ndim != 2 || v->shape[1] != 2 ||
+        !v->contiguous) {
+        tc_view_release(v);
+        PyErr_SetString(PyExc_ValueError,
+                        "keys must be a contiguous CPU int64 tensor of shape (N, 2); "
+                        "use keys.contiguous().cpu()");
+        return -1;
+    }
+    return 0;
+}
+
+/* A batch tensor (rows, *item_shape) that is contiguous and on the CPU. */
+static int batch_view(PyObject *obj, const char *what, int64_t rows, tc_view *v)
+{
+    if (tc_view_from_object(obj, what, v) < 0)
+        return -1;
+    if (!is_cpu(v) || !v->contiguous) {
+        tc_view_release(v);
+        PyErr_Format(PyExc_ValueError,
+                     "%s must be a contiguous CPU tensor; use %s.contiguous().cpu()", what,
+                     what);
+        return -1;
+    }
+    if (v->ndim < 1 || v->shape[0] != rows) {
+        tc_view_release(v);
+        PyErr_Format(PyExc_ValueError,
+                     "%s must have shape (N, *item_shape) with N = %lld, the number of keys",
+                     what, (long long)rows);
+        return -1;
+    }
+    if (v->ndim - 1 > TC_STORE_MAX_NDIM) {
+        tc_view_release(v);
+        PyErr_Format(PyExc_ValueError,
+                     "%s has items of %d dimensions; the store keeps at most %d per item "
+                     "(reshape the items, e.g. flatten the leading ones)",
+                     what, v->ndim - 1, TC_STORE_MAX_NDIM);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *Store_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"path", "max_bytes", "zstd_level", "zstd_threads", "refresh_ms",
+                             NULL};
+    PyObject *path_obj = Py_None, *level_obj = Py_None;
+    long long max_bytes = 0, refresh_ms = TC_DEFAULT_REFRESH_MS;
+    int zstd_threads = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O$LOiL:Store", kwlist, &path_obj,
+                                     &max_bytes, &level_obj, &zstd_threads, &refresh_ms))
+        return NULL;
+    if (max_bytes < 0) {
+        PyErr_Format(PyExc_ValueError, "max_bytes must be >= 0 (0 means no limit), not %lld",
+                     max_bytes);
+        return NULL;
+    }
+    if (zstd_threads < 0) {
+        PyErr_Format(PyExc_ValueError, "zstd_threads must be >= 0, not %d", zstd_threads);
+        return NULL;
+    }
+    if (refresh_ms < 0) {
+        PyErr_Format(PyExc_ValueError, "refresh_ms must be >= 0, not %lld", refresh_ms);
+        return NULL;
+    }
+    tc_store_options opt = {0};
+    opt.max_bytes = (uint64_t)max_bytes;
+    opt.zstd_threads = zstd_threads;
+    opt.refresh_ms = (uint64_t)refresh_ms;
+    if (level_obj != Py_None) {
+        if (PyBool_Check(level_obj) || !PyLong_Check(level_obj)) {
+            PyErr_Format(PyExc_TypeError, "zstd_level must be an int or None, not %.100s",
+                         Py_TYPE(level_obj)->tp_name);
+            return NULL;
+        }
+        long level = PyLong_AsLong(level_obj);
+        if (level == -1 && PyErr_Occurred())
+            return NULL;
+        if (level < -131072 || level > 22) {
+            PyErr_Format(PyExc_ValueError, "zstd_level must be between -131072 and 22, not %ld",
+                         level);
+            return NULL;
+        }
+        opt.compress = 1;
+        opt.zstd_level = (int)level;
+    }
+    PyObject *path_bytes = NULL, *path_str = NULL;
+    if (path_obj != Py_None) {
+        if (!PyUnicode_FSConverter(path_obj, &path_bytes))
+            return NULL;
+        path_str = PyUnicode_DecodeFSDefault(PyBytes_AS_STRING(path_bytes));
+        if (path_str == NULL) {
+            Py_DECREF(path_bytes);
+            return NULL;
+        }
+    }
+    StoreObject *self = (StoreObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        Py_XDECREF(path_bytes);
+        Py_XDECREF(path_str);
+        return NULL;
+    }
+    self->path = path_str ? path_str : Py_NewRef(Py_None);
+    char err[512] = "";
+    int rc;
+    const char *dir = path_bytes ? PyBytes_AS_STRING(path_bytes) : NULL;
+    Py_BEGIN_ALLOW_THREADS
+    rc = tc_store_open(dir, &opt, &self->store, err, sizeof(err));
+    Py_END_ALLOW_THREADS
+    Py_XDECREF(path_bytes);
+    if (rc != TC_STORE_OK) {
+        if (rc == TC_STORE_EIO)
+            PyErr_SetString(PyExc_OSError, err);
+        else
+            raise_engine_error(rc, err);
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static void Store_dealloc(StoreObject *self)
+{
+    if (self->store) {
+        tc_store *s = self->store;
+        self->store = NULL;
+        Py_BEGIN_ALLOW_THREADS
+        tc_store_free(s);
+        Py_END_ALLOW_THREADS
+    }
+    Py_XDECREF(self->path);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+PyDoc_STRVAR(lookup_doc,
+"lookup(keys) -> bytes\n--\n\n"
+"For keys, a contiguous CPU int64 tensor of shape (N, 2), return N bytes:\n"
+"1 where the key's record is stored (and verifies), 0 where it is not.\n"
+"When a key misses, first picks up records other writers appended since the\n"
+"last scan (at most once per refresh_ms).");
+
+static PyObject *Store_lookup(StoreObject *self, PyObject *keys_obj)
+{
+    if (check_open(self) < 0)
+        return NULL;
+    tc_view keys;
+    if (keys_view(keys_obj, &keys) < 0)
+        return NULL;
+    Py_ssize_t n = (Py_ssize_t)keys.shape[0];
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n);
+    if (out == NULL) {
+        tc_view_release(&keys);
+        return NULL;
+    }
+    char err[512] = "";
+    int rc;
+    uint8_t *present = (uint8_t *)PyBytes_AS_STRING(out);
+    Py_BEGIN_ALLOW_THREADS
+    rc = tc_store_lookup(self->store, (const uint64_t *)keys.data, (size_t)n, present, err,
+                         sizeof(err));
+    Py_END_ALLOW_THREADS
+    tc_view_release(&keys);
+    if (rc != TC_STORE_OK) {
+        Py_DECREF(out);
+        raise_engine_error(rc, err);
+        return NULL;
+    }
+    return out;
+}
+
+PyDoc_STRVAR(entry_info_doc,
+"entry_info(keys, i) -> (dtype_word, item_shape)\n--\n\n"
+"The DLPack dtype word (code | bits << 8 | lanes << 16) and item shape of the\n"
+"stored record for row i of keys.  KeyError if it is not stored.");
+
+static PyObject *Store_entry_info(StoreObject *self, PyObject *args)
+{
+    PyObject *keys_obj;
+    Py_ssize_t i;
+    if (!PyArg_ParseTuple(args, "On:entry_info", &keys_obj, &i))
+        return NULL;
+    if (check_open(self) < 0)
+        return NULL;
+    tc_view keys;
+    if (keys_view(keys_obj, &keys) < 0)
+        return NULL;
+    Py_ssize_t n = (Py_ssize_t)keys.shape[0];
+    if (i < 0)
+        i += n;
+    if (i < 0 || i >= n) {
+        tc_view_release(&keys);
+        PyErr_Format(PyExc_IndexError, "i is out of range for %zd keys", n);
+        return NULL;
+    }
+    uint64_t key[2];
+    memcpy(key, keys.data + 16 * i, sizeof(key));
+    tc_view_release(&keys);
+    uint64_t dtype_word;
+    int ndim;
+    int64_t shape[TC_STORE_MAX_NDIM];
+    char err[512] = "";
+    int rc = tc_store_entry_info(self->store, key, &dtype_word, &ndim, shape, err, sizeof(err));
+    if (rc != TC_STORE_OK) {
+        raise_engine_error(rc, err);
+        return NULL;
+    }
+    PyObject *shape_t = PyTuple_New(ndim);
+    if (shape_t == NULL)
+        return NULL;
+    for (int d = 0; d < ndim; d++) {
+        PyObject *x = PyLong_FromLongLong(shape[d]);
+        if (x == NULL) {
+            Py_DECREF(shape_t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(shape_t, d, x);
+    }
+    return Py_BuildValue("(KN)", (unsigned long long)dtype_word, shape_t);
+}
+
+PyDoc_STRVAR(gather_doc,
+"gather(keys, dest) -> None\n--\n\n"
+"Copy the stored record of every row of keys (all must be present) into\n"
+"dest[i], decompressing where needed.  dest is a contiguous CPU tensor of\n"
+"shape (H, *item_shape) whose dtype and item shape every record must have\n"
+"(ValueError naming the row otherwise; KeyError if a key is absent).  The\n"
+"GIL is released while copying.");
+
+static PyObject *Store_gather(StoreObject *self, PyObject *args)
+{
+    PyObject *keys_obj, *dest_obj;
+    if (!PyArg_ParseTuple(args, "OO:gather", &keys_obj, &dest_obj))
+        return NULL;
+    if (check_open(self) < 0)
+        return NULL;
+    tc_view keys, dest;
+    if (keys_view(keys_obj, &keys) < 0)
+        return NULL;
+    if (batch_view(dest_obj, "dest", keys.shape[0], &dest) < 0) {
+        tc_view_release(&keys);
+        return NULL;
+    }
+    char err[512] = "";
+    size_t bad_row = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = tc_store_gather(self->store, (const uint64_t *)keys.data, (size_t)keys.shape[0],
+                         dest.dtype_word, dest.ndim - 1, dest.shape + 1, dest.data, &bad_row,
+                         err, sizeof(err));
+    Py_END_ALLOW_THREADS
+    tc_view_release(&keys);
+    tc_view_release(&dest);
+    if (rc != TC_STORE_OK) {
+        raise_engine_error(rc, err);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(put_doc,
+"put(keys, src) -> int\n--\n\n"
+"Store src[i] (src: a contiguous CPU tensor (N, *item_shape), any dtype)\n"
+"under row i of keys, skipping keys already present.  Returns the number of\n"
+"records stored by this call: fewer once max_bytes is reached (is_full) or\n"
+"after an I/O error (io_error); the store keeps serving either way.");
+
+static PyObject *Store_put(StoreObject *self, PyObject *args)
+{
+    PyObject *keys_obj, *src_obj;
+    if (!PyArg_ParseTuple(args, "OO:put", &keys_obj, &src_obj))
+        return NULL;
+    if (check_open(self) < 0)
+        return NULL;
+    tc_view keys, src;
+    if (keys_view(keys_obj, &keys) < 0)
+        return NULL;
+    if (batch_view(src_obj, "src", keys.shape[0], &src) < 0) {
+        tc_view_release(&keys);
+        return NULL;
+    }
+    char err[512] = "";
+    size_t stored = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = tc_store_put(self->store, (const uint64_t *)keys.data, (size_t)keys.shape[0],
+                      src.dtype_word, src.ndim - 1, src.shape + 1, src.data, &stored, err,
+                      sizeof(err));
+    Py_END_ALLOW_THREADS
+    tc_view_release(&keys);
+    tc_view_release(&src);
+    if (rc != TC_STORE_OK) {
+        raise_engine_error(rc, err);
+        return NULL;
+    }
+    return PyLong_FromSize_t(stored);
+}
+
+PyDoc_STRVAR(refresh_doc,
+"refresh() -> int\n--\n\n"
+"Scan the directory for other writers' records now; return how many new\n"
+"records were indexed.");
+
+static PyObject *Store_refresh(StoreObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (check_open(self) < 0)
+        return NULL;
+    char err[512] = "";
+    size_t added = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = tc_store_refresh(self->store, &added, err, sizeof(err));
+    Py_END_ALLOW_THREADS
+    if (rc != TC_STORE_OK) {
+        raise_engine_error(rc, err);
+        return NULL;
+    }
+    return PyLong_FromSize_t(added);
+}
+
+PyDoc_STRVAR(stats_doc,
+"stats() -> dict\n--\n\n"
+"records (indexed), segments, corrupt (records skipped), bytes_written and\n"
+"records_written (by this store), bytes_indexed, refreshes, full, io_error.");
+
+static PyObject *Store_stats(StoreObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (check_open(self) < 0)
+        return NULL;
+    tc_store_stats st;
+    if (tc_store_stats_get(self->store, &st) != TC_STORE_OK) {
+        PyErr_SetString(PyExc_ValueError, "store is closed");
+        return NULL;
+    }
+    char io[512];
+    int have_io = tc_store_io_error(self->store, io, sizeof(io));
+    PyObject *io_obj = have_io ? PyUnicode_DecodeFSDefault(io) : Py_NewRef(Py_None);
+    if (io_obj == NULL)
+        return NULL;
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:O,s:N}",
+                         "records", (unsigned long long)st.records,
+                         "segments", (unsigned long long)st.segments,
+                         "corrupt", (unsigned long long)st.corrupt,
+                         "bytes_written", (unsigned long long)st.bytes_written,
+                         "records_written", (unsigned long long)st.records_written,
+                         "bytes_indexed", (unsigned long long)st.bytes_indexed,
+                         "refreshes", (unsigned long long)st.refreshes,
+                         "full", st.full ? Py_True : Py_False,
+                         "io_error", io_obj);
+}
+
+PyDoc_STRVAR(close_doc,
+"close() -> None\n--\n\n"
+"Unmap and close every segment.  Idempotent; other methods then raise\n"
+"ValueError.");
+
+static PyObject *Store_close(StoreObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (!self->closed && self->store) {
+        self->closed = 1;
+        Py_BEGIN_ALLOW_THREADS
+        tc_store_close(self->store);
+        Py_END_ALLOW_THREADS
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Store_enter(StoreObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (check_open(self) < 0)
+        return NULL;
+    return Py_NewRef((PyObject *)self);
+}
+
+static PyObject *Store_exit(StoreObject *self, PyObject *args)
+{
+    (void)args;
+    return Store_close(self, NULL);
+}
+
+static PyObject *Store_get_is_full(StoreObject *self, void *closure)
+{
+    (void)closure;
+    tc_store_stats st;
+    if (self->store == NULL)
+        Py_RETURN_FALSE;
+    tc_store_stats_get(self->store, &st);
+    return PyBool_FromLong(st.full);
+}
+
+static PyObject *Store_get_io_error(StoreObject *self, void *closure)
+{
+    (void)closure;
+    char io[512];
+    if (self->store == NULL || !tc_store_io_error(self->store, io, sizeof(io)))
+        Py_RETURN_NONE;
+    return PyUnicode_DecodeFSDefault(io);
+}
+
+static PyObject *Store_get_path(StoreObject *self, void *closure)
+{
+    (void)closure;
+    return Py_NewRef(self->path);
+}
+
+static PyObject *Store_get_closed(StoreObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(self->closed);
+}
+
+static PyObject *Store_repr(StoreObject *self)
+{
+    return PyUnicode_FromFormat("<torchcache_c._C.Store path=%R%s>", self->path,
+                                self->closed ? " closed" : "");
+}
+
+static PyMethodDef Store_methods[] = {
+    {"lookup", (PyCFunction)Store_lookup, METH_O, lookup_doc},
+    {"entry_info", (PyCFunction)Store_entry_info, METH_VARARGS, entry_info_doc},
+    {"gather", (PyCFunction)Store_gather, METH_VARARGS, gather_doc},
+    {"put", (PyCFunction)Store_put, METH_VARARGS, put_doc},
+    {"refresh", (PyCFunction)Store_refresh, METH_NOARGS, refresh_doc},
+    {"stats", (PyCFunction)Store_stats, METH_NOARGS, stats_doc},
+    {"close", (PyCFunction)Store_close, METH_NOARGS, close_doc},
+    {"__enter__", (PyCFunction)Store_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)Store_exit, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Store_getset[] = {
+    {"is_full", (getter)Store_get_is_full, NULL, "The session byte limit max_bytes was reached.",
+     NULL},
+    {"io_error", (getter)Store_get_io_error, NULL,
+     "The first I/O error that stopped storing (e.g. disk full), or None.", NULL},
+    {"path", (getter)Store_get_path, NULL, "The cache directory, or None for memory.", NULL},
+    {"closed", (getter)Store_get_closed, NULL, "close() was called.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyDoc_STRVAR(Store_doc,
+"Store(path=None, *, max_bytes=0, zstd_level=None, zstd_threads=0, refresh_ms=100)\n--\n\n"
+"An append-only store of per-item records keyed by 128-bit keys\n"
+"(docs/format.md).  path=None keeps records in memory; otherwise path is the\n"
+"cache directory (created with its parents), shared safely by any number of\n"
+"processes.  max_bytes limits the bytes this store writes (0: no limit);\n"
+"zstd_level compresses records that shrink; refresh_ms bounds how often a\n"
+"miss rescans the directory for other writers' records.");
+
+static PyTypeObject StoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "torchcache_c._C.Store",
+    .tp_basicsize = sizeof(StoreObject),
+    .tp_dealloc = (destructor)Store_dealloc,
+    .tp_repr = (reprfunc)Store_repr,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = Store_doc,
+    .tp_methods = Store_methods,
+    .tp_getset = Store_getset,
+    .tp_new = Store_new,
+};
+
+int tc_store_module_init(PyObject *module)
+{
+    if (PyType_Ready(&StoreType) < 0)
+        return -1;
+    Py_INCREF(&StoreType);
+    if (PyModule_AddObject(module, "Store", (PyObject *)&StoreType) < 0) {
+        Py_DECREF(&StoreType);
+        return -1;
+    }
+    return 0;
+}
