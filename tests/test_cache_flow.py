@@ -1,4 +1,5 @@
 """One cached call: hits, misses, outputs, arguments, errors, limits, threads, compile."""
+import logging
 import threading
 
 import pytest
@@ -168,15 +169,41 @@ def test_cache_dtype_changes_storage_not_returned_dtype():
     assert torch.equal(a, Encoder()(x).half().float())
 
 
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def _run_until_full(m, x):
+    records = _Records()
+    logging.getLogger("torchcache_c").addHandler(records)
+    try:
+        with torch.no_grad():
+            for chunk in x.split(8):
+                m(chunk)
+            out = m(x)
+    finally:
+        logging.getLogger("torchcache_c").removeHandler(records)
+    assert torch.allclose(out, Encoder()(x))
+    assert sum("cache is full" in msg for msg in records.messages) == 1
+
+
 def test_memory_limit_sets_is_memory_cache_full_and_keeps_working():
     m = torchcache(max_memory_cache_size=4 * 4 * 10)(Encoder)()
-    x = torch.randn(40, 6)
-    with torch.no_grad():
-        for chunk in x.split(8):
-            m(chunk)
-        out = m(x)
+    _run_until_full(m, torch.randn(40, 6))
     assert m.cache_instance.is_memory_cache_full
-    assert torch.allclose(out, Encoder()(x))
+    assert not m.cache_instance.is_persistent_cache_full
+
+
+def test_persistent_limit_sets_is_persistent_cache_full_and_keeps_working(tmp_path):
+    m = torchcache(persistent=True, persistent_cache_dir=str(tmp_path),
+                   max_persistent_cache_size=2000)(Encoder)()
+    _run_until_full(m, torch.randn(80, 6))
+    assert m.cache_instance.is_persistent_cache_full
 
 
 def test_two_threads_get_correct_results():

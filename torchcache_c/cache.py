@@ -49,7 +49,8 @@ def _dtype_from_word(word: int) -> torch.dtype:
     try:
         return _DLPACK_DTYPES[(code, bits)]
     except KeyError:
-        raise RuntimeError(f"cache record has an unsupported dtype (DLPack {code}/{bits})") from None
+        raise RuntimeError(
+            f"cache record has an unsupported dtype (DLPack {code}/{bits})") from None
 
 
 def _digest_pair(text: str) -> torch.Tensor:
@@ -321,12 +322,14 @@ class ModuleCache:
             if self.persistent:
                 path = self.cache_dir
                 level = opts["zstd_compression_level"] if opts["zstd_compression"] else None
-                self._handle = _open_store(("dir", str(path), level, opts["max_persistent_cache_size"]), lambda: _C.Store(
-                    str(path), max_bytes=int(opts["max_persistent_cache_size"]),
-                    zstd_level=level, zstd_threads=int(opts["zstd_compression_threads"])))
+                limit = int(opts["max_persistent_cache_size"])
+                self._handle = _open_store(("dir", str(path), level, limit), lambda: _C.Store(
+                    str(path), max_bytes=limit, zstd_level=level,
+                    zstd_threads=int(opts["zstd_compression_threads"])))
             else:
-                self._handle = _open_store(("mem", mhash, opts["max_memory_cache_size"]), lambda: _C.Store(
-                    None, max_bytes=int(opts["max_memory_cache_size"])))
+                limit = int(opts["max_memory_cache_size"])
+                self._handle = _open_store(("mem", mhash, limit), lambda: _C.Store(
+                    None, max_bytes=limit))
             self._handle_hash = mhash
             logger.info("module hash %s (%s)", mhash, self.cache_dir or "in memory")
             return self._handle, mhash
