@@ -4,9 +4,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import torch
-import torch.nn as nn
-
 TESTS = Path(__file__).parent
 
 
@@ -19,14 +16,3 @@ def run_python(code: str, cwd=None, env=None) -> str:
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
-
-class Counter:
-    """Counts forward calls and the batch size of each."""
-
-    def __init__(self):
-        self.sizes = []
-
-
-def frozen_linear(d_in=6, d_out=4, seed=0) -> nn.Linear:
-    torch.manual_seed(seed)
-    return nn.Linear(d_in, d_out).requires_grad_(False)
