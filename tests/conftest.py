@@ -1,10 +1,15 @@
+import sys
+from pathlib import Path
+
 import pytest
 
-from torchcache_c import _C, build_info
+# Tests import their helpers as top-level modules (and so do their subprocesses).
+sys.path.insert(0, str(Path(__file__).parent))
 
-SIMD_LEVELS = [lvl for lvl in ("portable", "avx2", "avx512")
-               if ["portable", "avx2", "avx512"].index(lvl)
-               <= ["portable", "avx2", "avx512"].index(build_info()["simd_best"])]
+from torchcache_c import _C, build_info  # noqa: E402
+
+_LEVELS = ["portable", "avx2", "avx512"]
+SIMD_LEVELS = _LEVELS[: _LEVELS.index(build_info()["simd_best"]) + 1]
 
 
 @pytest.fixture(params=SIMD_LEVELS)

@@ -2,6 +2,8 @@
 
 from ._version import __version__
 from ._C import build_info as _c_build_info
+from ._logging import _configure_from_env, set_logger_config
+from .decorator import torchcache
 from .hashing import hash_tensor
 
 
@@ -10,4 +12,6 @@ def build_info() -> dict:
     return _c_build_info()
 
 
-__all__ = ["__version__", "build_info", "hash_tensor"]
+_configure_from_env()
+
+__all__ = ["__version__", "build_info", "hash_tensor", "set_logger_config", "torchcache"]

@@ -1,0 +1,259 @@
+"""One cached call: hits, misses, outputs, arguments, errors, limits, threads, compile."""
+import logging
+import threading
+
+import pytest
+import torch
+import torch.nn as nn
+
+from torchcache_c import torchcache
+
+
+class Encoder(nn.Module):
+    def __init__(self, d_in=6, d_out=4):
+        super().__init__()
+        self.lin = nn.Linear(d_in, d_out)
+        g = torch.Generator().manual_seed(0)  # same weights in every instance
+        self.lin.weight.data = torch.randn(d_out, d_in, generator=g)
+        self.lin.bias.data = torch.randn(d_out, generator=g)
+        self.requires_grad_(False)
+        self.sizes = []
+
+    def forward(self, x):
+        self.sizes.append(x.shape[0])
+        return self.lin(x).tanh()
+
+
+CachedEncoder = torchcache()(Encoder)
+
+
+def test_hits_skip_forward():
+    m, x = CachedEncoder(), torch.randn(8, 6)
+    with torch.no_grad():
+        m(x), m(x), m(x[2:5])
+    assert m.sizes == [8]
+    assert m.cache_instance.stats()["hits"] == 11
+
+
+def test_misses_run_as_one_smaller_batch():
+    m, x = CachedEncoder(), torch.randn(8, 6)
+    with torch.no_grad():
+        m(x[:5])
+        m(x)
+    assert m.sizes == [5, 3]
+
+
+def test_outputs_equal_uncached_outputs_exactly():
+    m, ref = CachedEncoder(), Encoder()
+    x = torch.randn(16, 6)
+    with torch.no_grad():
+        first = m(x[::2])
+        mixed = m(x)
+        again = m(x)
+        assert torch.equal(first, ref(x[::2]))  # all misses: the module's own output
+        assert torch.equal(mixed[::2], first)  # hits: the stored values, bit for bit
+        assert torch.equal(mixed[1::2], ref(x[1::2]))  # misses ran as one batch
+    assert torch.equal(mixed, again)
+
+
+def test_integer_token_ids_give_exact_float_embeddings():
+    @torchcache()
+    class Tok(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(1)
+            self.emb = nn.Embedding(100, 8)
+            self.requires_grad_(False)
+
+        def forward(self, ids):
+            return self.emb(ids).mean(1) * 1.2345
+
+    m = Tok()
+    ids = torch.randint(0, 100, (5, 7))
+    first, second = m(ids), m(ids)
+    expected = m.emb(ids).mean(1) * 1.2345
+    assert second.dtype == torch.float32
+    assert torch.equal(first, expected) and torch.equal(second, expected)
+
+
+def test_tuple_and_dict_outputs_keep_structure_and_dtypes():
+    @torchcache()
+    class Multi(nn.Module):
+        def forward(self, x):
+            return {"mean": x.mean(1), "parts": (x.double(), [x.argmax(1)])}
+
+    m, x = Multi(), torch.randn(4, 3)
+    m(x[:2])
+    out = m(x)
+    assert set(out) == {"mean", "parts"} and isinstance(out["parts"], tuple)
+    assert isinstance(out["parts"][1], list)
+    assert out["parts"][0].dtype == torch.float64 and out["parts"][1][0].dtype == torch.int64
+    assert torch.equal(out["parts"][0], x.double()) and torch.equal(out["mean"], x.mean(1))
+    assert torch.equal(out["parts"][1][0], x.argmax(1))
+
+
+def test_unsupported_output_type_raises_on_first_call():
+    @torchcache()
+    def bad(x):
+        return {1: x}
+
+    with pytest.raises(TypeError, match="tuples/lists/dicts"):
+        bad(torch.ones(2, 2))
+
+
+def test_non_tensor_arguments_are_in_the_key():
+    @torchcache()
+    def scale(x, factor, mode="a"):
+        return x * factor if mode == "a" else x - factor
+
+    x = torch.ones(3, 2)
+    assert torch.equal(scale(x, 2), x * 2)
+    assert torch.equal(scale(x, 3), x * 3)
+    assert torch.equal(scale(x, 3, mode="b"), x - 3)
+    assert torch.equal(scale(x, 2.0), x * 2)
+
+
+def test_unsupported_argument_type_raises_type_error_naming_it():
+    @torchcache()
+    def f(x, opts):
+        return x
+
+    with pytest.raises(TypeError, match="'opts'.*object"):
+        f(torch.ones(2, 1), opts=object())
+
+
+def test_input_requiring_grad_raises_value_error():
+    m = CachedEncoder()
+    with pytest.raises(ValueError, match="cannot carry gradients"):
+        m(torch.randn(2, 6, requires_grad=True))
+    with torch.no_grad():
+        m(torch.randn(2, 6, requires_grad=True))
+
+
+def test_batch_size_mismatch_and_missing_tensor_raise_value_error():
+    @torchcache()
+    def add(x, y):
+        return x + y
+
+    with pytest.raises(ValueError, match="leading batch size"):
+        add(torch.ones(2, 3), torch.ones(3, 3))
+    with pytest.raises(ValueError, match="tensor argument"):
+        add(1, 2)
+
+
+def test_one_dimensional_input_is_a_batch_of_scalars():
+    @torchcache()
+    def sq(x):
+        return x * x
+
+    x = torch.arange(5.0)
+    assert torch.equal(sq(x), x * x) and torch.equal(sq(x.flip(0)), (x * x).flip(0))
+
+
+def test_keyword_tensor_arguments_are_indexed_for_misses():
+    @torchcache()
+    def mix(x, *, y):
+        return x + 2 * y
+
+    x, y = torch.randn(6, 2), torch.randn(6, 2)
+    mix(x[:3], y=y[:3])
+    assert torch.allclose(mix(x, y=y), x + 2 * y)
+
+
+def test_cache_dtype_changes_storage_not_returned_dtype():
+    m = torchcache(cache_dtype=torch.float16)(Encoder)()
+    x = torch.randn(4, 6)
+    with torch.no_grad():
+        a, b = m(x), m(x)
+    assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b)
+    assert torch.equal(a, Encoder()(x).half().float())
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def _run_until_full(m, x):
+    records = _Records()
+    logging.getLogger("torchcache_c").addHandler(records)
+    try:
+        with torch.no_grad():
+            for chunk in x.split(8):
+                m(chunk)
+            out = m(x)
+    finally:
+        logging.getLogger("torchcache_c").removeHandler(records)
+    assert torch.allclose(out, Encoder()(x))
+    assert sum("cache is full" in msg for msg in records.messages) == 1
+
+
+def test_memory_limit_sets_is_memory_cache_full_and_keeps_working():
+    m = torchcache(max_memory_cache_size=4 * 4 * 10)(Encoder)()
+    _run_until_full(m, torch.randn(40, 6))
+    assert m.cache_instance.is_memory_cache_full
+    assert not m.cache_instance.is_persistent_cache_full
+
+
+def test_persistent_limit_sets_is_persistent_cache_full_and_keeps_working(tmp_path):
+    m = torchcache(persistent=True, persistent_cache_dir=str(tmp_path),
+                   max_persistent_cache_size=2000)(Encoder)()
+    _run_until_full(m, torch.randn(80, 6))
+    assert m.cache_instance.is_persistent_cache_full
+
+
+def test_two_threads_get_correct_results():
+    m, ref = CachedEncoder(), Encoder()
+    xs = [torch.randn(32, 6) for _ in range(4)]
+    errors = []
+
+    def work(seed):
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for _ in range(30):
+                x = xs[torch.randint(0, 4, (1,), generator=g).item()]
+                idx = torch.randperm(32, generator=g)[:12]
+                if not torch.allclose(m(x[idx]), ref(x[idx])):
+                    errors.append(seed)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(2)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors
+
+
+def test_torch_compile_eager_backend_runs_model_with_cached_module():
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = CachedEncoder()
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.backbone(x).relu())
+
+    model = Model()
+    compiled = torch.compile(model, backend="eager")
+    x = torch.randn(5, 6)
+    with torch.no_grad():
+        expected = model.head(Encoder()(x).relu())
+        assert torch.allclose(compiled(x), expected)
+        assert torch.allclose(compiled(x), expected)
+    assert model.backbone.sizes == [5]
+
+
+def test_train_and_eval_mode_are_cached_separately():
+    @torchcache()
+    class Drop(nn.Module):
+        def forward(self, x):
+            return x * (2.0 if self.training else 1.0)
+
+    m, x = Drop(), torch.ones(2, 2)
+    m.eval()
+    assert torch.equal(m(x), x)
+    m.train()
+    assert torch.equal(m(x), 2 * x)

@@ -1,0 +1,450 @@
+"""One cached call: gather inputs -> hash -> lookup -> forward misses -> store -> assemble.
+
+Item key = hash_tensor(stack([context digest, digest of input 1, ..., input k]))
+over a (B, k+1, 2) int64 tensor: one C call per input and one for the combination,
+no Python loop over items.  The context digest covers the module hash, training
+flag, autocast state and the non-tensor arguments with their names/positions.
+Each output leaf j is one store record per item, keyed item_key XOR leaf_constant(j).
+The output layout (nesting and leaf dtypes) is remembered per context and written
+to a JSON sidecar beside a persistent store, so that an all-hit batch in a fresh
+process can be answered without running forward.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import weakref
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from . import _C
+from .fingerprint import StateTracker, canonical, module_hash
+from .hashing import hash_tensor
+
+logger = logging.getLogger("torchcache_c")
+
+_SIMPLE = (int, float, str, bool, type(None), torch.dtype)
+_LAYOUT_FORMAT = "torchcache_c-layout-1"
+
+_DLPACK_DTYPES = {
+    (0, 8): torch.int8, (0, 16): torch.int16, (0, 32): torch.int32, (0, 64): torch.int64,
+    (1, 8): torch.uint8, (2, 16): torch.float16, (2, 32): torch.float32,
+    (2, 64): torch.float64, (4, 16): torch.bfloat16, (5, 64): torch.complex64,
+    (5, 128): torch.complex128, (6, 8): torch.bool,
+}
+_DTYPE_NAMES = {str(d).split(".")[1]: d for d in _DLPACK_DTYPES.values()}
+
+
+def _dtype_from_word(word: int) -> torch.dtype:
+    code, bits = word & 0xFF, (word >> 8) & 0xFF
+    try:
+        return _DLPACK_DTYPES[(code, bits)]
+    except KeyError:
+        raise RuntimeError(
+            f"cache record has an unsupported dtype (DLPack {code}/{bits})") from None
+
+
+def _digest_pair(text: str) -> torch.Tensor:
+    """A (1, 2) int64 digest of a text."""
+    raw = hashlib.blake2b(text.encode(), digest_size=16).digest()
+    return torch.tensor([[int.from_bytes(raw[:8], "little", signed=True),
+                          int.from_bytes(raw[8:], "little", signed=True)]], dtype=torch.int64)
+
+
+# ---- stores shared by every cache instance of this process -----------------------
+
+class _StoreHandle:
+    """One open store, the lock that serializes its use between threads, and the
+    output layouts (per context digest) of the records in it."""
+
+    def __init__(self, store: Any):
+        self.store = store
+        self.lock = threading.Lock()
+        self.layouts: Dict[str, dict] = {}
+
+
+_open_stores: "weakref.WeakValueDictionary[tuple, _StoreHandle]" = weakref.WeakValueDictionary()
+_registry_lock = threading.Lock()
+_private_dir: Optional[Path] = None
+
+
+def _private_cache_dir() -> Path:
+    """A temporary parent directory (mode 0700) for persistent=True without a directory."""
+    global _private_dir
+    with _registry_lock:
+        if _private_dir is None:
+            _private_dir = Path(tempfile.mkdtemp(prefix="torchcache_c-"))
+            atexit.register(_remove_private_dir, _private_dir)
+        return _private_dir
+
+
+def _remove_private_dir(path: Path) -> None:
+    for key, handle in list(_open_stores.items()):
+        if key[0] == "dir" and Path(key[1]).parent == path:
+            handle.store.close()
+    shutil.rmtree(path, ignore_errors=True)
+    logger.info("removed temporary cache directory %s", path)
+
+
+def _open_store(key: tuple, opener: Callable[[], Any]) -> _StoreHandle:
+    with _registry_lock:
+        handle = _open_stores.get(key)
+        if handle is None:
+            handle = _StoreHandle(opener())
+            _open_stores[key] = handle
+        return handle
+
+
+# ---- output layouts ------------------------------------------------------------
+
+def _flatten(obj: Any, leaves: List[torch.Tensor], path: str) -> Any:
+    if isinstance(obj, torch.Tensor):
+        leaves.append(obj)
+        return "T"
+    if isinstance(obj, (tuple, list)) and type(obj) in (tuple, list):
+        kind = type(obj).__name__
+        return {kind: [_flatten(v, leaves, f"{path}[{i}]") for i, v in enumerate(obj)]}
+    if type(obj) is dict and all(isinstance(k, str) for k in obj):
+        return {"dict": [[k, _flatten(v, leaves, f"{path}[{k!r}]")] for k, v in obj.items()]}
+    raise TypeError(
+        f"torchcache_c caches tensors and plain tuples/lists/dicts (str keys) of tensors; "
+        f"forward returned {type(obj).__qualname__} at output{path}"
+    )
+
+
+def _unflatten(spec: Any, leaves: List[torch.Tensor]) -> Any:
+    if spec == "T":
+        return leaves.pop(0)
+    if "tuple" in spec:
+        return tuple(_unflatten(s, leaves) for s in spec["tuple"])
+    if "list" in spec:
+        return [_unflatten(s, leaves) for s in spec["list"]]
+    return {k: _unflatten(s, leaves) for k, s in spec["dict"]}
+
+
+# ---- the cache of one module instance or function ----------------------------------
+
+class ModuleCache:
+    """Per-instance cache state; exposed as ``module.cache_instance``."""
+
+    def __init__(self, options: Dict[str, Any], structural: str,
+                 state_tensors: Callable[[], List[Tuple[str, torch.Tensor]]],
+                 dynamic_context: Callable[[], str] = lambda: ""):
+        if options["zstd_compression"] and not options["persistent"]:
+            raise ValueError("Cannot use zstd compression without persistent cache")
+        self.options = options
+        self.enabled: bool = bool(options["enabled"])
+        self.persistent: bool = bool(options["persistent"])
+        self.subsample_count: Optional[int] = options["subsample_count"]
+        self.cache_dtype: Optional[torch.dtype] = options["cache_dtype"]
+        self._structural = structural
+        self._override: Optional[str] = options["persistent_module_hash"]
+        if self._override is not None:
+            logger.warning(
+                "persistent_module_hash=%r overrides the module key: changes to the code, "
+                "init arguments or weights will not change the cache", self._override,
+            )
+        self._state = StateTracker(state_tensors)
+        self._state_tensors = state_tensors
+        self._dynamic_context = dynamic_context
+        self._lock = threading.Lock()
+        self._handle: Optional[_StoreHandle] = None
+        self._handle_hash: Optional[str] = None
+        self._logged: set = set()
+        self._counts = {"hits": 0, "misses": 0, "items_stored": 0}
+
+    # -- public surface (torchcache 0.4.1 names) --
+
+    @property
+    def module_hash(self) -> str:
+        """Hex key of the current store; with persistence, the name of its subdirectory."""
+        if self._override is not None:
+            return str(self._override)
+        return module_hash(self._structural, self._state.digest())
+
+    @property
+    def cache_dir(self) -> Optional[Path]:
+        if not self.persistent:
+            return None
+        parent = self.options["persistent_cache_dir"]
+        parent = Path(parent) if parent is not None else _private_cache_dir()
+        return parent / self.module_hash
+
+    @property
+    def is_memory_cache_full(self) -> bool:
+        return (not self.persistent and self._handle is not None
+                and bool(self._handle.store.is_full))
+
+    @property
+    def is_persistent_cache_full(self) -> bool:
+        return self.persistent and self._handle is not None and bool(self._handle.store.is_full)
+
+    def hash_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-item digests (B, 2) of ``x`` with this cache's subsample_count."""
+        return hash_tensor(x, subsample_count=self.subsample_count)
+
+    def stats(self) -> Dict[str, Any]:
+        """Hits, misses and items stored by this instance, and the bytes of its store."""
+        out: Dict[str, Any] = dict(self._counts)
+        store = self._handle.store.stats() if self._handle is not None else {}
+        out["memory_bytes"] = 0 if self.persistent else store.get("bytes_indexed", 0)
+        out["persistent_bytes"] = store.get("bytes_indexed", 0) if self.persistent else 0
+        out["store"] = store
+        return out
+
+    # -- the call --
+
+    def call(self, forward: Callable, args: tuple, kwargs: dict,
+             training: Optional[bool] = None) -> Any:
+        if not self.enabled:
+            return forward(*args, **kwargs)
+        inputs, context, batch, device = self._split_arguments(args, kwargs)
+        self._check_grad(inputs)
+        handle, mhash = self._current_store()
+        context = f"{mhash}|{training}|{self._autocast(device)}|{self._dynamic_context()}|{context}"
+        ctx_hex = hashlib.blake2b(context.encode(), digest_size=16).hexdigest()
+        keys = self._item_keys([t for _, t in inputs], context, batch)
+        layout = self._layout(handle, ctx_hex)
+        if layout is None:
+            present = torch.zeros(batch, dtype=torch.bool)
+        else:
+            with handle.lock:
+                present = self._lookup(handle.store, keys, len(layout["dtypes"]))
+        miss = (~present).nonzero().squeeze(1)
+        hit = present.nonzero().squeeze(1)
+        with self._lock:
+            self._counts["hits"] += len(hit)
+            self._counts["misses"] += len(miss)
+        miss_leaves: List[torch.Tensor] = []
+        if len(miss):
+            miss_leaves, layout = self._forward_misses(
+                forward, args, kwargs, inputs, miss, batch, handle, ctx_hex)
+            self._store(handle, keys[miss], miss_leaves, layout)
+        if not len(hit):
+            return _unflatten(layout["spec"], [self._returned(t, layout, j, device)
+                                               for j, t in enumerate(miss_leaves)])
+        with handle.lock:
+            hit_leaves = self._gather(handle.store, keys[hit], layout, device)
+        leaves = []
+        for j, hit_leaf in enumerate(hit_leaves):
+            if not len(miss):
+                leaves.append(hit_leaf)
+                continue
+            miss_leaf = self._returned(miss_leaves[j], layout, j, device)
+            if miss_leaf.shape[1:] != hit_leaf.shape[1:]:
+                raise RuntimeError(
+                    f"cached output leaf {j} has item shape {tuple(hit_leaf.shape[1:])} but "
+                    f"forward now returns {tuple(miss_leaf.shape[1:])} for the same arguments")
+            out = torch.empty((batch, *hit_leaf.shape[1:]), dtype=hit_leaf.dtype, device=device)
+            out[hit.to(device)] = hit_leaf
+            out[miss.to(device)] = miss_leaf
+            leaves.append(out)
+        return _unflatten(layout["spec"], leaves)
+
+    # -- steps --
+
+    def _split_arguments(self, args: tuple, kwargs: dict):
+        inputs: List[Tuple[Any, torch.Tensor]] = []
+        parts: List[str] = []
+        named = [(i, a) for i, a in enumerate(args)] + sorted(kwargs.items())
+        for name, value in named:
+            if isinstance(value, torch.Tensor):
+                if value.dim() == 0:
+                    raise ValueError(
+                        f"argument {name!r} is a 0-d tensor; cached inputs need a leading "
+                        "batch dimension (use x.reshape(1) for one item)")
+                inputs.append((name, value))
+                parts.append(f"{name}=T")
+            elif self._simple(value):
+                parts.append(f"{name}={canonical(value)}")
+            else:
+                raise TypeError(
+                    f"argument {name!r} of type {type(value).__qualname__} cannot be part of a "
+                    "cache key; pass tensors with a batch dimension, or int, float, str, bool, "
+                    "None, torch.dtype and tuples of them")
+        if not inputs:
+            raise ValueError("a cached call needs at least one tensor argument with a batch "
+                             "dimension")
+        sizes = {name: t.shape[0] for name, t in inputs}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"every tensor argument must have the same leading batch size; "
+                             f"got {sizes}")
+        return inputs, ";".join(parts), inputs[0][1].shape[0], inputs[0][1].device
+
+    def _simple(self, value: Any) -> bool:
+        if isinstance(value, (tuple, list)):
+            return all(self._simple(v) for v in value)
+        return isinstance(value, _SIMPLE)
+
+    def _check_grad(self, inputs) -> None:
+        if not torch.is_grad_enabled():
+            return
+        for name, t in inputs:
+            if t.requires_grad:
+                raise ValueError(
+                    f"argument {name!r} requires grad while grad is enabled: a cached output "
+                    "cannot carry gradients back to it. Detach the input, call under "
+                    "torch.no_grad(), or do not cache this module")
+        for name, t in self._state_tensors():
+            if t.requires_grad:
+                raise ValueError(
+                    f"parameter {name!r} requires grad: a cached output cannot carry gradients "
+                    "to it. Freeze it with requires_grad_(False) or call under torch.no_grad()")
+
+    @staticmethod
+    def _autocast(device: torch.device) -> str:
+        kind = device.type if device.type in ("cpu", "cuda") else "cpu"
+        if not torch.is_autocast_enabled(kind):
+            return "noautocast"
+        return f"autocast:{torch.get_autocast_dtype(kind)}"
+
+    def _current_store(self) -> Tuple[_StoreHandle, str]:
+        with self._lock:
+            mhash = self.module_hash
+            if self._handle is not None and self._handle_hash == mhash:
+                return self._handle, mhash
+            if self._handle is not None and self._state.changes > 3 and "churn" not in self._logged:
+                self._logged.add("churn")
+                logger.warning(
+                    "parameters or buffers of a cached module keep changing between calls "
+                    "(BatchNorm in train mode?); every change starts an empty cache. Call "
+                    ".eval() on the frozen module")
+            opts = self.options
+            if self.persistent:
+                path = self.cache_dir
+                level = opts["zstd_compression_level"] if opts["zstd_compression"] else None
+                limit = int(opts["max_persistent_cache_size"])
+                self._handle = _open_store(("dir", str(path), level, limit), lambda: _C.Store(
+                    str(path), max_bytes=limit, zstd_level=level,
+                    zstd_threads=int(opts["zstd_compression_threads"])))
+            else:
+                limit = int(opts["max_memory_cache_size"])
+                self._handle = _open_store(("mem", mhash, limit), lambda: _C.Store(
+                    None, max_bytes=limit))
+            self._handle_hash = mhash
+            logger.info("module hash %s (%s)", mhash, self.cache_dir or "in memory")
+            return self._handle, mhash
+
+    def _item_keys(self, tensors: List[torch.Tensor], context: str, batch: int) -> torch.Tensor:
+        columns = [_digest_pair(context).expand(batch, 2)]
+        columns += [hash_tensor(t, subsample_count=self.subsample_count) for t in tensors]
+        return hash_tensor(torch.stack(columns, dim=1))
+
+    def _leaf_keys(self, keys: torch.Tensor, leaf: int) -> torch.Tensor:
+        return (keys ^ _digest_pair(f"torchcache_c output leaf {leaf}")).contiguous()
+
+    def _lookup(self, store: Any, keys: torch.Tensor, n_leaves: int) -> torch.Tensor:
+        present = torch.ones(len(keys), dtype=torch.bool)
+        for j in range(n_leaves):
+            found = torch.frombuffer(bytearray(store.lookup(self._leaf_keys(keys, j))),
+                                     dtype=torch.uint8)
+            present &= found.bool()
+        return present
+
+    def _layout(self, handle: _StoreHandle, ctx_hex: str) -> Optional[dict]:
+        layout = handle.layouts.get(ctx_hex)
+        if layout is None and self.persistent:
+            path = self.cache_dir / f"layout-{ctx_hex}.json"
+            try:
+                data = json.loads(path.read_text())
+                if data.get("format") == _LAYOUT_FORMAT:
+                    layout = {"spec": data["spec"], "dtypes": data["dtypes"]}
+                    handle.layouts[ctx_hex] = layout
+            except (OSError, ValueError, KeyError):
+                return None
+        return layout
+
+    def _forward_misses(self, forward, args, kwargs, inputs, miss, batch, handle, ctx_hex):
+        if len(miss) == batch:
+            out = forward(*args, **kwargs)
+        else:
+            index = {name: t[miss.to(t.device)] for name, t in inputs}
+            out = forward(*[index.get(i, a) for i, a in enumerate(args)],
+                          **{k: index.get(k, v) for k, v in kwargs.items()})
+        leaves: List[torch.Tensor] = []
+        spec = _flatten(out, leaves, "")
+        for j, leaf in enumerate(leaves):
+            if leaf.dim() == 0 or leaf.shape[0] != len(miss):
+                raise ValueError(
+                    f"output leaf {j} has shape {tuple(leaf.shape)}; every output tensor must "
+                    f"have the batch size {len(miss)} as its leading dimension")
+        layout = {"spec": spec, "dtypes": [str(t.dtype).split(".")[1] for t in leaves]}
+        with handle.lock:
+            known = handle.layouts.get(ctx_hex)
+            if known is not None and known != layout:
+                raise RuntimeError(
+                    f"forward returned a different output structure or dtype ({layout}) than "
+                    f"before for the same arguments ({known})")
+            if known is None:
+                handle.layouts[ctx_hex] = layout
+                if self.persistent:
+                    self._write_layout(ctx_hex, layout)
+        return leaves, layout
+
+    def _write_layout(self, ctx_hex: str, layout: dict) -> None:
+        path = self.cache_dir / f"layout-{ctx_hex}.json"
+        if path.exists():
+            return
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"format": _LAYOUT_FORMAT, **layout}))
+            os.replace(tmp, path)
+        except OSError as exc:
+            self._log_once("layout", "could not write %s (%s); other processes will "
+                           "recompute these outputs once", path, exc)
+
+    def _stored(self, leaf: torch.Tensor) -> torch.Tensor:
+        leaf = leaf.detach()
+        if self.cache_dtype is not None and leaf.is_floating_point():
+            leaf = leaf.to(self.cache_dtype)
+        return leaf
+
+    def _returned(self, leaf: torch.Tensor, layout: dict, j: int, device) -> torch.Tensor:
+        # Misses go through the stored dtype too, so an output never depends on whether
+        # it was a hit: the same item gives the same values in every epoch.
+        dtype = _DTYPE_NAMES.get(layout["dtypes"][j], leaf.dtype)
+        return self._stored(leaf).to(device=device, dtype=dtype)
+
+    def _store(self, handle: _StoreHandle, keys: torch.Tensor, leaves, layout) -> None:
+        if handle.store.is_full or handle.store.io_error:
+            return
+        stored_now = []
+        for j, leaf in enumerate(leaves):
+            src = self._stored(leaf).to("cpu").contiguous()
+            with handle.lock:
+                stored_now.append(handle.store.put(self._leaf_keys(keys, j), src))
+        with self._lock:
+            self._counts["items_stored"] += min(stored_now)
+        if handle.store.is_full:
+            limit = "max_persistent_cache_size" if self.persistent else "max_memory_cache_size"
+            self._log_once("full", "cache is full (%s reached); new outputs are not stored, "
+                           "forward keeps running", limit)
+        if handle.store.io_error:
+            self._log_once("io", "cache stopped storing after an I/O error: %s",
+                           handle.store.io_error)
+
+    def _gather(self, store: Any, keys: torch.Tensor, layout: dict, device) -> List[torch.Tensor]:
+        leaves = []
+        pin = device.type == "cuda"
+        for j, name in enumerate(layout["dtypes"]):
+            leaf_keys = self._leaf_keys(keys, j)
+            word, shape = store.entry_info(leaf_keys, 0)
+            dest = torch.empty((len(keys), *shape), dtype=_dtype_from_word(word), pin_memory=pin)
+            store.gather(leaf_keys, dest)
+            leaves.append(dest.to(device=device, dtype=_DTYPE_NAMES[name], non_blocking=pin))
+        return leaves
+
+    def _log_once(self, what: str, msg: str, *args: Any) -> None:
+        if what not in self._logged:
+            self._logged.add(what)
+            logger.warning(msg, *args)
