@@ -257,3 +257,29 @@ def test_train_and_eval_mode_are_cached_separately():
     assert torch.equal(m(x), x)
     m.train()
     assert torch.equal(m(x), 2 * x)
+
+
+OUTPUT_DTYPES = [name for name in (
+    "bool", "uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64",
+    "float16", "bfloat16", "float32", "float64", "complex64", "complex128",
+    "float8_e4m3fn", "float8_e5m2") if hasattr(torch, name)]
+
+
+@pytest.mark.parametrize("dtype_name", OUTPUT_DTYPES)
+@pytest.mark.parametrize("persistent", [False, True])
+def test_every_output_dtype_is_served_exactly(dtype_name, persistent, tmp_path):
+    dtype = getattr(torch, dtype_name)
+
+    @torchcache(persistent=persistent, persistent_cache_dir=str(tmp_path))
+    def bits_as(x):
+        raw = (x * 1000).to(torch.int64).remainder(256).to(torch.uint8)
+        if dtype is torch.bool:
+            return raw.bool()
+        size = torch.empty((), dtype=dtype).element_size()
+        return raw[:, : (raw.shape[1] // size) * size].view(dtype)
+
+    x = torch.rand(6, 32)
+    first = bits_as(x)
+    again = bits_as(x)
+    assert again.dtype == dtype and bits_as.cache_instance.stats()["hits"] == 6
+    assert torch.equal(again.view(torch.uint8), first.view(torch.uint8))

@@ -35,13 +35,18 @@ logger = logging.getLogger("torchcache_c")
 _SIMPLE = (int, float, str, bool, type(None), torch.dtype)
 _LAYOUT_FORMAT = "torchcache_c-layout-1"
 
-_DLPACK_DTYPES = {
-    (0, 8): torch.int8, (0, 16): torch.int16, (0, 32): torch.int32, (0, 64): torch.int64,
-    (1, 8): torch.uint8, (2, 16): torch.float16, (2, 32): torch.float32,
-    (2, 64): torch.float64, (4, 16): torch.bfloat16, (5, 64): torch.complex64,
-    (5, 128): torch.complex128, (6, 8): torch.bool,
+# DLPack (code, bits) of every torch dtype that can be stored; names that an older
+# torch lacks are skipped.
+_DLPACK_CODES = {
+    "int8": (0, 8), "int16": (0, 16), "int32": (0, 32), "int64": (0, 64),
+    "uint8": (1, 8), "uint16": (1, 16), "uint32": (1, 32), "uint64": (1, 64),
+    "float16": (2, 16), "float32": (2, 32), "float64": (2, 64), "bfloat16": (4, 16),
+    "complex32": (5, 32), "complex64": (5, 64), "complex128": (5, 128), "bool": (6, 8),
+    "float8_e4m3fn": (10, 8), "float8_e4m3fnuz": (11, 8), "float8_e5m2": (12, 8),
+    "float8_e5m2fnuz": (13, 8), "float8_e8m0fnu": (14, 8),
 }
-_DTYPE_NAMES = {str(d).split(".")[1]: d for d in _DLPACK_DTYPES.values()}
+_DTYPE_NAMES = {name: getattr(torch, name) for name in _DLPACK_CODES if hasattr(torch, name)}
+_DLPACK_DTYPES = {_DLPACK_CODES[name]: dt for name, dt in _DTYPE_NAMES.items()}
 
 
 def _dtype_from_word(word: int) -> torch.dtype:
