@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Tuple, TypeVar
 import torch
 
 from .cache import ModuleCache
+from . import _C
 from .fingerprint import canonical, class_code_text, function_code_text, structural_key
 
 T = TypeVar("T")
@@ -67,7 +68,10 @@ def torchcache(*args: Any, **kwargs: Any) -> Callable[[T], T]:
 
 
 def _structural(code_text: str, args: tuple, kwargs: dict, options: dict) -> str:
-    return structural_key(code_text, args, kwargs, {k: options[k] for k in _KEY_SETTINGS})
+    settings = {k: options[k] for k in _KEY_SETTINGS}
+    # A new hash definition must never read entries keyed by the old one (docs/hash.md, 9).
+    settings["hash"] = _C.build_info()["hash"]
+    return structural_key(code_text, args, kwargs, settings)
 
 
 def _wrap_class(module_class: type, options: Dict[str, Any]) -> type:
