@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from . import _C
+from .device_tier import DeviceTier
 from .fingerprint import StateTracker, canonical, module_hash
 from .hashing import hash_tensor
 
@@ -107,6 +108,16 @@ def _open_store(key: tuple, opener: Callable[[], Any]) -> _StoreHandle:
             handle = _StoreHandle(opener())
             _open_stores[key] = handle
         return handle
+
+
+def _tier_device(option: Any, input_device: torch.device) -> Optional[torch.device]:
+    """The device of an on-device memory tier, or None for the C arena in host memory.
+
+    ``memory_cache_device`` "cpu" (the default) keeps outputs in host memory; a CUDA
+    device keeps them there; None means the device of the inputs, as in torchcache.
+    """
+    device = input_device if option is None else torch.device(option)
+    return None if device.type == "cpu" else device
 
 
 # ---- output layouts ------------------------------------------------------------
@@ -214,7 +225,7 @@ class ModuleCache:
             return forward(*args, **kwargs)
         inputs, context, batch, device = self._split_arguments(args, kwargs)
         self._check_grad(inputs)
-        handle, mhash = self._current_store()
+        handle, mhash = self._current_store(device)
         context = f"{mhash}|{training}|{self._autocast(device)}|{self._dynamic_context()}|{context}"
         ctx_hex = hashlib.blake2b(context.encode(), digest_size=16).hexdigest()
         keys = self._item_keys([t for _, t in inputs], context, batch)
@@ -312,7 +323,7 @@ class ModuleCache:
             return "noautocast"
         return f"autocast:{torch.get_autocast_dtype(kind)}"
 
-    def _current_store(self) -> Tuple[_StoreHandle, str]:
+    def _current_store(self, device: torch.device) -> Tuple[_StoreHandle, str]:
         with self._lock:
             mhash = self.module_hash
             if self._handle is not None and self._handle_hash == mhash:
@@ -333,8 +344,13 @@ class ModuleCache:
                     zstd_threads=int(opts["zstd_compression_threads"])))
             else:
                 limit = int(opts["max_memory_cache_size"])
-                self._handle = _open_store(("mem", mhash, limit), lambda: _C.Store(
-                    None, max_bytes=limit))
+                tier = _tier_device(opts["memory_cache_device"], device)
+                if tier is None:
+                    self._handle = _open_store(("mem", mhash, limit), lambda: _C.Store(
+                        None, max_bytes=limit))
+                else:
+                    self._handle = _open_store(("dev", mhash, limit, str(tier)),
+                                               lambda: DeviceTier(tier, limit))
             self._handle_hash = mhash
             logger.info("module hash %s (%s)", mhash, self.cache_dir or "in memory")
             return self._handle, mhash
@@ -425,7 +441,9 @@ class ModuleCache:
             return
         stored_now = []
         for j, leaf in enumerate(leaves):
-            src = self._stored(leaf).to("cpu").contiguous()
+            src = self._stored(leaf)
+            if not isinstance(handle.store, DeviceTier):
+                src = src.to("cpu").contiguous()
             with handle.lock:
                 stored_now.append(handle.store.put(self._leaf_keys(keys, j), src))
         with self._lock:
@@ -443,6 +461,9 @@ class ModuleCache:
         pin = device.type == "cuda"
         for j, name in enumerate(layout["dtypes"]):
             leaf_keys = self._leaf_keys(keys, j)
+            if isinstance(store, DeviceTier):
+                leaves.append(store.fetch(leaf_keys).to(device=device, dtype=_DTYPE_NAMES[name]))
+                continue
             word, shape = store.entry_info(leaf_keys, 0)
             dest = torch.empty((len(keys), *shape), dtype=_dtype_from_word(word), pin_memory=pin)
             store.gather(leaf_keys, dest)

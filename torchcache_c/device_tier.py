@@ -1,0 +1,100 @@
+"""The memory tier on a device (``memory_cache_device="cuda"``).
+
+Outputs stay on the device in one growing *slab* tensor per (dtype, item shape); the
+C arena store maps each key to a (slab, row) pair of int64s.  A hit batch is then one
+C gather of the small index records plus one ``index_select`` on the device: no
+host round trip and no Python loop over items.  Only device-agnostic torch calls are
+used, so the class is tested on the CPU as well.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import torch
+
+from . import _C
+
+
+class DeviceTier:
+    """Same surface as the parts of ``_C.Store`` that cache.py uses, plus ``fetch``."""
+
+    def __init__(self, device: torch.device, max_bytes: int):
+        self.device = torch.device(device)
+        self.max_bytes = int(max_bytes)
+        self.index = _C.Store(None)
+        self.slabs: List[torch.Tensor] = []
+        self.used: List[int] = []
+        self.slab_of: Dict[Tuple[torch.dtype, tuple], int] = {}
+        self.bytes = 0
+        self.records = 0
+        self.is_full = False
+        self.io_error = None
+
+    def lookup(self, keys: torch.Tensor) -> bytes:
+        return self.index.lookup(keys)
+
+    def put(self, keys: torch.Tensor, src: torch.Tensor) -> int:
+        """Store row i of src under keys[i] (absent keys only); returns how many were stored."""
+        if self.is_full:
+            return 0
+        absent = torch.frombuffer(bytearray(self.index.lookup(keys)), dtype=torch.uint8) == 0
+        rows = absent.nonzero().squeeze(1)
+        item_bytes = src[0].numel() * src.element_size() if len(src) else 0
+        if item_bytes and self.max_bytes > 0:
+            room = max(0, (self.max_bytes - self.bytes) // item_bytes)
+            if room < len(rows):
+                # As in torchcache: when full, the newest outputs are not stored.
+                rows = rows[:room]
+                self.is_full = True
+        if not len(rows):
+            return 0
+        slab_id = self._slab(src.dtype, tuple(src.shape[1:]), len(rows))
+        start = self.used[slab_id]
+        self.slabs[slab_id][start:start + len(rows)] = src[rows.to(src.device)].to(self.device)
+        self.used[slab_id] += len(rows)
+        records = torch.stack([torch.full((len(rows),), slab_id, dtype=torch.int64),
+                               torch.arange(start, start + len(rows), dtype=torch.int64)], 1)
+        stored = self.index.put(keys[rows].contiguous(), records)
+        self.bytes += item_bytes * len(rows)
+        self.records += stored
+        return stored
+
+    def fetch(self, keys: torch.Tensor) -> torch.Tensor:
+        """The stored rows for keys (all present), as one tensor on the tier's device."""
+        records = torch.empty((len(keys), 2), dtype=torch.int64)
+        self.index.gather(keys, records)
+        slab_ids = records[:, 0].unique()
+        first = self.slabs[int(slab_ids[0])]
+        out = torch.empty((len(keys), *first.shape[1:]), dtype=first.dtype, device=self.device)
+        for slab_id in slab_ids.tolist():
+            mask = records[:, 0] == slab_id
+            rows = records[mask, 1].to(self.device)
+            out[mask.to(self.device)] = self.slabs[slab_id].index_select(0, rows)
+        return out
+
+    def stats(self) -> dict:
+        return {"records": self.records, "bytes_indexed": self.bytes, "slabs": len(self.slabs),
+                "device": str(self.device), "full": self.is_full}
+
+    def close(self) -> None:
+        self.index.close()
+        self.slabs.clear()
+
+    def _slab(self, dtype: torch.dtype, item_shape: tuple, extra: int) -> int:
+        key = (dtype, item_shape)
+        slab_id = self.slab_of.get(key)
+        if slab_id is None:
+            slab_id = len(self.slabs)
+            self.slab_of[key] = slab_id
+            self.slabs.append(torch.empty((0, *item_shape), dtype=dtype, device=self.device))
+            self.used.append(0)
+        slab = self.slabs[slab_id]
+        need = self.used[slab_id] + extra
+        if need > slab.shape[0]:
+            # Doubling keeps the total copying linear in the number of rows stored.
+            grown = torch.empty((max(need, 2 * slab.shape[0], 64), *item_shape), dtype=dtype,
+                                device=self.device)
+            grown[: self.used[slab_id]] = slab[: self.used[slab_id]]
+            self.slabs[slab_id] = grown
+        return slab_id
