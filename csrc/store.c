@@ -861,9 +861,19 @@ int tc_store_gather(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtype_
         rc = closed_err(err, err_len);
         goto done;
     }
+    /* The bytes of one dest row.  A verified record is re-checked only for the
+     * fields that bound reads (entry_header); these two compares keep the copy
+     * inside dest and inside the record even if its header was rewritten in
+     * place after it verified (docs/format.md, section 8 says not to). */
+    uint64_t item_bytes = tc_store_itemsize(dtype_word);
+    for (int d = 0; d < ndim; d++) {
+        if (__builtin_mul_overflow(item_bytes, (uint64_t)shape[d], &item_bytes))
+            item_bytes = UINT64_MAX;
+    }
     for (size_t i = 0; i < n; i++) {
         const rec_header *h = NULL;
-        if (probe(s, keys[2 * i], keys[2 * i + 1], &h) == NULL) {
+        entry *e = probe(s, keys[2 * i], keys[2 * i + 1], &h);
+        if (e == NULL) {
             *bad_row = i;
             set_err(err, err_len, "row %zu: key (%lld, %lld) is not in the store", i,
                     (long long)keys[2 * i], (long long)keys[2 * i + 1]);
@@ -885,7 +895,18 @@ int tc_store_gather(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtype_
             rc = TC_STORE_EMISMATCH;
             goto done;
         }
-        uint8_t *row = dest + i * h->raw_len;
+        if (h->raw_len != item_bytes ||
+            (!(h->flags & REC_FLAG_ZSTD) && h->stored_len != h->raw_len)) {
+            entry_kill(s, e, 1);
+            *bad_row = i;
+            set_err(err, err_len,
+                    "row %zu: the record of key (%lld, %lld) changed on disk after it was "
+                    "verified and is dropped; do not edit segments in use", i,
+                    (long long)keys[2 * i], (long long)keys[2 * i + 1]);
+            rc = TC_STORE_ECORRUPT;
+            goto done;
+        }
+        uint8_t *row = dest + i * item_bytes;
         const uint8_t *payload = (const uint8_t *)h + REC_HEADER_BYTES;
         if (h->flags & REC_FLAG_ZSTD) {
             char zerr[200];
