@@ -164,38 +164,68 @@ enum { HDR_OK, HDR_SHORT, HDR_BAD };
 
 /* Checks the header at h, with `avail` bytes of file from h on (>= 128).  On
  * HDR_OK *total is the record's length including padding; HDR_SHORT means the
- * header is valid but its payload is not all in the file yet. */
-static int header_check(const rec_header *h, uint64_t avail, uint64_t *total)
+ * header is valid but its payload is not all in the file yet.  On HDR_BAD,
+ * *why (when why is not NULL) names the first check that failed. */
+static int header_validate(const rec_header *h, uint64_t avail, uint64_t *total,
+                           const char **why)
 {
-    if (h->magic != REC_MAGIC || h->version != REC_VERSION)
-        return HDR_BAD;
-    if (header_checksum(h) != h->header_sum)
-        return HDR_BAD;
-    if (h->ndim > TC_STORE_MAX_NDIM || (h->flags & ~REC_FLAG_ZSTD) != 0)
-        return HDR_BAD;
+    const char *bad = NULL;
+    if (h->magic != REC_MAGIC || h->version != REC_VERSION) {
+        bad = "bad magic or version";
+        goto out;
+    }
+    if (header_checksum(h) != h->header_sum) {
+        bad = "header checksum mismatch";
+        goto out;
+    }
+    if (h->ndim > TC_STORE_MAX_NDIM || (h->flags & ~REC_FLAG_ZSTD) != 0) {
+        bad = "ndim above 8 or unknown flag bits";
+        goto out;
+    }
     size_t itemsize = tc_store_itemsize(h->dtype_word);
-    if (itemsize == 0)
-        return HDR_BAD;
+    if (itemsize == 0) {
+        bad = "dtype is not a whole number of bytes per element";
+        goto out;
+    }
     uint64_t n = itemsize;
     for (int d = 0; d < h->ndim; d++) {
-        if (h->shape[d] < 0 || __builtin_mul_overflow(n, (uint64_t)h->shape[d], &n))
-            return HDR_BAD;
+        if (h->shape[d] < 0 || __builtin_mul_overflow(n, (uint64_t)h->shape[d], &n)) {
+            bad = "negative or overflowing shape";
+            goto out;
+        }
     }
     for (int d = h->ndim; d < TC_STORE_MAX_NDIM; d++) {
-        if (h->shape[d] != 0)
-            return HDR_BAD;
+        if (h->shape[d] != 0) {
+            bad = "shape entries past ndim are not zero";
+            goto out;
+        }
     }
-    if (n != h->raw_len)
-        return HDR_BAD;
-    if ((h->flags & REC_FLAG_ZSTD) ? h->stored_len >= h->raw_len : h->stored_len != h->raw_len)
-        return HDR_BAD;
-    if (h->stored_len > UINT64_MAX / 2)
-        return HDR_BAD;
+    if (n != h->raw_len) {
+        bad = "raw_len differs from shape x element size";
+        goto out;
+    }
+    if ((h->flags & REC_FLAG_ZSTD) ? h->stored_len >= h->raw_len : h->stored_len != h->raw_len) {
+        bad = "stored_len inconsistent with raw_len and flags";
+        goto out;
+    }
+    if (h->stored_len > UINT64_MAX / 2) {
+        bad = "stored_len too large";
+        goto out;
+    }
     uint64_t t = REC_HEADER_BYTES + round_up(h->stored_len, REC_ALIGN);
     if (t > avail)
         return HDR_SHORT;
     *total = t;
     return HDR_OK;
+out:
+    if (why)
+        *why = bad;
+    return HDR_BAD;
+}
+
+static int header_check(const rec_header *h, uint64_t avail, uint64_t *total)
+{
+    return header_validate(h, avail, total, NULL);
 }
 
 /* ---- the index: open addressing, linear probing ----------------------------- */
@@ -831,9 +861,19 @@ int tc_store_gather(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtype_
         rc = closed_err(err, err_len);
         goto done;
     }
+    /* The bytes of one dest row.  A verified record is re-checked only for the
+     * fields that bound reads (entry_header); these two compares keep the copy
+     * inside dest and inside the record even if its header was rewritten in
+     * place after it verified (docs/format.md, section 8 says not to). */
+    uint64_t item_bytes = tc_store_itemsize(dtype_word);
+    for (int d = 0; d < ndim; d++) {
+        if (__builtin_mul_overflow(item_bytes, (uint64_t)shape[d], &item_bytes))
+            item_bytes = UINT64_MAX;
+    }
     for (size_t i = 0; i < n; i++) {
         const rec_header *h = NULL;
-        if (probe(s, keys[2 * i], keys[2 * i + 1], &h) == NULL) {
+        entry *e = probe(s, keys[2 * i], keys[2 * i + 1], &h);
+        if (e == NULL) {
             *bad_row = i;
             set_err(err, err_len, "row %zu: key (%lld, %lld) is not in the store", i,
                     (long long)keys[2 * i], (long long)keys[2 * i + 1]);
@@ -855,7 +895,18 @@ int tc_store_gather(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtype_
             rc = TC_STORE_EMISMATCH;
             goto done;
         }
-        uint8_t *row = dest + i * h->raw_len;
+        if (h->raw_len != item_bytes ||
+            (!(h->flags & REC_FLAG_ZSTD) && h->stored_len != h->raw_len)) {
+            entry_kill(s, e, 1);
+            *bad_row = i;
+            set_err(err, err_len,
+                    "row %zu: the record of key (%lld, %lld) changed on disk after it was "
+                    "verified and is dropped; do not edit segments in use", i,
+                    (long long)keys[2 * i], (long long)keys[2 * i + 1]);
+            rc = TC_STORE_ECORRUPT;
+            goto done;
+        }
+        uint8_t *row = dest + i * item_bytes;
         const uint8_t *payload = (const uint8_t *)h + REC_HEADER_BYTES;
         if (h->flags & REC_FLAG_ZSTD) {
             char zerr[200];
@@ -1181,6 +1232,88 @@ int tc_store_refresh(tc_store *s, size_t *added, char *err, size_t err_len)
     fork_check(s);
     pthread_rwlock_wrlock(&s->lock);
     int rc = s->closed ? closed_err(err, err_len) : refresh_locked(s, added, err, err_len);
+    pthread_rwlock_unlock(&s->lock);
+    return rc;
+}
+
+/* ---- verify ----------------------------------------------------------------- */
+
+/* Walks one segment like segment_scan but from offset 0, checking every payload.
+ * Read lock held: index entries change state only atomically (entry_kill). */
+static void segment_verify(tc_store *s, size_t si, tc_store_verify_result *r,
+                           tc_store_problem_fn problem, void *ctx)
+{
+    const segment *g = &s->segs[si];
+    uint64_t off = 0, len = g->file_len;
+    while (off + REC_HEADER_BYTES <= len) {
+        const rec_header *h = (const rec_header *)(g->base + off);
+        uint64_t total = 0;
+        const char *why = NULL;
+        int rc = header_validate(h, len - off, &total, &why);
+        if (rc == HDR_SHORT) {
+            /* A header that checks over a payload not yet all there: a write in
+             * progress or a writer that died (section 6).  Never served. */
+            r->torn++;
+            if (problem)
+                problem(ctx, g->name, si, off,
+                        "record runs past the end of the segment (torn tail or write in "
+                        "progress)");
+            return;
+        }
+        if (rc == HDR_BAD) {
+            r->corrupt++;
+            if (problem)
+                problem(ctx, g->name, si, off, why);
+            /* Resynchronise as the scan does: the next aligned header that checks. */
+            uint64_t o = off + REC_ALIGN;
+            for (; o + REC_HEADER_BYTES <= len; o += REC_ALIGN) {
+                const rec_header *n = (const rec_header *)(g->base + o);
+                uint64_t t;
+                if (n->magic == REC_MAGIC && header_check(n, len - o, &t) != HDR_BAD)
+                    break;
+            }
+            off = o;
+            continue;
+        }
+        const uint8_t *payload = (const uint8_t *)h + REC_HEADER_BYTES;
+        entry *e = index_find(s, h->key0, h->key1);
+        int indexed_here = e != NULL && e->seg == si + 1 && e->offset == off;
+        if (payload_checksum(payload, h->stored_len) != h->payload_sum) {
+            r->corrupt++;
+            if (problem)
+                problem(ctx, g->name, si, off, "payload checksum mismatch");
+            if (indexed_here)
+                entry_kill(s, e, 1);
+        } else {
+            r->records++;
+            r->bytes += total;
+            if (indexed_here)
+                __atomic_fetch_or(&e->state, ENTRY_VERIFIED, __ATOMIC_ACQ_REL);
+        }
+        off += total;
+    }
+}
+
+int tc_store_verify(tc_store *s, tc_store_verify_result *r, tc_store_problem_fn problem,
+                    void *ctx, char *err, size_t err_len)
+{
+    memset(r, 0, sizeof(*r));
+    fork_check(s);
+    pthread_rwlock_wrlock(&s->lock);
+    size_t added = 0;
+    int rc = s->closed ? closed_err(err, err_len) : refresh_locked(s, &added, err, err_len);
+    pthread_rwlock_unlock(&s->lock);
+    if (rc != TC_STORE_OK)
+        return rc;
+    /* The walk reads payloads: only the read lock, so lookups and gathers go on. */
+    pthread_rwlock_rdlock(&s->lock);
+    if (s->closed) {
+        rc = closed_err(err, err_len);
+    } else {
+        for (size_t si = 0; si < s->nsegs; si++)
+            segment_verify(s, si, r, problem, ctx);
+        r->segments = s->nsegs;
+    }
     pthread_rwlock_unlock(&s->lock);
     return rc;
 }

@@ -79,6 +79,25 @@ int tc_store_put(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtype_wor
 /* Scans for other writers' records now; *added counts newly indexed records. */
 int tc_store_refresh(tc_store *s, size_t *added, char *err, size_t err_len);
 int tc_store_stats_get(tc_store *s, tc_store_stats *st);
+typedef struct {
+    uint64_t records;  /* records whose header and payload checksums verify */
+    uint64_t corrupt;  /* records (or damaged ranges) that fail a check */
+    uint64_t bytes;    /* record bytes (header, payload, padding) of the verified records */
+    uint64_t torn;     /* segments ending in a record that runs past the end of the file */
+    uint64_t segments; /* segment files (or arena chunks) walked */
+} tc_store_verify_result;
+
+/* Called for each damaged record: the segment's file name (NULL for an arena
+ * chunk, then seg is its index), the record's offset, and what failed. */
+typedef void (*tc_store_problem_fn)(void *ctx, const char *segment, size_t seg, uint64_t offset,
+                                    const char *reason);
+
+/* Picks up other writers' records, then walks every segment from offset 0 and
+ * checks every record's header and payload checksum (docs/format.md, sections
+ * 4 and 6), including records the index skips as duplicates.  Records whose
+ * payload fails are dropped from the index.  `problem` may be NULL. */
+int tc_store_verify(tc_store *s, tc_store_verify_result *r, tc_store_problem_fn problem,
+                    void *ctx, char *err, size_t err_len);
 /* Copies the first I/O error that stopped storing into buf; returns 0 if none. */
 int tc_store_io_error(tc_store *s, char *buf, size_t len);
 

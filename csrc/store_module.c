@@ -8,6 +8,8 @@
 #include "store.h"
 
 #include <limits.h>
+#include <stdlib.h>
+#include <string.h>
 
 #define TC_DTYPE_INT64 (0 | 64 << 8 | 1 << 16)
 /* docs/format.md, section 7: how often a miss may trigger a scan for other writers. */
@@ -395,6 +397,115 @@ static PyObject *Store_refresh(StoreObject *self, PyObject *unused)
     return PyLong_FromSize_t(added);
 }
 
+/* Damaged records found by a verify, collected with the GIL released and
+ * turned into Python objects afterwards. */
+typedef struct {
+    char *segment; /* NULL for an arena chunk */
+    size_t seg;
+    uint64_t offset;
+    const char *reason; /* a string literal of store.c */
+} verify_problem;
+
+typedef struct {
+    verify_problem *items;
+    size_t n, cap;
+    int nomem;
+} verify_problems;
+
+static void collect_problem(void *ctx, const char *segment, size_t seg, uint64_t offset,
+                            const char *reason)
+{
+    verify_problems *p = ctx;
+    if (p->nomem)
+        return;
+    if (p->n == p->cap) {
+        size_t cap = p->cap ? 2 * p->cap : 16;
+        verify_problem *items = realloc(p->items, cap * sizeof(*items));
+        if (items == NULL) {
+            p->nomem = 1;
+            return;
+        }
+        p->items = items;
+        p->cap = cap;
+    }
+    char *name = NULL;
+    if (segment != NULL && (name = strdup(segment)) == NULL) {
+        p->nomem = 1;
+        return;
+    }
+    p->items[p->n++] = (verify_problem){name, seg, offset, reason};
+}
+
+static void free_problems(verify_problems *p)
+{
+    for (size_t i = 0; i < p->n; i++)
+        free(p->items[i].segment);
+    free(p->items);
+}
+
+static PyObject *problems_list(const verify_problems *p)
+{
+    PyObject *list = PyList_New((Py_ssize_t)p->n);
+    if (list == NULL)
+        return NULL;
+    for (size_t i = 0; i < p->n; i++) {
+        const verify_problem *q = &p->items[i];
+        PyObject *seg = q->segment ? PyUnicode_DecodeFSDefault(q->segment)
+                                   : PyUnicode_FromFormat("<arena chunk %zu>", q->seg);
+        PyObject *t = seg ? Py_BuildValue("(NKs)", seg, (unsigned long long)q->offset,
+                                          q->reason)
+                          : NULL;
+        if (t == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, t);
+    }
+    return list;
+}
+
+PyDoc_STRVAR(verify_doc,
+"verify() -> dict\n--\n\n"
+"Check the header and payload checksum of every record of every segment\n"
+"(docs/format.md, sections 4 and 6), duplicates included, after picking up\n"
+"other writers' records.  Returns records (that verify), corrupt, bytes (of\n"
+"the records that verify), torn (segments ending in an incomplete record),\n"
+"segments, and problems: a list of (segment file name, offset, reason).\n"
+"Records whose payload fails are dropped from the index.  The GIL is\n"
+"released while reading.");
+
+static PyObject *Store_verify(StoreObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (check_open(self) < 0)
+        return NULL;
+    tc_store_verify_result r;
+    verify_problems problems = {0};
+    char err[512] = "";
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = tc_store_verify(self->store, &r, collect_problem, &problems, err, sizeof(err));
+    Py_END_ALLOW_THREADS
+    PyObject *out = NULL;
+    if (rc != TC_STORE_OK) {
+        raise_engine_error(rc, err);
+    } else if (problems.nomem) {
+        PyErr_NoMemory();
+    } else {
+        PyObject *list = problems_list(&problems);
+        if (list != NULL)
+            out = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:N}",
+                                "records", (unsigned long long)r.records,
+                                "corrupt", (unsigned long long)r.corrupt,
+                                "bytes", (unsigned long long)r.bytes,
+                                "torn", (unsigned long long)r.torn,
+                                "segments", (unsigned long long)r.segments,
+                                "problems", list);
+    }
+    free_problems(&problems);
+    return out;
+}
+
 PyDoc_STRVAR(stats_doc,
 "stats() -> dict\n--\n\n"
 "records (indexed), segments, corrupt (records skipped), bytes_written and\n"
@@ -502,6 +613,7 @@ static PyMethodDef Store_methods[] = {
     {"put", (PyCFunction)Store_put, METH_VARARGS, put_doc},
     {"refresh", (PyCFunction)Store_refresh, METH_NOARGS, refresh_doc},
     {"stats", (PyCFunction)Store_stats, METH_NOARGS, stats_doc},
+    {"verify", (PyCFunction)Store_verify, METH_NOARGS, verify_doc},
     {"close", (PyCFunction)Store_close, METH_NOARGS, close_doc},
     {"__enter__", (PyCFunction)Store_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)Store_exit, METH_VARARGS, NULL},

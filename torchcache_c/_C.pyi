@@ -1,0 +1,85 @@
+"""Typing stub of torchcache_c._C, the C core (csrc/module.c, csrc/store_module.c).
+
+Tensors are taken through DLPack (``__dlpack__``), so any object that exports
+it is accepted; ``torch.Tensor`` is what the shim passes.
+"""
+
+from types import TracebackType
+from typing import Any, List, Optional, Tuple, Type, TypedDict, Union
+import os
+
+_Tensor = Any  # a torch.Tensor, or any object with __dlpack__
+
+class _BuildInfo(TypedDict):
+    version: str
+    compiler: str
+    simd: str
+    simd_best: str
+    cuda_kernels: bool
+    zstd: bool
+    zstd_version: str
+    hash: str
+
+class _StoreStats(TypedDict):
+    records: int
+    segments: int
+    corrupt: int
+    bytes_written: int
+    records_written: int
+    bytes_indexed: int
+    refreshes: int
+    full: bool
+    io_error: Optional[str]
+
+class _StoreVerify(TypedDict):
+    records: int
+    corrupt: int
+    bytes: int
+    torn: int
+    segments: int
+    problems: List[Tuple[str, int, str]]  # (segment file name, offset, reason)
+
+def hash_into(
+    x: _Tensor,
+    out: _Tensor,
+    sample_count: int = 0,
+    stream: int = 0,
+    threads: int = 1,
+) -> None: ...
+def build_info() -> _BuildInfo: ...
+def _set_simd(level: str) -> None: ...
+
+class Store:
+    def __new__(
+        cls,
+        path: Union[str, bytes, os.PathLike[str], os.PathLike[bytes], None] = None,
+        *,
+        max_bytes: int = 0,
+        zstd_level: Optional[int] = None,
+        zstd_threads: int = 0,
+        refresh_ms: int = 100,
+    ) -> "Store": ...
+    def lookup(self, keys: _Tensor, /) -> bytes: ...
+    def entry_info(self, keys: _Tensor, i: int, /) -> Tuple[int, Tuple[int, ...]]: ...
+    def gather(self, keys: _Tensor, dest: _Tensor, /) -> None: ...
+    def put(self, keys: _Tensor, src: _Tensor, /) -> int: ...
+    def refresh(self) -> int: ...
+    def stats(self) -> _StoreStats: ...
+    def verify(self) -> _StoreVerify: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> "Store": ...
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+        /,
+    ) -> None: ...
+    @property
+    def is_full(self) -> bool: ...
+    @property
+    def io_error(self) -> Optional[str]: ...
+    @property
+    def path(self) -> Optional[str]: ...
+    @property
+    def closed(self) -> bool: ...

@@ -1,0 +1,7 @@
+"""python -m torchcache_c info|verify|clear DIR (see torchcache_c/cli.py)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
