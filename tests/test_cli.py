@@ -205,3 +205,11 @@ def test_python_dash_m_runs_the_cli_without_traceback(root, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "torchcache_c", "verify", str(tmp_path / "no")],
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "no such" in bad.stderr
+
+
+def test_cli_starts_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, torchcache_c.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
