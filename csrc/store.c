@@ -868,7 +868,7 @@ int tc_store_gather(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtype_
                 rc = TC_STORE_EZSTD;
                 goto done;
             }
-        } else {
+        } else if (h->raw_len) {
             memcpy(row, payload, h->raw_len);
         }
     }
@@ -1124,7 +1124,9 @@ static int put_locked(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtyp
                 break;
             }
             memcpy(dst, h, REC_HEADER_BYTES);
-            memcpy(dst + REC_HEADER_BYTES, payload, (size_t)stored_len);
+            /* An empty item's source may be NULL, which memcpy must not get. */
+            if (stored_len)
+                memcpy(dst + REC_HEADER_BYTES, payload, (size_t)stored_len);
             free(zbuf);
             s->segs[seg].file_len = off + total;
             if (index_insert(s, k0, k1, seg, off, item_bytes, ENTRY_VERIFIED) < 0) {
