@@ -97,6 +97,8 @@ struct tc_store {
     int full;
     uint64_t bytes_written, records_written, records, corrupt, bytes_indexed, refreshes;
     uint64_t last_refresh_ns;
+    struct tc_store *fork_prev, *fork_next; /* the list of open stores, for fork */
+    int in_fork_list;
 };
 
 static void set_err(char *err, size_t err_len, const char *fmt, ...)
@@ -576,16 +578,80 @@ nomem:
 
 /* ---- fork (docs/format.md, section 5) --------------------------------------- */
 
+/* Another thread may be inside a store call (its GIL released) when a thread
+ * forks.  A child has only the forking thread, so a lock held at that moment
+ * would stay held forever and the index or segment table could be half
+ * updated.  Every open store is therefore write-locked around fork(): the child
+ * starts with consistent stores and fresh locks.  The forking thread holds no
+ * store lock (fork is never called from inside a store call), so this waits
+ * only for calls in progress, which never wait for the forking thread. */
+static pthread_mutex_t fork_list_lock = PTHREAD_MUTEX_INITIALIZER;
+static tc_store *fork_list;
+static pthread_once_t fork_handlers_once = PTHREAD_ONCE_INIT;
+
+static void fork_prepare(void)
+{
+    pthread_mutex_lock(&fork_list_lock);
+    for (tc_store *s = fork_list; s != NULL; s = s->fork_next)
+        pthread_rwlock_wrlock(&s->lock);
+}
+
+static void fork_parent(void)
+{
+    for (tc_store *s = fork_list; s != NULL; s = s->fork_next)
+        pthread_rwlock_unlock(&s->lock);
+    pthread_mutex_unlock(&fork_list_lock);
+}
+
+static void fork_child(void)
+{
+    for (tc_store *s = fork_list; s != NULL; s = s->fork_next)
+        pthread_rwlock_init(&s->lock, NULL);
+    pthread_mutex_init(&fork_list_lock, NULL);
+}
+
+static void fork_handlers_install(void)
+{
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+static void fork_list_add(tc_store *s)
+{
+    pthread_once(&fork_handlers_once, fork_handlers_install);
+    pthread_mutex_lock(&fork_list_lock);
+    s->fork_prev = NULL;
+    s->fork_next = fork_list;
+    if (fork_list != NULL)
+        fork_list->fork_prev = s;
+    fork_list = s;
+    s->in_fork_list = 1;
+    pthread_mutex_unlock(&fork_list_lock);
+}
+
+static void fork_list_remove(tc_store *s)
+{
+    pthread_mutex_lock(&fork_list_lock);
+    if (s->in_fork_list) {
+        if (s->fork_prev != NULL)
+            s->fork_prev->fork_next = s->fork_next;
+        else
+            fork_list = s->fork_next;
+        if (s->fork_next != NULL)
+            s->fork_next->fork_prev = s->fork_prev;
+        s->in_fork_list = 0;
+    }
+    pthread_mutex_unlock(&fork_list_lock);
+}
+
 /* A forked child must never append to its parent's segment: it forgets it as
  * its own (keeping the read-only mapping) and makes a new one at its first put.
- * The lock is re-made because a child has only the thread that forked. */
+ * (Its lock was re-made by fork_child.) */
 static void fork_check(tc_store *s)
 {
     pid_t pid = getpid();
     if (pid == s->pid)
         return;
     s->pid = pid;
-    pthread_rwlock_init(&s->lock, NULL);
     if (s->dir != NULL && s->own >= 0) {
         segment *g = &s->segs[s->own];
         g->scan_end = g->file_len;
@@ -726,6 +792,7 @@ int tc_store_open(const char *dir, const tc_store_options *opt, tc_store **out, 
             return rc;
         }
     }
+    fork_list_add(s);
     *out = s;
     return TC_STORE_OK;
 }
@@ -763,6 +830,7 @@ void tc_store_free(tc_store *s)
 {
     if (s == NULL)
         return;
+    fork_list_remove(s);
     tc_store_close(s);
     pthread_rwlock_destroy(&s->lock);
     free(s->dir);
@@ -919,7 +987,7 @@ int tc_store_gather(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtype_
                 rc = TC_STORE_EZSTD;
                 goto done;
             }
-        } else {
+        } else if (h->raw_len) {
             memcpy(row, payload, h->raw_len);
         }
     }
@@ -1175,7 +1243,9 @@ static int put_locked(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtyp
                 break;
             }
             memcpy(dst, h, REC_HEADER_BYTES);
-            memcpy(dst + REC_HEADER_BYTES, payload, (size_t)stored_len);
+            /* An empty item's source may be NULL, which memcpy must not get. */
+            if (stored_len)
+                memcpy(dst + REC_HEADER_BYTES, payload, (size_t)stored_len);
             free(zbuf);
             s->segs[seg].file_len = off + total;
             if (index_insert(s, k0, k1, seg, off, item_bytes, ENTRY_VERIFIED) < 0) {

@@ -81,6 +81,27 @@ class _StoreHandle:
 _open_stores: "weakref.WeakValueDictionary[tuple, _StoreHandle]" = weakref.WeakValueDictionary()
 _registry_lock = threading.Lock()
 _private_dir: Optional[Path] = None
+_caches: "weakref.WeakSet[ModuleCache]" = weakref.WeakSet()
+# A miss scans the directory for other processes' records before forward runs, every
+# time: a rank that asks after a barrier must see what the others stored before it.
+# A scan costs a readdir and one fstat per segment, far less than a forward pass.
+_REFRESH_MS = 0
+
+
+def _reinit_locks_in_child() -> None:
+    """A forked child has only the forking thread: a lock another thread held at
+    the fork would never be released.  The C store makes fork consistent for its
+    own state (csrc/store.c); these Python locks only serialize calls."""
+    global _registry_lock
+    _registry_lock = threading.Lock()
+    for handle in list(_open_stores.values()):
+        handle.lock = threading.Lock()
+    for cache in list(_caches):
+        cache._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_locks_in_child)
 
 
 def _private_cache_dir() -> Path:
@@ -89,11 +110,15 @@ def _private_cache_dir() -> Path:
     with _registry_lock:
         if _private_dir is None:
             _private_dir = Path(tempfile.mkdtemp(prefix="torchcache_c-"))
-            atexit.register(_remove_private_dir, _private_dir)
+            atexit.register(_remove_private_dir, _private_dir, os.getpid())
         return _private_dir
 
 
-def _remove_private_dir(path: Path) -> None:
+def _remove_private_dir(path: Path, owner_pid: int) -> None:
+    # A forked child (os.fork, then a normal exit) inherits this handler; the
+    # directory belongs to the process that made it and may still be in use.
+    if os.getpid() != owner_pid:
+        return
     for key, handle in list(_open_stores.items()):
         if key[0] == "dir" and Path(key[1]).parent == path:
             handle.store.close()
@@ -177,6 +202,7 @@ class ModuleCache:
         self._handle_hash: Optional[str] = None
         self._logged: set = set()
         self._counts = {"hits": 0, "misses": 0, "items_stored": 0}
+        _caches.add(self)
 
     # -- public surface (torchcache 0.4.1 names) --
 
@@ -341,7 +367,7 @@ class ModuleCache:
                 limit = int(opts["max_persistent_cache_size"])
                 self._handle = _open_store(("dir", str(path), level, limit), lambda: _C.Store(
                     str(path), max_bytes=limit, zstd_level=level,
-                    zstd_threads=int(opts["zstd_compression_threads"])))
+                    zstd_threads=int(opts["zstd_compression_threads"]), refresh_ms=_REFRESH_MS))
             else:
                 limit = int(opts["max_memory_cache_size"])
                 tier = _tier_device(opts["memory_cache_device"], device)
