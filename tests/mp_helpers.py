@@ -39,9 +39,10 @@ class Elementwise(torch.nn.Module):
         return torch.relu(x * self.weight + self.bias) * 0.5
 
 
-def cached(cache_dir=None, persistent=True):
-    """The cached module (an instance of a fresh decoration, same key everywhere)."""
-    kwargs = {"persistent": persistent}
+def cached(cache_dir=None, persistent=True, module_hash=None):
+    """The cached module (an instance of a fresh decoration, same key everywhere unless
+    module_hash names a store of its own)."""
+    kwargs = {"persistent": persistent, "persistent_module_hash": module_hash}
     if cache_dir is not None:
         kwargs["persistent_cache_dir"] = str(cache_dir)
     return torchcache(**kwargs)(Elementwise)().eval()

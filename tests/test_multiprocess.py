@@ -108,7 +108,9 @@ def test_dataloader_fork_workers_hit_store_their_own_segment_and_parent_sees_the
 
 @needs_fork
 def test_dataloader_fork_workers_use_the_memory_tier_copy(tmp_path):
-    model = cached(persistent=False)
+    # A store of its own: in-memory stores are shared by equal keys within a process,
+    # and earlier tests may still hold one with these items.
+    model = cached(persistent=False, module_hash=f"fork-memory-{tmp_path.name}")
     with torch.no_grad():
         model(inputs(range(16)))
     loader = torch.utils.data.DataLoader(CachedBatches(model, 4), batch_size=None,
