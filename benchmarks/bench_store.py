@@ -1,7 +1,9 @@
 """Store speed against references measured in the same run.
 
-  gather: 256 random hits of 768 float32 out of 16384 stored, vs torch.index_select
-          of the same rows from one tensor (single-threaded, as gather is);
+  gather: 256 random hits of 768 float32 out of 16384 stored, vs a plain memcpy of
+          the same number of bytes (dest.copy_ of a contiguous block) and vs
+          torch.index_select of the same rows (single-threaded, as gather is); the
+          gather of one hit gives the fixed cost per call;
   put:    64 items of 1 MiB appended to a directory, vs os.write of the same bytes;
   open:   indexing a directory of 1,000,000 records (64-byte items).
 
@@ -46,9 +48,14 @@ def main(root: str) -> None:
         dest = torch.empty(256, 768)
         store.lookup(k)
         g = best(lambda: store.gather(k, dest), 300)
+        block = src[4096:4096 + 256]
+        m = best(lambda: dest.copy_(block), 300)
         r = best(lambda: torch.index_select(src, 0, idx, out=dest), 300)
-        print(f"gather [{'memory' if where is None else 'dir'}] {g * 1e6:7.1f} us   "
-              f"index_select {r * 1e6:7.1f} us   ratio {g / r:.2f}")
+        one_key, one_dest = k[:1].contiguous(), torch.empty(1, 768)
+        f = best(lambda: store.gather(one_key, one_dest), 300)
+        print(f"gather [{'memory' if where is None else 'dir'}] 256 hits {g * 1e6:7.1f} us   "
+              f"memcpy {m * 1e6:7.1f} us   index_select {r * 1e6:7.1f} us   "
+              f"ratio to memcpy {g / m:.2f}   fixed cost (1 hit) {f * 1e6:5.1f} us")
 
     big = torch.randn(64, 1 << 18)
     raw = big.numpy().tobytes()
