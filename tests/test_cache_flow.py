@@ -283,3 +283,17 @@ def test_every_output_dtype_is_served_exactly(dtype_name, persistent, tmp_path):
     again = bits_as(x)
     assert again.dtype == dtype and bits_as.cache_instance.stats()["hits"] == 6
     assert torch.equal(again.view(torch.uint8), first.view(torch.uint8))
+
+
+def test_autocast_state_is_part_of_the_context():
+    from torchcache_c._compat import autocast_state
+
+    assert autocast_state("cpu") == "noautocast"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert autocast_state("cpu") == "autocast:torch.bfloat16"
+    m, x = CachedEncoder(), torch.randn(4, 6)
+    with torch.no_grad():
+        m(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            m(x)
+    assert m.sizes == [4, 4]

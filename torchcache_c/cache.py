@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from . import _C
+from ._compat import autocast_state
 from .device_tier import DeviceTier
 from .fingerprint import StateTracker, canonical, module_hash
 from .hashing import hash_tensor
@@ -344,10 +345,7 @@ class ModuleCache:
 
     @staticmethod
     def _autocast(device: torch.device) -> str:
-        kind = device.type if device.type in ("cpu", "cuda") else "cpu"
-        if not torch.is_autocast_enabled(kind):
-            return "noautocast"
-        return f"autocast:{torch.get_autocast_dtype(kind)}"
+        return autocast_state(device.type if device.type in ("cpu", "cuda") else "cpu")
 
     def _current_store(self, device: torch.device) -> Tuple[_StoreHandle, str]:
         with self._lock:

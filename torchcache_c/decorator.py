@@ -18,6 +18,7 @@ import torch
 
 from .cache import ModuleCache
 from . import _C
+from ._compat import compiler_disable
 from .fingerprint import canonical, class_code_text, function_code_text, structural_key
 
 T = TypeVar("T")
@@ -97,7 +98,7 @@ def _wrap_class(module_class: type, options: Dict[str, Any]) -> type:
         def _torchcache_state(self) -> List[Tuple[str, torch.Tensor]]:
             return list(self.named_parameters()) + list(self.named_buffers())
 
-        @torch.compiler.disable
+        @compiler_disable
         def forward(self, *args: Any, **kwargs: Any) -> Any:
             return self.cache_instance.call(super().forward, args, kwargs, self.training)
 
@@ -123,7 +124,7 @@ def _wrap_function(fn: types.FunctionType, options: Dict[str, Any]) -> Callable:
                         functools.partial(_closure_values, fn))
 
     @functools.wraps(fn)
-    @torch.compiler.disable
+    @compiler_disable
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return cache.call(fn, args, kwargs)
 
