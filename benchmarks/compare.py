@@ -1,7 +1,7 @@
 """No cache vs torchcache 0.4.1 vs torchcache_c, on the same workloads, in one run.
 
     pip install -e ".[bench]"       # torchcache==0.4.1, zstd, matplotlib
-    python benchmarks/compare.py    # writes benchmarks/out/compare.{json,png}
+    python benchmarks/compare.py    # writes benchmarks/results/compare.{json,png}
 
 Workload "backbone": a frozen patch-embedding backbone maps (B, 3, 224, 224) float32
 images to (B, 768) features; 8 batches of 256 items an epoch.
@@ -264,6 +264,7 @@ def machine() -> str:
 
 
 def chart(results: dict, path: Path) -> None:
+    """Bar chart of the three epoch kinds for both libraries (log scale)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -272,7 +273,7 @@ def chart(results: dict, path: Path) -> None:
     bb = results["backbone"]
     labels = ["miss epoch", "memory-hit epoch", "disk-hit epoch"]
     keys = ["miss", "memory_hit", "disk_hit"]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     width = 0.38
     for k, system in enumerate(("torchcache", "torchcache_c")):
         vals = [bb[system][key] for key in keys]
@@ -284,7 +285,7 @@ def chart(results: dict, path: Path) -> None:
     ax.set_yscale("log")
     ax.set_ylabel("seconds per epoch (log)")
     ax.set_title(f"2048 items (B,3,224,224)->(B,768), {results['date']}")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -299,7 +300,7 @@ def main() -> None:
     ap.add_argument("--vit-items", type=int, default=2048)
     ap.add_argument("--vit-epochs", type=int, default=4)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--worker", choices=["disk-hit"], help=argparse.SUPPRESS)
     ap.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)
