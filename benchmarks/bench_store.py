@@ -36,26 +36,30 @@ def keys(first: int, n: int) -> torch.Tensor:
     return torch.stack([ids, ids * 3 + 1], 1).contiguous()
 
 
+def bench_gather(store: Store, src: torch.Tensor, label: str) -> None:
+    n = len(src)
+    store.put(keys(0, n), src)
+    idx = torch.randperm(n)[:256]
+    k = keys(0, n)[idx].contiguous()
+    dest = torch.empty(256, 768)
+    store.lookup(k)
+    block = src[4096:4096 + 256]
+    one_key, one_dest = k[:1].contiguous(), torch.empty(1, 768)
+    g = best(lambda: store.gather(k, dest), 300)
+    m = best(lambda: dest.copy_(block), 300)
+    r = best(lambda: torch.index_select(src, 0, idx, out=dest), 300)
+    f = best(lambda: store.gather(one_key, one_dest), 300)
+    print(f"gather [{label}] 256 hits {g * 1e6:7.1f} us   memcpy {m * 1e6:7.1f} us   "
+          f"index_select {r * 1e6:7.1f} us   ratio to memcpy {g / m:.2f}   "
+          f"fixed cost (1 hit) {f * 1e6:5.1f} us")
+
+
 def main(root: str) -> None:
     torch.set_num_threads(1)
     n = 16384
     src = torch.randn(n, 768)
     for where in (None, tempfile.mkdtemp(dir=root)):
-        store = Store(where)
-        store.put(keys(0, n), src)
-        idx = torch.randperm(n)[:256]
-        k = keys(0, n)[idx].contiguous()
-        dest = torch.empty(256, 768)
-        store.lookup(k)
-        g = best(lambda: store.gather(k, dest), 300)
-        block = src[4096:4096 + 256]
-        m = best(lambda: dest.copy_(block), 300)
-        r = best(lambda: torch.index_select(src, 0, idx, out=dest), 300)
-        one_key, one_dest = k[:1].contiguous(), torch.empty(1, 768)
-        f = best(lambda: store.gather(one_key, one_dest), 300)
-        print(f"gather [{'memory' if where is None else 'dir'}] 256 hits {g * 1e6:7.1f} us   "
-              f"memcpy {m * 1e6:7.1f} us   index_select {r * 1e6:7.1f} us   "
-              f"ratio to memcpy {g / m:.2f}   fixed cost (1 hit) {f * 1e6:5.1f} us")
+        bench_gather(Store(where), src, "memory" if where is None else "dir")
 
     big = torch.randn(64, 1 << 18)
     raw = big.numpy().tobytes()

@@ -260,7 +260,8 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"Python {platform.python_version()}")
 
 
 def chart(results: dict, path: Path) -> None:
@@ -291,7 +292,8 @@ def chart(results: dict, path: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--epochs", type=int, default=5, help="memory-hit / uncached epochs")
@@ -343,7 +345,8 @@ def report(results: dict) -> None:
                        ("disk_hit", "disk-hit epoch")]:
         print(f"{label:18s}{tc[key]:12.3f}{ours[key]:14.3f}{tc[key] / ours[key]:10.1f}x")
     print(f"{'bytes/item on disk':18s}{tc['bytes_per_item']:12.0f}{ours['bytes_per_item']:14.0f}")
-    print(f"{'outputs == uncached':18s}{str(tc['outputs_equal']):>12s}{str(ours['outputs_equal']):>14s}")
+    print(f"{'outputs == uncached':18s}{str(tc['outputs_equal']):>12s}"
+          f"{str(ours['outputs_equal']):>14s}")
     print(f"miss epoch / uncached epoch: torchcache {tc['miss'] / unc:.2f}, "
           f"torchcache_c {ours['miss'] / unc:.2f} (target <= 1.1)")
     print(f"memory-hit speed-up vs torchcache {tc['memory_hit'] / ours['memory_hit']:.1f}x "
@@ -358,7 +361,8 @@ def report(results: dict) -> None:
     for system, c in results["correctness"].items():
         print(f"  {system:14s} random items {c['random_items_wrong']}/{c['random_items_total']}, "
               f"change outside sample {c['outside_sample_wrong']}/1, token ids "
-              f"{c['token_rows_wrong']}/{c['token_rows_total']} (served as {c['token_output_dtype']})")
+              f"{c['token_rows_wrong']}/{c['token_rows_total']} "
+              f"(served as {c['token_output_dtype']})")
 
 
 if __name__ == "__main__":

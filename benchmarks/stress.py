@@ -134,7 +134,8 @@ def main() -> int:
     print(f"{'rank':>4} {'calls/s':>9} {'items/s':>10} {'hit rate':>8} {'wrong':>6} {'errors':>6}")
     for r in rows:
         looked = r["hits"] + r["misses"]
-        print(f"{r['rank']:>4} {r['calls'] / r['seconds']:>9.0f} {r['items'] / r['seconds']:>10.0f} "
+        print(f"{r['rank']:>4} {r['calls'] / r['seconds']:>9.0f} "
+              f"{r['items'] / r['seconds']:>10.0f} "
               f"{r['hits'] / max(looked, 1):>8.1%} {r['wrong']:>6} {r['errors']:>6}")
         if r["first_error"]:
             print(f"     first error: {r['first_error']}")

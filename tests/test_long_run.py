@@ -1,5 +1,5 @@
-"""A long run of cached calls (100,000: 50,000 per tier) keeps resident memory and file descriptors flat
-(persistent and memory tiers, mostly hits, some misses)."""
+"""A long run of cached calls (100,000: 50,000 per tier) keeps resident memory and file
+descriptors flat (persistent and memory tiers, mostly hits, some misses)."""
 
 from __future__ import annotations
 

@@ -286,7 +286,7 @@ def test_truncated_segments_serve_only_whole_records(tmp_path):
     (seg,) = segments(src)
     data = seg.read_bytes()
     rng = random.Random(3)
-    for trial in range(30):
+    for _trial in range(30):
         cut = rng.randrange(len(data))
         seg.write_bytes(data[:cut])
         store = Store(str(src))

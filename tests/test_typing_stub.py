@@ -37,7 +37,7 @@ def doc_params(obj) -> list:
     moves a line it can parse to __text_signature__)."""
     line = getattr(obj, "__text_signature__", None) or (obj.__doc__ or "").splitlines()[0]
     inside = line[line.index("(") + 1:line.index(")")]
-    return [p.split("=")[0].strip() for p in inside.split(",") 
+    return [p.split("=")[0].strip() for p in inside.split(",")
             if p.strip() not in ("", "*", "/", "$module", "$self", "$type")]
 
 
