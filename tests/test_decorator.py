@@ -155,3 +155,23 @@ def test_module_hash_is_hex_and_cache_dir_none_without_persistence():
     assert m.cache_instance.cache_dir is None
     assert not m.cache_instance.is_memory_cache_full
     assert not m.cache_instance.is_persistent_cache_full
+
+
+def test_function_closing_over_a_module_keys_its_class_code():
+    def make(body):
+        namespace = {"torch": torch}
+        exec(f"class Encoder(torch.nn.Module):\n"
+             f"    def forward(self, x):\n"
+             f"        return {body}\n", namespace)
+        return namespace["Encoder"]()
+
+    x = torch.ones(3, 2)
+    embeds = []
+    for enc in (make("x * 2"), make("x * 3")):  # same name, no weights, other code
+        @torchcache()
+        def embed(x, enc=enc):
+            return enc(x)
+
+        embeds.append(embed)  # both alive: equal keys would share one store
+    assert torch.equal(embeds[0](x), x * 2)
+    assert torch.equal(embeds[1](x), x * 3)

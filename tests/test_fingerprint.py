@@ -151,3 +151,13 @@ def test_changed_base_class_source_changes_key(tmp_path):
     assert first == {"calls": [3], "value": 2.0}
     assert again == {"calls": [], "value": 2.0}
     assert edited == {"calls": [3], "value": 5.0}
+
+
+def test_module_arguments_count_by_structure_and_code():
+    from torchcache_c.fingerprint import canonical
+
+    relu = torch.nn.Sequential(torch.nn.ReLU())
+    gelu = torch.nn.Sequential(torch.nn.GELU())
+    assert canonical(relu) != canonical(gelu)
+    assert canonical(relu) == canonical(torch.nn.Sequential(torch.nn.ReLU()))
+    assert canonical(relu) != canonical(torch.nn.Sequential(torch.nn.ReLU()).eval().train(False))

@@ -144,9 +144,11 @@ def _cells(fn: types.FunctionType) -> List[Tuple[str, Any]]:
 
 
 def _closure_tensors(fn: types.FunctionType) -> List[Tuple[str, torch.Tensor]]:
-    """Tensors a function closes over (directly or as a module's parameters/buffers)."""
+    """Tensors a function closes over or takes as defaults (directly or as a module's
+    parameters and buffers): their contents are part of its key, re-read on change."""
     out: List[Tuple[str, torch.Tensor]] = []
-    for name, value in _cells(fn):
+    defaults = list(enumerate(fn.__defaults__ or ())) + sorted((fn.__kwdefaults__ or {}).items())
+    for name, value in _cells(fn) + [(f"default:{k}", v) for k, v in defaults]:
         if isinstance(value, torch.Tensor):
             out.append((name, value))
         elif isinstance(value, torch.nn.Module):
@@ -164,15 +166,16 @@ def _is_simple(value: Any) -> bool:
 def _closure_values(fn: types.FunctionType) -> str:
     """Simple closure values, read at each call since cells can be rebound.
 
-    Tensors and modules are tracked by content (`_closure_tensors`); other objects
-    (a list that collects logs, a config object) count by type only.
+    Tensors, and the parameters and buffers of modules, are tracked by content
+    (`_closure_tensors`); modules also count by their class code and training flag;
+    other objects (a list that collects logs, a config object) count by type only.
     """
     parts = []
     for name, value in _cells(fn):
         if isinstance(value, torch.Tensor):
             continue
         if isinstance(value, torch.nn.Module):
-            parts.append(f"{name}=module:{type(value).__qualname__}:{value.training}")
+            parts.append(f"{name}={canonical(value)}")
         elif _is_simple(value):
             parts.append(f"{name}={canonical(value)}")
         else:

@@ -19,6 +19,7 @@ import inspect
 import logging
 import re
 import types
+import weakref
 from typing import Any, Callable, Iterable, List, Optional, Tuple
 
 import torch
@@ -51,6 +52,11 @@ def canonical(value: Any) -> str:
         return "set{" + ",".join(sorted(canonical(v) for v in value)) + "}"
     if isinstance(value, types.FunctionType):
         return "function:" + code_digest(value.__code__)
+    if isinstance(value, torch.nn.Module):
+        # Structure (repr), the code of every submodule's class and the training flag;
+        # its weights are tracked where it is used (parameters, closures, defaults).
+        classes = ",".join(class_digest(type(m)) for m in value.modules())
+        return f"module:{classes}:{value.training}:{value!r}"
     text = repr(value)
     if _ADDRESS.search(text):
         logger.info(
@@ -127,6 +133,21 @@ def class_code_text(cls: type, skip: Callable[[type], bool] = lambda c: False) -
             parts.append(f"def {name}: {code_digest(fn.__code__)} "
                          f"{canonical(fn.__defaults__)} {canonical(fn.__kwdefaults__)}")
     return "\n".join(parts)
+
+
+_class_digests: "weakref.WeakKeyDictionary[type, str]" = weakref.WeakKeyDictionary()
+
+
+def class_digest(cls: type) -> str:
+    """Digest of a class's code and its bases' (class_code_text), once per class object.
+
+    A notebook cell that redefines the class makes a new class object, hence a new digest.
+    """
+    digest = _class_digests.get(cls)
+    if digest is None:
+        digest = hashlib.blake2b(class_code_text(cls).encode(), digest_size=16).hexdigest()
+        _class_digests[cls] = digest
+    return digest
 
 
 def structural_key(code_text: str, init_args: tuple, init_kwargs: dict,
