@@ -179,3 +179,12 @@ def test_threaded_batch_matches_one_thread(shape, threads):
     assert torch.equal(one, many)
     torchcache_c._C.hash_into(x, many, 1000, 0, threads)
     assert torch.equal(many, hash_tensor(x, subsample_count=1000))
+
+
+@pytest.mark.filterwarnings("ignore:.*quantized tensor creation.*:UserWarning")
+def test_sparse_and_quantized_tensors_are_refused_with_a_way_out():
+    with pytest.raises(TypeError, match="to_dense"):
+        hash_tensor(torch.eye(3).to_sparse())
+    q = torch.quantize_per_tensor(torch.rand(2, 3), 0.1, 0, torch.quint8)
+    with pytest.raises(TypeError, match="int_repr"):
+        hash_tensor(q)

@@ -50,6 +50,12 @@ def hash_tensor(x: torch.Tensor, *, subsample_count: Optional[int] = None) -> to
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"hash_tensor() expects a torch.Tensor, not {type(x).__name__}")
     count = _check_subsample(subsample_count)
+    if x.layout != torch.strided:
+        raise TypeError(f"hash_tensor() needs a dense (strided) tensor, not {x.layout}; "
+                        "convert it with x.to_dense()")
+    if x.is_quantized:
+        raise TypeError(f"hash_tensor() does not take quantized tensors ({x.dtype}); "
+                        "hash x.int_repr() or x.dequantize() instead")
     if x.dim() == 0:
         raise ValueError(
             "hash_tensor() needs a batch dimension: a 0-d tensor has no items; "
