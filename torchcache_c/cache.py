@@ -13,6 +13,7 @@ process can be answered without running forward.
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import json
 import logging
@@ -60,11 +61,20 @@ def _dtype_from_word(word: int) -> torch.dtype:
             f"cache record has an unsupported dtype (DLPack {code}/{bits})") from None
 
 
-def _digest_pair(text: str) -> torch.Tensor:
-    """A (1, 2) int64 digest of a text."""
-    raw = hashlib.blake2b(text.encode(), digest_size=16).digest()
+def _text_digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+def _digest_pair(raw: bytes) -> torch.Tensor:
+    """A 16-byte digest as a (1, 2) int64 tensor."""
     return torch.tensor([[int.from_bytes(raw[:8], "little", signed=True),
                           int.from_bytes(raw[8:], "little", signed=True)]], dtype=torch.int64)
+
+
+@functools.lru_cache(maxsize=None)
+def _leaf_constant(leaf: int) -> torch.Tensor:
+    """What output leaf j's keys are XORed with (read-only, shared by every call)."""
+    return _digest_pair(_text_digest(f"torchcache_c output leaf {leaf}"))
 
 
 # ---- stores shared by every cache instance of this process -----------------------
@@ -254,8 +264,9 @@ class ModuleCache:
         self._check_grad(inputs)
         handle, mhash = self._current_store(device)
         context = f"{mhash}|{training}|{self._autocast(device)}|{self._dynamic_context()}|{context}"
-        ctx_hex = hashlib.blake2b(context.encode(), digest_size=16).hexdigest()
-        keys = self._item_keys([t for _, t in inputs], context, batch)
+        ctx_digest = _text_digest(context)
+        ctx_hex = ctx_digest.hex()
+        keys = self._item_keys([t for _, t in inputs], ctx_digest, batch)
         layout = self._layout(handle, ctx_hex)
         if layout is None:
             present = torch.zeros(batch, dtype=torch.bool)
@@ -379,13 +390,14 @@ class ModuleCache:
             logger.info("module hash %s (%s)", mhash, self.cache_dir or "in memory")
             return self._handle, mhash
 
-    def _item_keys(self, tensors: List[torch.Tensor], context: str, batch: int) -> torch.Tensor:
-        columns = [_digest_pair(context).expand(batch, 2)]
+    def _item_keys(self, tensors: List[torch.Tensor], ctx_digest: bytes,
+                   batch: int) -> torch.Tensor:
+        columns = [_digest_pair(ctx_digest).expand(batch, 2)]
         columns += [hash_tensor(t, subsample_count=self.subsample_count) for t in tensors]
         return hash_tensor(torch.stack(columns, dim=1))
 
     def _leaf_keys(self, keys: torch.Tensor, leaf: int) -> torch.Tensor:
-        return (keys ^ _digest_pair(f"torchcache_c output leaf {leaf}")).contiguous()
+        return (keys ^ _leaf_constant(leaf)).contiguous()
 
     def _lookup(self, store: Any, keys: torch.Tensor, n_leaves: int) -> torch.Tensor:
         present = torch.ones(len(keys), dtype=torch.bool)
