@@ -305,20 +305,30 @@ PyDoc_STRVAR(gather_doc,
 "(ValueError naming the row otherwise; KeyError if a key is absent).  The\n"
 "GIL is released while copying.");
 
+/* The (keys, batch) arguments of gather and put: `fmt` is "OO:<method>" and
+ * `what` names the batch argument.  Returns 0 with both views held, or -1. */
+static int keys_and_batch(StoreObject *self, PyObject *args, const char *fmt, const char *what,
+                          tc_view *keys, tc_view *batch)
+{
+    PyObject *keys_obj, *batch_obj;
+    if (!PyArg_ParseTuple(args, fmt, &keys_obj, &batch_obj))
+        return -1;
+    if (check_open(self) < 0)
+        return -1;
+    if (keys_view(keys_obj, keys) < 0)
+        return -1;
+    if (batch_view(batch_obj, what, keys->shape[0], batch) < 0) {
+        tc_view_release(keys);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *Store_gather(StoreObject *self, PyObject *args)
 {
-    PyObject *keys_obj, *dest_obj;
-    if (!PyArg_ParseTuple(args, "OO:gather", &keys_obj, &dest_obj))
-        return NULL;
-    if (check_open(self) < 0)
-        return NULL;
     tc_view keys, dest;
-    if (keys_view(keys_obj, &keys) < 0)
+    if (keys_and_batch(self, args, "OO:gather", "dest", &keys, &dest) < 0)
         return NULL;
-    if (batch_view(dest_obj, "dest", keys.shape[0], &dest) < 0) {
-        tc_view_release(&keys);
-        return NULL;
-    }
     char err[512] = "";
     size_t bad_row = 0;
     int rc;
@@ -345,18 +355,9 @@ PyDoc_STRVAR(put_doc,
 
 static PyObject *Store_put(StoreObject *self, PyObject *args)
 {
-    PyObject *keys_obj, *src_obj;
-    if (!PyArg_ParseTuple(args, "OO:put", &keys_obj, &src_obj))
-        return NULL;
-    if (check_open(self) < 0)
-        return NULL;
     tc_view keys, src;
-    if (keys_view(keys_obj, &keys) < 0)
+    if (keys_and_batch(self, args, "OO:put", "src", &keys, &src) < 0)
         return NULL;
-    if (batch_view(src_obj, "src", keys.shape[0], &src) < 0) {
-        tc_view_release(&keys);
-        return NULL;
-    }
     char err[512] = "";
     size_t stored = 0;
     int rc;
