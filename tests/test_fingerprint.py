@@ -154,7 +154,9 @@ def test_changed_base_class_source_changes_key(tmp_path):
 
 
 def test_module_arguments_count_by_structure_and_code():
-    from torchcache_c.fingerprint import canonical
+    from torchcache_c.keys import _Walk
+
+    canonical = _Walk().module_value
 
     relu = torch.nn.Sequential(torch.nn.ReLU())
     gelu = torch.nn.Sequential(torch.nn.GELU())

@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -30,8 +31,8 @@ import torch
 from . import _C
 from ._compat import autocast_state
 from .device_tier import DeviceTier
-from .fingerprint import StateTracker, canonical, module_hash
 from .hashing import hash_tensor
+from .keys import KeyTracker, _Walk
 
 logger = logging.getLogger("torchcache_c")
 
@@ -93,6 +94,7 @@ _open_stores: "weakref.WeakValueDictionary[tuple, _StoreHandle]" = weakref.WeakV
 _registry_lock = threading.Lock()
 _private_dir: Optional[Path] = None
 _caches: "weakref.WeakSet[ModuleCache]" = weakref.WeakSet()
+_warned_process: set = set()
 # A miss scans the directory for other processes' records before forward runs, every
 # time: a rank that asks after a barrier must see what the others stored before it.
 # A scan costs a readdir and one fstat per segment, far less than a forward pass.
@@ -135,6 +137,19 @@ def _remove_private_dir(path: Path, owner_pid: int) -> None:
             handle.store.close()
     shutil.rmtree(path, ignore_errors=True)
     logger.info("removed temporary cache directory %s", path)
+
+
+def _remove_own_files(path: Path) -> None:
+    """Remove the files a store and this shim write (cli.py's rule), never others."""
+    from .cli import _is_ours
+
+    with os.scandir(path) as it:
+        for entry in it:
+            if entry.is_file(follow_symlinks=False) and _is_ours(entry.name):
+                try:
+                    os.unlink(entry.path)
+                except FileNotFoundError:
+                    pass
 
 
 def _open_store(key: tuple, opener: Callable[[], Any]) -> _StoreHandle:
@@ -188,32 +203,40 @@ def _unflatten(spec: Any, leaves: List[torch.Tensor]) -> Any:
 class ModuleCache:
     """Per-instance cache state; exposed as ``module.cache_instance``."""
 
-    def __init__(self, options: Dict[str, Any], structural: str,
-                 state_tensors: Callable[[], List[Tuple[str, torch.Tensor]]],
-                 dynamic_context: Callable[[], str] = lambda: ""):
-        if options["zstd_compression"] and not options["persistent"]:
-            raise ValueError("Cannot use zstd compression without persistent cache")
+    def __init__(self, options: Dict[str, Any], keys: KeyTracker, *, qualname: str,
+                 structural: str, private_dir: Optional[str] = None):
         self.options = options
+        self.keys = keys
+        self.qualname = qualname
+        self._structural = structural
+        self._private_dir = Path(private_dir) if private_dir else None
         self.enabled: bool = bool(options["enabled"])
         self.persistent: bool = bool(options["persistent"])
         self.subsample_count: Optional[int] = options["subsample_count"]
         self.cache_dtype: Optional[torch.dtype] = options["cache_dtype"]
-        self._structural = structural
         self._override: Optional[str] = options["persistent_module_hash"]
         if self._override is not None:
             logger.warning(
                 "persistent_module_hash=%r overrides the module key: changes to the code, "
                 "init arguments or weights will not change the cache", self._override,
             )
-        self._state = StateTracker(state_tensors)
-        self._state_tensors = state_tensors
-        self._dynamic_context = dynamic_context
         self._lock = threading.Lock()
         self._handle: Optional[_StoreHandle] = None
         self._handle_hash: Optional[str] = None
         self._logged: set = set()
         self._counts = {"hits": 0, "misses": 0, "items_stored": 0}
+        self._key_switches = 0
         _caches.add(self)
+
+    def rebuild_state(self) -> Dict[str, Any]:
+        """What a copy (deepcopy, pickle, a spawn worker) needs to rebuild this cache
+        around itself: the options, the key's fixed part and, for a persistent cache in
+        a temporary directory, that directory, so that copies share it."""
+        private = None
+        if self.persistent and self.options["persistent_cache_dir"] is None:
+            private = str(self._private_dir or _private_cache_dir())
+        return {"options": dict(self.options), "structural": self._structural,
+                "private_dir": private}
 
     # -- public surface (torchcache 0.4.1 names) --
 
@@ -222,24 +245,61 @@ class ModuleCache:
         """Hex key of the current store; with persistence, the name of its subdirectory."""
         if self._override is not None:
             return str(self._override)
-        return module_hash(self._structural, self._state.digest())
+        return self.keys.current(False)
 
     @property
     def cache_dir(self) -> Optional[Path]:
         if not self.persistent:
             return None
+        return self._parent_dir() / self.module_hash
+
+    def _parent_dir(self) -> Path:
         parent = self.options["persistent_cache_dir"]
-        parent = Path(parent) if parent is not None else _private_cache_dir()
-        return parent / self.module_hash
+        if parent is not None:
+            return Path(parent)
+        return self._private_dir or _private_cache_dir()
+
+    def _limit(self) -> int:
+        return int(self.options["max_persistent_cache_size" if self.persistent
+                                 else "max_memory_cache_size"])
+
+    def _full(self) -> bool:
+        # A limit of 0 stores nothing, as in torchcache 0.4.1.
+        if self._limit() == 0:
+            return self._counts["misses"] > 0
+        return self._handle is not None and bool(self._handle.store.is_full)
 
     @property
     def is_memory_cache_full(self) -> bool:
-        return (not self.persistent and self._handle is not None
-                and bool(self._handle.store.is_full))
+        return not self.persistent and self._full()
 
     @property
     def is_persistent_cache_full(self) -> bool:
-        return self.persistent and self._handle is not None and bool(self._handle.store.is_full)
+        return self.persistent and self._full()
+
+    def revalidate(self) -> bool:
+        """Re-read everything the key covers now, weights by content (writes through
+        `.data` are otherwise seen at the periodic check); True if the key changed."""
+        return self.keys.revalidate()
+
+    def clear(self) -> None:
+        """Forget this module's entries: the in-memory store is dropped (and with it
+        the entries of instances sharing its key); for a persistent cache, this module
+        key's directory is emptied of our files."""
+        with self._lock:
+            handle, self._handle, self._handle_hash = self._handle, None, None
+            with _registry_lock:
+                for key, value in list(_open_stores.items()):
+                    if value is handle:
+                        del _open_stores[key]
+            if handle is not None:
+                with handle.lock:
+                    handle.layouts.clear()
+                    handle.store.close()
+            if self.persistent:
+                path = self.cache_dir
+                if path is not None and path.is_dir():
+                    _remove_own_files(path)
 
     def hash_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Per-item digests (B, 2) of ``x`` with this cache's subsample_count."""
@@ -260,13 +320,22 @@ class ModuleCache:
              training: Optional[bool] = None) -> Any:
         if not self.enabled:
             return forward(*args, **kwargs)
+        start = time.perf_counter()
+        try:
+            return self._call(forward, args, kwargs, training)
+        finally:
+            self.keys.spent(time.perf_counter() - start)
+
+    def _call(self, forward: Callable, args: tuple, kwargs: dict,
+              training: Optional[bool]) -> Any:
         inputs, context, batch, device = self._split_arguments(args, kwargs)
-        self._check_grad(inputs)
-        handle, mhash = self._current_store(device)
-        context = f"{mhash}|{training}|{self._autocast(device)}|{self._dynamic_context()}|{context}"
-        ctx_digest = _text_digest(context)
-        ctx_hex = ctx_digest.hex()
-        keys = self._item_keys([t for _, t in inputs], ctx_digest, batch)
+        if batch == 0:
+            return forward(*args, **kwargs)
+        grad = torch.is_grad_enabled()
+        if grad:
+            self._check_grad(inputs)
+        self._warn_useless(training)
+        handle, ctx_hex, keys = self._keyed(inputs, context, device, grad, training, batch)
         layout = self._layout(handle, ctx_hex)
         if layout is None:
             present = torch.zeros(batch, dtype=torch.bool)
@@ -279,15 +348,22 @@ class ModuleCache:
             self._counts["hits"] += len(hit)
             self._counts["misses"] += len(miss)
         miss_leaves: List[torch.Tensor] = []
+        hit_handle, hit_keys = handle, keys[hit]
         if len(miss):
-            miss_leaves, layout = self._forward_misses(
-                forward, args, kwargs, inputs, miss, batch, handle, ctx_hex)
+            miss_leaves, layout = self._forward_misses(forward, args, kwargs, inputs, miss,
+                                                       batch)
+            if self.keys.after_forward():
+                # forward assigned attributes that were in the key: they are left out
+                # from now on, so these outputs belong under the key without them.
+                handle, ctx_hex, keys = self._keyed(inputs, context, device, grad, training,
+                                                    batch)
+            self._register_layout(handle, ctx_hex, layout)
             self._store(handle, keys[miss], miss_leaves, layout)
         if not len(hit):
             return _unflatten(layout["spec"], [self._returned(t, layout, j, device)
                                                for j, t in enumerate(miss_leaves)])
-        with handle.lock:
-            hit_leaves = self._gather(handle.store, keys[hit], layout, device)
+        with hit_handle.lock:
+            hit_leaves = self._gather(hit_handle.store, hit_keys, layout, device)
         leaves = []
         for j, hit_leaf in enumerate(hit_leaves):
             if not len(miss):
@@ -319,7 +395,7 @@ class ModuleCache:
                 inputs.append((name, value))
                 parts.append(f"{name}=T")
             elif self._simple(value):
-                parts.append(f"{name}={canonical(value)}")
+                parts.append(f"{name}={_Walk().value(value)}")
             else:
                 raise TypeError(
                     f"argument {name!r} of type {type(value).__qualname__} cannot be part of a "
@@ -340,30 +416,43 @@ class ModuleCache:
         return isinstance(value, _SIMPLE)
 
     def _check_grad(self, inputs) -> None:
-        if not torch.is_grad_enabled():
-            return
         for name, t in inputs:
             if t.requires_grad:
                 raise ValueError(
                     f"argument {name!r} requires grad while grad is enabled: a cached output "
                     "cannot carry gradients back to it. Detach the input, call under "
                     "torch.no_grad(), or do not cache this module")
-        for name, t in self._state_tensors():
-            if t.requires_grad:
-                raise ValueError(
-                    f"parameter {name!r} requires grad: a cached output cannot carry gradients "
-                    "to it. Freeze it with requires_grad_(False) or call under torch.no_grad()")
+
+    def _warn_useless(self, training: Optional[bool]) -> None:
+        """Say so, once, when caching cannot help (issue 10, deliverable 5)."""
+        if training and self.keys.dropout is not None:
+            self._log_once("dropout", "%s is cached in training mode with active dropout (%s): "
+                           "one random sample per item is stored and served from then on. "
+                           "Call .eval() on the cached module", self.qualname, self.keys.dropout)
+        if not self.persistent and "worker" not in _warned_process:
+            info = torch.utils.data.get_worker_info()
+            if info is not None:
+                _warned_process.add("worker")
+                logger.warning(
+                    "%s uses an in-memory cache inside a DataLoader worker process: workers "
+                    "are new processes (every epoch unless persistent_workers=True), so their "
+                    "memory caches start empty and rarely hit. Use persistent=True, which "
+                    "every worker shares, or cache in the main process", self.qualname)
 
     @staticmethod
     def _autocast(device: torch.device) -> str:
         return autocast_state(device.type if device.type in ("cpu", "cuda") else "cpu")
 
-    def _current_store(self, device: torch.device) -> Tuple[_StoreHandle, str]:
+    def _current_store(self, device: torch.device, grad: bool) -> Tuple[_StoreHandle, str]:
         with self._lock:
-            mhash = self.module_hash
+            mhash = self.keys.current(grad)
+            if self._override is not None:
+                mhash = str(self._override)
             if self._handle is not None and self._handle_hash == mhash:
                 return self._handle, mhash
-            if self._handle is not None and self._state.changes > 3 and "churn" not in self._logged:
+            if self._handle is not None:
+                self._key_switches += 1
+            if self._key_switches > 3 and "churn" not in self._logged:
                 self._logged.add("churn")
                 logger.warning(
                     "parameters or buffers of a cached module keep changing between calls "
@@ -420,7 +509,15 @@ class ModuleCache:
                 return None
         return layout
 
-    def _forward_misses(self, forward, args, kwargs, inputs, miss, batch, handle, ctx_hex):
+    def _keyed(self, inputs, context: str, device, grad: bool, training,
+               batch: int) -> Tuple[_StoreHandle, str, torch.Tensor]:
+        """The store of the current module key, the call's context and its item keys."""
+        handle, mhash = self._current_store(device, grad)
+        ctx_digest = _text_digest(f"{mhash}|{training}|{self._autocast(device)}|{context}")
+        return handle, ctx_digest.hex(), self._item_keys([t for _, t in inputs], ctx_digest,
+                                                         batch)
+
+    def _forward_misses(self, forward, args, kwargs, inputs, miss, batch):
         if len(miss) == batch:
             out = forward(*args, **kwargs)
         else:
@@ -435,6 +532,9 @@ class ModuleCache:
                     f"output leaf {j} has shape {tuple(leaf.shape)}; every output tensor must "
                     f"have the batch size {len(miss)} as its leading dimension")
         layout = {"spec": spec, "dtypes": [str(t.dtype).split(".")[1] for t in leaves]}
+        return leaves, layout
+
+    def _register_layout(self, handle: _StoreHandle, ctx_hex: str, layout: dict) -> None:
         with handle.lock:
             known = handle.layouts.get(ctx_hex)
             if known is not None and known != layout:
@@ -445,7 +545,6 @@ class ModuleCache:
                 handle.layouts[ctx_hex] = layout
                 if self.persistent:
                     self._write_layout(ctx_hex, layout)
-        return leaves, layout
 
     def _write_layout(self, ctx_hex: str, layout: dict) -> None:
         path = self.cache_dir / f"layout-{ctx_hex}.json"
@@ -474,6 +573,11 @@ class ModuleCache:
 
     def _store(self, handle: _StoreHandle, keys: torch.Tensor, leaves, layout) -> None:
         if handle.store.is_full or handle.store.io_error:
+            return
+        if self._limit() == 0:
+            limit = "max_persistent_cache_size" if self.persistent else "max_memory_cache_size"
+            self._log_once("full", "%s=0: new outputs are not stored, forward keeps running",
+                           limit)
             return
         stored_now = []
         for j, leaf in enumerate(leaves):
