@@ -300,16 +300,35 @@ def test_info_shows_a_dash_without_module_json(tmp_path, capsys):
     root = tmp_path / "cache"
     d = real_module_dir(root, 3, 4)
     (d / "module.json").unlink(missing_ok=True)  # an old cache
-    (root / "bad").mkdir()
-    (root / "bad" / "module.json").write_text("{broken")
+    bad = real_module_dir(root, 5, 4)
+    (bad / "module.json").write_text("{broken")
     code, out, _ = run(capsys, "info", "--json", str(root))
     assert code == 0
-    for m in json.loads(out)["modules"]:
+    modules = json.loads(out)["modules"]
+    assert {m["module_key"] for m in modules} == {d.name, bad.name}
+    for m in modules:
         assert m["qualname"] is None and m["created"] is None and m["last_used"] is None
         assert m["created_iso"] is None and m["last_used_iso"] is None
     code, out, _ = run(capsys, "info", str(root))
-    row = next(line for line in out.splitlines() if line.startswith(d.name))
-    assert row.split()[-3:] == ["-", "-", "-"]
+    for key in (d.name, bad.name):
+        row = next(line for line in out.splitlines() if line.startswith(key))
+        assert row.split()[-3:] == ["-", "-", "-"]
+
+
+def test_a_module_json_that_is_not_ours_is_a_foreign_file(tmp_path, capsys):
+    # "module.json" is a common name: only valid torchcache_c metadata counts as ours.
+    project = tmp_path / "project"
+    (project / "pkg").mkdir(parents=True)
+    (project / "pkg" / "module.json").write_text('{"name": "my module"}')
+    code, _, err = run(capsys, "clear", "--yes", str(project))
+    assert code == 2 and "not a torchcache_c cache" in err
+    d = real_module_dir(tmp_path / "cache", 3, 4)
+    (d / "module.json").write_text('{"name": "my module"}')
+    code, _, err = run(capsys, "clear", "--yes", str(tmp_path / "cache"))
+    assert code == 2 and "module.json" in err and "--force" in err
+    code, _, err = run(capsys, "clear", "--yes", "--force", str(tmp_path / "cache"))
+    assert code == 0 and os.listdir(d) == ["module.json"]
+    assert (project / "pkg" / "module.json").exists()
 
 
 # ---- prune -------------------------------------------------------------------------
@@ -374,7 +393,7 @@ def test_prune_falls_back_to_the_newest_file_time_without_module_json(tmp_path, 
     root = tmp_path / "cache"
     dirs = [real_module_dir(root, w, 4) for w in (3, 5, 7)]
     (dirs[2] / "module.json").unlink(missing_ok=True)
-    (dirs[1] / "module.json").write_text("{not json")  # invalid counts as missing
+    (dirs[1] / "module.json").unlink(missing_ok=True)
     set_last_used(dirs[0], 50)  # module.json wins over fresh file times
     for d, days in zip(dirs[1:], (40, 5), strict=True):
         files = sorted(d.iterdir())

@@ -71,13 +71,13 @@ class ModuleDir:
         return self.meta["last_used"] if self.meta is not None else self.newest_mtime
 
 
-def _is_meta(name: str) -> bool:
-    return name == META_NAME or bool(META_TMP.match(name))
-
-
-def _is_ours(name: str) -> bool:
+def _is_ours(name: str, directory: Path) -> bool:
+    """A regular file `name` in `directory` is ours.  "module.json" is a common name,
+    so that one is ours only when it holds valid torchcache_c metadata (meta.py)."""
+    if name == META_NAME:
+        return read_module_meta(directory) is not None
     return bool(_SEGMENT.match(name) or _LAYOUT.match(name) or _LAYOUT_TMP.match(name)
-                or _is_meta(name))
+                or META_TMP.match(name))
 
 
 def _scan_module(path: Path) -> ModuleDir:
@@ -85,7 +85,12 @@ def _scan_module(path: Path) -> ModuleDir:
     with os.scandir(path) as it:
         for entry in it:
             st = entry.stat(follow_symlinks=False)
-            if not stat.S_ISREG(st.st_mode) or not _is_ours(entry.name):
+            if stat.S_ISREG(st.st_mode) and entry.name == META_NAME:
+                m.meta = read_module_meta(path)  # read once: ours iff valid
+                ours = m.meta is not None
+            else:
+                ours = stat.S_ISREG(st.st_mode) and _is_ours(entry.name, path)
+            if not ours:
                 m.foreign.append(entry.name)
                 continue
             m.bytes += st.st_size
@@ -100,8 +105,6 @@ def _scan_module(path: Path) -> ModuleDir:
                 m.meta_files.append(entry.name)
     for names in (m.segments, m.layouts, m.layout_tmps, m.meta_files, m.foreign):
         names.sort()
-    if META_NAME in m.meta_files:
-        m.meta = read_module_meta(path)
     return m
 
 
@@ -118,7 +121,7 @@ class Cache:
 
 def _has_own_files(path: Path) -> bool:
     with os.scandir(path) as it:
-        return any(e.is_file(follow_symlinks=False) and _is_ours(e.name) for e in it)
+        return any(e.is_file(follow_symlinks=False) and _is_ours(e.name, path) for e in it)
 
 
 def resolve(dir_arg: str) -> Cache:
