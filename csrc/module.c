@@ -13,6 +13,12 @@
 
 #include <stdlib.h>
 
+/* Py_NewRef and the rest of the 3.10 C API are used throughout; pyproject.toml's
+ * requires-python says the same (tests/test_python_version.py checks they agree). */
+#if PY_VERSION_HEX < 0x030A0000
+#error "torchcache_c needs CPython 3.10 or newer (it uses Py_NewRef): build it with python3.10+"
+#endif
+
 #ifndef TC_VERSION
 #define TC_VERSION "0.0.0"
 #endif

@@ -1,4 +1,4 @@
-"""python -m torchcache_c info|verify|clear DIR (see torchcache_c/cli.py)."""
+"""python -m torchcache_c info|verify|clear|prune DIR (see torchcache_c/cli.py)."""
 
 import sys
 

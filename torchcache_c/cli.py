@@ -1,12 +1,14 @@
-"""python -m torchcache_c info|verify|clear DIR: operational tools for cache directories.
+"""python -m torchcache_c info|verify|clear|prune DIR: tools for cache directories.
 
 DIR is a cache root (the decorator's persistent_cache_dir, one subdirectory per
 module key) or one module-key directory.  A module-key directory holds segment
-files (docs/format.md, section 1), the decorator's layout-*.json sidecars and
-nothing else; the tools recognise ours by those names and never follow links.
+files (docs/format.md, section 1), the decorator's layout-*.json sidecars, its
+module.json metadata (meta.py) and nothing else; the tools recognise ours by
+those names and never follow links.
 
 Exit status: 0 success; 1 verify found corrupt records; 2 an error (DIR is
-missing or not a cache, clear refused).  docs/cli.md describes each command.
+missing or not a cache, clear or prune refused).  docs/cli.md describes each
+command.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ import os
 import re
 import stat
 import sys
+import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from ._C import Store
+from .meta import META_NAME, META_TMP, read_module_meta
 
 # docs/format.md, section 1: the reader's rule, so that clear removes exactly
 # what a store would read.
@@ -45,8 +50,11 @@ class ModuleDir:
     segments: List[str] = field(default_factory=list)
     layouts: List[str] = field(default_factory=list)
     layout_tmps: List[str] = field(default_factory=list)
+    meta_files: List[str] = field(default_factory=list)  # module.json and its temporaries
     foreign: List[str] = field(default_factory=list)
     bytes: int = 0
+    newest_mtime: float = 0.0  # of our files
+    meta: Optional[Dict[str, Any]] = None  # module.json, validated (meta.py)
 
     @property
     def key(self) -> str:
@@ -54,11 +62,22 @@ class ModuleDir:
 
     @property
     def ours(self) -> List[str]:
-        return self.segments + self.layouts + self.layout_tmps
+        # module.json last: a directory half removed still says whose it was.
+        return self.segments + self.layouts + self.layout_tmps + self.meta_files[::-1]
+
+    @property
+    def last_used(self) -> float:
+        """module.json's last_used; without it, the newest mtime of our files."""
+        return self.meta["last_used"] if self.meta is not None else self.newest_mtime
 
 
-def _is_ours(name: str) -> bool:
-    return bool(_SEGMENT.match(name) or _LAYOUT.match(name) or _LAYOUT_TMP.match(name))
+def _is_ours(name: str, directory: Path) -> bool:
+    """A regular file `name` in `directory` is ours.  "module.json" is a common name,
+    so that one is ours only when it holds valid torchcache_c metadata (meta.py)."""
+    if name == META_NAME:
+        return read_module_meta(directory) is not None
+    return bool(_SEGMENT.match(name) or _LAYOUT.match(name) or _LAYOUT_TMP.match(name)
+                or META_TMP.match(name))
 
 
 def _scan_module(path: Path) -> ModuleDir:
@@ -66,17 +85,25 @@ def _scan_module(path: Path) -> ModuleDir:
     with os.scandir(path) as it:
         for entry in it:
             st = entry.stat(follow_symlinks=False)
-            if not stat.S_ISREG(st.st_mode) or not _is_ours(entry.name):
+            if stat.S_ISREG(st.st_mode) and entry.name == META_NAME:
+                m.meta = read_module_meta(path)  # read once: ours iff valid
+                ours = m.meta is not None
+            else:
+                ours = stat.S_ISREG(st.st_mode) and _is_ours(entry.name, path)
+            if not ours:
                 m.foreign.append(entry.name)
                 continue
             m.bytes += st.st_size
+            m.newest_mtime = max(m.newest_mtime, st.st_mtime)
             if _SEGMENT.match(entry.name):
                 m.segments.append(entry.name)
             elif _LAYOUT.match(entry.name):
                 m.layouts.append(entry.name)
-            else:
+            elif _LAYOUT_TMP.match(entry.name):
                 m.layout_tmps.append(entry.name)
-    for names in (m.segments, m.layouts, m.layout_tmps, m.foreign):
+            else:
+                m.meta_files.append(entry.name)
+    for names in (m.segments, m.layouts, m.layout_tmps, m.meta_files, m.foreign):
         names.sort()
     return m
 
@@ -94,7 +121,7 @@ class Cache:
 
 def _has_own_files(path: Path) -> bool:
     with os.scandir(path) as it:
-        return any(e.is_file(follow_symlinks=False) and _is_ours(e.name) for e in it)
+        return any(e.is_file(follow_symlinks=False) and _is_ours(e.name, path) for e in it)
 
 
 def resolve(dir_arg: str) -> Cache:
@@ -129,8 +156,8 @@ def resolve(dir_arg: str) -> Cache:
         raise CliError(f"{exc.filename}: permission denied") from None
     if not modules:
         raise CliError(
-            f"{dir_arg}: not a torchcache_c cache (no seg-*.tcs or layout-*.json files in it "
-            "or in its subdirectories)")
+            f"{dir_arg}: not a torchcache_c cache (no seg-*.tcs, layout-*.json or "
+            f"{META_NAME} files in it or in its subdirectories)")
     return Cache(path, modules, True, foreign, empty)
 
 
@@ -148,12 +175,35 @@ def _human(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def _table(rows: List[List[str]], header: List[str]) -> str:
+def _table(rows: List[List[str]], header: List[str], left: Sequence[int] = (0,),
+           total: bool = True) -> str:
+    """Columns in `left` are left-aligned, the others right-aligned; with `total`
+    the last row is set off by a rule."""
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     fmt = lambda r: "  ".join(  # noqa: E731
-        c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        c.ljust(w) if i in left else c.rjust(w)
+        for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
     rule = "  ".join("-" * w for w in widths)
+    if not total:
+        return "\n".join([fmt(header), rule] + [fmt(r) for r in rows])
     return "\n".join([fmt(header), rule] + [fmt(r) for r in rows[:-1]] + [rule, fmt(rows[-1])])
+
+
+def _iso(t: Optional[float]) -> Optional[str]:
+    """A unix time as ISO-8601 local time with its UTC offset, to the second."""
+    if t is None:
+        return None
+    try:
+        return datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _meta_fields(m: ModuleDir) -> Dict[str, Any]:
+    meta = m.meta or {}
+    return {"qualname": meta.get("qualname"),
+            "created": meta.get("created"), "created_iso": _iso(meta.get("created")),
+            "last_used": meta.get("last_used"), "last_used_iso": _iso(meta.get("last_used"))}
 
 
 # ---- info ------------------------------------------------------------------------
@@ -166,20 +216,25 @@ def cmd_info(args: argparse.Namespace) -> int:
             st = store.stats()
         modules.append({"module_key": m.key, "path": str(m.path), "entries": st["records"],
                         "bytes": m.bytes, "segments": len(m.segments),
-                        "corrupt": st["corrupt"], "layouts": len(m.layouts)})
+                        "corrupt": st["corrupt"], "layouts": len(m.layouts),
+                        **_meta_fields(m)})
     totals = {k: sum(int(m[k]) for m in modules)  # type: ignore[call-overload]
               for k in ("entries", "bytes", "segments", "corrupt", "layouts")}
     if args.json:
         print(json.dumps({"root": str(cache.root), "modules": modules, "totals": totals},
                          indent=2))
         return EXIT_OK
-    header = ["module key", "entries", "size", "segments", "corrupt", "layouts"]
+    header = ["module key", "entries", "size", "segments", "corrupt", "layouts", "last used",
+              "created", "class"]
     rows = [[str(m["module_key"]), str(m["entries"]), _human(int(m["bytes"])),  # type: ignore
-             str(m["segments"]), str(m["corrupt"]), str(m["layouts"])] for m in modules]
+             str(m["segments"]), str(m["corrupt"]), str(m["layouts"]),
+             str(m["last_used_iso"] or "-"), str(m["created_iso"] or "-"),
+             str(m["qualname"] or "-")] for m in modules]
     rows.append(["total", str(totals["entries"]), _human(totals["bytes"]),
-                 str(totals["segments"]), str(totals["corrupt"]), str(totals["layouts"])])
+                 str(totals["segments"]), str(totals["corrupt"]), str(totals["layouts"]),
+                 "", "", ""])
     print(f"{cache.root}: {len(modules)} module key(s)")
-    print(_table(rows, header))
+    print(_table(rows, header, left=(0, 6, 7, 8)))
     if totals["corrupt"]:
         print("corrupt records are skipped, never served; `verify` lists them")
     return EXIT_OK
@@ -227,19 +282,27 @@ def _confirm(prompt: str) -> bool:
 def _remove_module(m: ModuleDir) -> int:
     """Unlinks our files through a descriptor of the directory opened without
     following links, so a directory swapped for a link is never entered."""
-    removed = 0
+    return _remove_files(m)[0]
+
+
+def _remove_files(m: ModuleDir) -> tuple[int, int]:
+    """_remove_module's work: (files, bytes) removed.  Only the names found by the
+    scan are removed, so files a writer creates meanwhile stay."""
+    removed = nbytes = 0
     fd = os.open(m.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         for name in m.ours:
             try:
-                if stat.S_ISREG(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode):
                     os.unlink(name, dir_fd=fd)
                     removed += 1
+                    nbytes += st.st_size
             except FileNotFoundError:
                 pass
     finally:
         os.close(fd)
-    return removed
+    return removed, nbytes
 
 
 def _rmdir_if_empty(path: Path) -> bool:
@@ -286,16 +349,209 @@ def cmd_clear(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---- prune -----------------------------------------------------------------------
+
+_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4, "P": 1024 ** 5}
+_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(?:([KMGTP])(?:I?B)?|B)?\Z", re.IGNORECASE)
+_DAY = 86400.0
+
+
+def parse_size(text: str) -> int:
+    """Bytes from "123", "500M", "10G", "1.5GiB", "2TB" (K, M, G, T, P: powers of 1024)."""
+    m = _SIZE.match(text.strip())
+    if m is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size: pass a number of bytes, optionally with a suffix "
+            "K, M, G or T (powers of 1024), e.g. 500M or 10G")
+    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").upper()])
+
+
+def _days(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of days: pass a number >= 0, e.g. 30 or 0.5")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a count: pass a whole number >= 0, e.g. 3")
+    return value
+
+
+def _plan_prune(modules: List[ModuleDir], now: float, older_than: Optional[float],
+                max_size: Optional[int],
+                keep: int) -> tuple[List[ModuleDir], Dict[str, str], int]:
+    """Which module directories to remove, least recently used first; the rule that
+    chose each; the bytes the kept ones hold."""
+    recent_first = sorted(modules, key=lambda m: (-m.last_used, m.key))
+    candidates = recent_first[keep:]  # --keep protects the most recently used
+    rule: Dict[str, str] = {}
+    if older_than is not None:
+        cutoff = now - older_than * _DAY
+        for m in candidates:
+            if m.last_used <= cutoff:
+                rule[m.key] = "older-than"
+    total = sum(m.bytes for m in modules if m.key not in rule)
+    if max_size is not None:
+        for m in reversed(candidates):
+            if total <= max_size:
+                break
+            if m.key not in rule:
+                rule[m.key] = "max-size"
+                total -= m.bytes
+    return [m for m in reversed(recent_first) if m.key in rule], rule, total
+
+
+def _prune_entry(m: ModuleDir, rule: Optional[str] = None) -> Dict[str, Any]:
+    entry = {"module_key": m.key, "path": str(m.path), "bytes": m.bytes,
+             "last_used": m.last_used, "last_used_iso": _iso(m.last_used),
+             "last_used_from": "module.json" if m.meta is not None else "mtime",
+             "qualname": m.meta["qualname"] if m.meta is not None else None}
+    if rule is not None:
+        entry["rule"] = rule
+    return entry
+
+
+def _prune_one(m: ModuleDir) -> tuple[int, Optional[str]]:
+    """Removes our files of m, then the directory: (bytes freed, why it was left
+    or None).  Nothing is removed when module.json says it was used since the scan."""
+    fresh = read_module_meta(m.path)
+    if fresh is not None and (m.meta is None or fresh["last_used"] > m.meta["last_used"]):
+        return 0, "used again since the scan; nothing removed"
+    _, nbytes = _remove_files(m)
+    try:
+        os.rmdir(m.path)
+        return nbytes, None
+    except OSError:
+        pass
+    if m.foreign:
+        return nbytes, "holds files torchcache_c did not write (left in place by --force)"
+    return nbytes, "new files appeared while pruning (a process is writing to it); they are kept"
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    if args.older_than is None and args.max_size is None:
+        raise CliError(
+            "no rule given: pass --older-than DAYS (remove module keys not used for DAYS "
+            "days) and/or --max-size BYTES (remove the least recently used module keys "
+            "until the cache holds at most BYTES, e.g. 10G); --keep N only protects the N "
+            "most recently used module keys from those rules")
+    if os.path.islink(args.dir):
+        raise CliError(f"{args.dir} is a symbolic link; prune never follows links (pass the "
+                       "directory it points to)")
+    cache = resolve(args.dir)
+    if not cache.is_root:
+        raise CliError(
+            f"{args.dir} is one module-key directory; prune removes module-key directories "
+            f"from a cache root: pass the root ({cache.root.parent}), or use `clear` to "
+            "empty this directory")
+    now = time.time()
+    removal, rule, kept_bytes = _plan_prune(cache.modules, now, args.older_than,
+                                            args.max_size, args.keep)
+    before = sum(m.bytes for m in cache.modules)
+    foreign = [str(Path(m.path, n)) for m in removal for n in m.foreign]
+    if foreign and not args.force:
+        shown = "\n  ".join(foreign[:10]) + ("\n  ..." if len(foreign) > 10 else "")
+        raise CliError(
+            f"module-key directories to prune hold {len(foreign)} "
+            f"entr{'y' if len(foreign) == 1 else 'ies'} that torchcache_c did not write:\n  "
+            f"{shown}\nrefusing to prune; pass --force to remove only the cache files of "
+            "those directories and leave the directories and those entries in place")
+    kept = [m for m in cache.modules if m.key not in rule]
+    nbytes = sum(m.bytes for m in removal)
+    short = None
+    if args.max_size is not None and kept_bytes > args.max_size:
+        short = (f"the cache still holds {_human(kept_bytes)} ({kept_bytes} bytes), more than "
+                 f"--max-size {args.max_size}, because --keep {args.keep} keeps the most "
+                 "recently used module keys")
+    what = (f"{len(removal)} of {len(cache.modules)} module key(s), {_human(nbytes)} "
+            f"({nbytes} bytes), under {cache.root}")
+    if removal and not args.dry_run and not args.yes:
+        if not sys.stdin.isatty():
+            raise CliError(f"would remove {what}; stdin is not a terminal, so pass --yes "
+                           "to confirm (or --dry-run to see the list)")
+        if not args.json:
+            _print_prune(removal, rule, {}, "remove")
+        if not _confirm(f"Remove {what}? [y/N] "):
+            print("nothing removed")
+            return EXIT_OK
+    left: Dict[str, str] = {}
+    freed = 0
+    if not args.dry_run:
+        for m in removal:
+            got, why = _prune_one(m)
+            freed += got
+            if why is not None:
+                left[m.key] = why
+    else:
+        freed = nbytes
+    if args.json:
+        done = [_prune_entry(m, rule[m.key]) for m in removal if m.key not in left]
+        print(json.dumps({
+            "root": str(cache.root), "dry_run": args.dry_run,
+            "rules": {"older_than_days": args.older_than, "max_size": args.max_size,
+                      "keep": args.keep},
+            "removed": done,
+            "left": [dict(_prune_entry(m, rule[m.key]), why=left[m.key])
+                     for m in removal if m.key in left],
+            "kept": [_prune_entry(m) for m in sorted(kept, key=lambda m: -m.last_used)],
+            "bytes_before": before, "bytes_freed": freed, "bytes_after": before - freed,
+            "note": short}, indent=2))
+        return EXIT_OK
+    if not removal:
+        print(f"nothing to prune: {len(cache.modules)} module key(s), {_human(before)}, under "
+              f"{cache.root}; none matches the rules")
+    elif args.dry_run:
+        _print_prune(removal, rule, {}, "would remove")
+        print(f"dry run: would remove {len(removal)} of {len(cache.modules)} module key(s) "
+              f"under {cache.root} and free {_human(freed)} ({freed} bytes); nothing was "
+              "changed")
+    else:
+        _print_prune(removal, rule, left, "removed")
+        n = len(removal) - len(left)
+        print(f"removed {n} module key(s) and freed {_human(freed)} ({freed} bytes); "
+              f"{len(kept) + len(left)} module key(s), {_human(before - freed)}, remain")
+    if short:
+        print(f"note: {short}")
+    return EXIT_OK
+
+
+def _print_prune(removal: List[ModuleDir], rule: Dict[str, str], left: Dict[str, str],
+                 verb: str) -> None:
+    rows = [[verb if m.key not in left else "left", m.key, _human(m.bytes),
+             (_iso(m.last_used) or "-") + ("" if m.meta is not None else " *"),
+             rule[m.key], m.meta["qualname"] if m.meta is not None else "-"]
+            for m in removal]
+    print(_table(rows, ["", "module key", "size", "last used", "rule", "class"],
+                 left=(0, 1, 3, 4, 5), total=False))
+    if any(m.meta is None for m in removal):
+        print(f"* no valid {META_NAME}: the newest modification time of its files")
+    for m in removal:
+        if m.key in left:
+            print(f"left {m.path} in place: {left[m.key]}")
+
+
 # ---- entry point -----------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m torchcache_c",
-        description="Inspect, verify or remove torchcache_c cache directories. DIR is a "
-                    "cache root (one subdirectory per module key) or one module-key "
+        description="Inspect, verify, prune or remove torchcache_c cache directories. DIR "
+                    "is a cache root (one subdirectory per module key) or one module-key "
                     "directory.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("info", help="entries, size, segments and corrupt records per module key")
+    p = sub.add_parser("info", help="entries, size, corrupt records, class and last use "
+                       "per module key")
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_info)
@@ -309,6 +565,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="clear even if DIR holds other files (they are left in place)")
     p.set_defaults(func=cmd_clear)
+    p = sub.add_parser(
+        "prune", help="remove whole module-key directories, least recently used first",
+        description="Remove whole module-key directories of a cache root, least recently "
+                    f"used first (last_used from {META_NAME}, else the newest modification "
+                    "time of the directory's files). Pass --older-than and/or --max-size.")
+    p.add_argument("dir", metavar="DIR", help="a cache root")
+    p.add_argument("--older-than", type=_days, metavar="DAYS",
+                   help="remove module keys not used for DAYS days (fractions allowed)")
+    p.add_argument("--max-size", type=parse_size, metavar="BYTES",
+                   help="remove least recently used module keys until the cache holds at "
+                        "most BYTES (suffixes K, M, G, T: powers of 1024, e.g. 10G)")
+    p.add_argument("--keep", type=_count, default=0, metavar="N",
+                   help="never remove the N most recently used module keys, whatever the "
+                        "other rules say")
+    p.add_argument("--dry-run", "-n", action="store_true",
+                   help="print what would be removed; change nothing")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--force", action="store_true",
+                   help="prune directories that hold other files too (only our files are "
+                        "removed; those directories and files stay)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_prune)
     return parser
 
 
