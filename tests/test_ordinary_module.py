@@ -204,3 +204,14 @@ def test_memory_tier_in_a_dataloader_worker_warns(caplog):
     finally:
         _utils.worker._worker_info = None
     assert "DataLoader worker" in caplog.text
+
+
+def test_persistent_store_records_who_made_it_for_info_and_prune(tmp_path):
+    from torchcache_c.meta import read_module_meta
+
+    m = persisted(str(tmp_path))
+    with torch.no_grad():
+        m(torch.randn(2, 6))
+    meta = read_module_meta(m.cache_instance.cache_dir)
+    assert meta is not None and meta["qualname"] == "ordinary_modules.Persisted"
+    assert meta["module_key"] == m.cache_instance.module_hash

@@ -33,6 +33,7 @@ from ._compat import autocast_state
 from .device_tier import DeviceTier
 from .hashing import hash_tensor
 from .keys import KeyTracker, _Walk
+from .meta import touch_module_dir
 
 logger = logging.getLogger("torchcache_c")
 
@@ -145,7 +146,7 @@ def _remove_own_files(path: Path) -> None:
 
     with os.scandir(path) as it:
         for entry in it:
-            if entry.is_file(follow_symlinks=False) and _is_ours(entry.name):
+            if entry.is_file(follow_symlinks=False) and _is_ours(entry.name, path):
                 try:
                     os.unlink(entry.path)
                 except FileNotFoundError:
@@ -476,6 +477,11 @@ class ModuleCache:
                     self._handle = _open_store(("dev", mhash, limit, str(tier)),
                                                lambda: DeviceTier(tier, limit))
             self._handle_hash = mhash
+            if self.persistent:
+                # Who made this directory and when it was last used, for `info` and
+                # `prune` (meta.py; at most one write per 5 minutes, never raises).
+                touch_module_dir(self._parent_dir() / mhash, qualname=self.qualname,
+                                 module_key=mhash)
             logger.info("module hash %s (%s)", mhash, self.cache_dir or "in memory")
             return self._handle, mhash
 

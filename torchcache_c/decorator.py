@@ -290,7 +290,7 @@ def _wrap_function(fn: types.FunctionType, options: Dict[str, Any]) -> Callable:
 
 def _cells(fn: types.FunctionType) -> List[Tuple[str, Any]]:
     out = []
-    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
+    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=False):
         try:
             out.append((name, cell.cell_contents))
         except ValueError:  # an empty cell

@@ -250,7 +250,7 @@ class _Walk:
         parts = [code_digest(code),
                  "defaults:" + self.value(fn.__defaults__, 1),
                  "kwdefaults:" + self.value(fn.__kwdefaults__, 1)]
-        for name, cell in zip(code.co_freevars, fn.__closure__ or ()):
+        for name, cell in zip(code.co_freevars, fn.__closure__ or (), strict=False):
             try:
                 contents = cell.cell_contents
             except ValueError:
