@@ -56,6 +56,8 @@ typedef struct {
     PyObject *requires_grad; /* getset descriptor of Tensor.requires_grad */
     uint64_t *dict_tags;   /* per dict (3.10, 3.11) */
     int64_t *versions;     /* per tensor */
+    getter version_get;    /* the getset function behind `version`, when it is one */
+    void *version_closure;
     uint64_t events;       /* dict_events at reset (3.12+) */
     Py_ssize_t n_dicts, n_tensors;
 } WatchObject;
@@ -192,6 +194,12 @@ static PyObject *watch_reset(WatchObject *self, PyObject *args)
         tags[i] = dict_tag(d);
     }
     Py_XSETREF(self->version, Py_NewRef(version));
+    self->version_get = NULL;
+    if (Py_IS_TYPE(version, &PyGetSetDescr_Type)) {
+        PyGetSetDef *gs = ((PyGetSetDescrObject *)version)->d_getset;
+        self->version_get = gs->get;
+        self->version_closure = gs->closure;
+    }
     Py_XSETREF(self->requires_grad, Py_NewRef(requires_grad));
     for (Py_ssize_t i = 0; i < nt; i++) {
         if (read_version(self, PyTuple_GET_ITEM(tensors, i), &versions[i]) < 0)
@@ -240,11 +248,23 @@ static PyObject *watch_changed(WatchObject *self, PyObject *arg)
             return PyLong_FromLong(1);
     }
 #endif
+    PyTypeObject *owner = self->version_get != NULL ? PyDescr_TYPE(self->version) : NULL;
     for (Py_ssize_t i = 0; i < self->n_tensors; i++) {
         PyObject *t = PyTuple_GET_ITEM(self->tensors, i);
         int64_t v;
-        if (read_version(self, t, &v) < 0)
+        if (owner != NULL && PyObject_TypeCheck(t, owner)) {
+            /* The hot loop: the getter itself, as the descriptor would call it. */
+            PyObject *obj = self->version_get(t, self->version_closure);
+            if (obj == NULL)
+                return NULL;
+            long long value = PyLong_AsLongLong(obj);
+            Py_DECREF(obj);
+            if (value == -1 && PyErr_Occurred())
+                return NULL;
+            v = (int64_t)value;
+        } else if (read_version(self, t, &v) < 0) {
             return NULL;
+        }
         if (v != self->versions[i])
             return PyLong_FromLong(2);
     }

@@ -316,3 +316,46 @@ def test_memory_size_zero_stores_nothing():
         m(x), m(x)
     assert m.calls == 2 and m.cache_instance.stats()["items_stored"] == 0
     assert m.cache_instance.is_memory_cache_full
+
+
+def test_list_attribute_that_forward_appends_to_is_learned_and_left_out(monkeypatch):
+    from torchcache_c import keys
+
+    @torchcache()
+    class Logs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.sizes = []
+
+        def forward(self, x):
+            self.sizes.append(len(x))
+            return x + 1
+
+    m = Logs()
+    x = torch.ones(2, 2)
+    m(x), m(x)
+    assert m.sizes == [2] and "sizes" in m.cache_instance.keys.forward_written
+    monkeypatch.setattr(keys, "FULL_CHECK_SECONDS", 0.0)
+    m.cache_instance.keys._call_time = 1e9
+    m(x)      # the periodic check sees no change of what the key covers
+    assert m.sizes == [2] and m.cache_instance.keys.unseen_changes == 0
+
+
+def test_module_level_dict_mutated_in_place_is_seen_by_revalidate():
+    namespace = {"__name__": "nb_cfg", "torch": torch, "nn": nn, "torchcache": torchcache}
+    exec(textwrap.dedent("""
+        CFG = {"scale": 2}
+
+        @torchcache()
+        class Scale(nn.Module):
+            def forward(self, x):
+                return x * CFG["scale"]
+    """), namespace)
+    m = namespace["Scale"]()
+    x = torch.ones(2, 2)
+    assert torch.equal(m(x), 2 * x)
+    namespace["CFG"]["scale"] = 4
+    assert m.cache_instance.revalidate()
+    assert torch.equal(m(x), 4 * x)
+    namespace["CFG"] = {"scale": 5}     # rebinding: seen at the next call
+    assert torch.equal(m(x), 5 * x)

@@ -193,6 +193,7 @@ class _Walk:
         self.memo: Dict[int, str] = {}
         self.keep: List[Any] = []          # objects whose id() is a memo key
         self.bindings: List[Tuple[dict, str, Any]] = []
+        self.fresh = False   # re-read mutable module-level values (revalidate)
         self.dicts: List[dict] = []
         self.active: Set[int] = set()
 
@@ -260,10 +261,24 @@ class _Walk:
         namespace = fn.__globals__
         for name in names:
             if name in namespace:
-                value = namespace[name]
-                self.bindings.append((namespace, name, value))
-                parts.append(f"global {name}={self.value(value, 1, names)}")
+                parts.append(f"global {name}={self._binding(namespace, name, names)}")
         return "\n".join(parts)
+
+    def _binding(self, namespace: dict, name: str, names: Iterable[str] = ()) -> str:
+        """A module-level name the code reads.  Rebinding it is always seen.  A mutable
+        value (a list, dict, set or object) counts by its contents as first read in
+        this process: forward may append to a log list without changing the key, and
+        an in-place change is seen by revalidate() (docs/keys.md, section 3)."""
+        value = namespace[name]
+        self.bindings.append((namespace, name, value))
+        if not _is_mutable(value):
+            return self.value(value, 1, names)
+        memo_key = (id(namespace), name, id(value))
+        known = _mutable_texts.get(memo_key)
+        if known is None or self.fresh:
+            known = (value, self.value(value, 1, names))
+            _mutable_texts[memo_key] = known
+        return known[1]
 
     # -- values --
 
@@ -319,9 +334,7 @@ class _Walk:
         namespace = vars(module)
         for name in names:
             if name in namespace:
-                attr = namespace[name]
-                self.bindings.append((namespace, name, attr))
-                parts.append(f"{name}={self.value(attr, 1)}")
+                parts.append(f"{name}={self._binding(namespace, name)}")
         return ";".join(parts)
 
     def object_value(self, value: Any, depth: int) -> str:
@@ -536,6 +549,7 @@ class KeyTracker:
         self._state_watch = _C.Watch()
         self._globals_watch = _C.Watch()
         self._bindings: List[Tuple[dict, str, Any]] = []
+
         self._cells: Tuple[int, ...] = ()
         self._code = self._instance = self._weights = ""
         self._tensor_cache: Dict[str, Tuple[tuple, str]] = {}
@@ -545,6 +559,7 @@ class KeyTracker:
         self._full_cost = 0.0
         self._call_time = 0.0
         self._attributes: Dict[str, str] = {}
+        self._forwards = 0
         self.dropout: Optional[str] = None
         self.full_checks = 0
         self.unseen_changes = 0
@@ -591,10 +606,17 @@ class KeyTracker:
         are left out of the key from now on; anything else that moved is recomputed
         at the next call.  True when attributes were newly left out."""
         module = self._module() if self._module is not None else None
-        if module is None:
-            return False
         with self._lock:
-            if self._state_watch.changed(False) != 1:
+            # A list or dict that forward appends to moves no dict watched here, so
+            # the first forwards of each instance compare contents.
+            self._forwards += 1
+            learning = self._forwards <= _LEARNING_FORWARDS
+            moved = self._state_watch.changed(False) == 1
+            if not learning and not moved:
+                return False
+            if moved:
+                self._dirty = True
+            if module is None:
                 return False
             now: Dict[str, str] = {}
             instance_state(_Walk(), module, attributes=now)
@@ -605,7 +627,7 @@ class KeyTracker:
                 logger.info("attributes assigned by forward are left out of the key: %s",
                             ", ".join(sorted(new)))
                 self.forward_written.update(new)
-            self._dirty = True
+                self._dirty = True
             return bool(new)
 
     def invalidate(self) -> None:
@@ -616,7 +638,7 @@ class KeyTracker:
         """Recompute every part now, weights by content; True if the key changed."""
         with self._lock:
             before = self._key
-            self._recompute(full=True)
+            self._recompute(full=True, fresh=True)
             return before is not None and before != self._key
 
     @property
@@ -650,9 +672,10 @@ class KeyTracker:
         self._globals_watch.reset(_unique(n for n, _, _ in self._bindings), [], [],
                                   _VERSION_DESCR, _REQUIRES_GRAD_DESCR)
 
-    def _recompute(self, full: bool, periodic: bool = False) -> None:
+    def _recompute(self, full: bool, periodic: bool = False, fresh: bool = False) -> None:
         start = time.perf_counter()
         walk = _Walk()
+        walk.fresh = fresh
         module = self._module() if self._module is not None else None
         if module is not None:
             code = ""
@@ -715,4 +738,16 @@ class KeyTracker:
 
 
 _MISSING = object()
+# How many forward runs of an instance compare every attribute's contents afterwards.
+_LEARNING_FORWARDS = 4
 _forward_written: "weakref.WeakKeyDictionary[type, Set[str]]" = weakref.WeakKeyDictionary()
+# Texts of mutable module-level values, as first read in this process (see _binding).
+_mutable_texts: Dict[Tuple[int, str, int], Tuple[Any, str]] = {}
+
+
+def _is_mutable(value: Any) -> bool:
+    if isinstance(value, (_SIMPLE, tuple, frozenset, enum.Enum, type, types.FunctionType,
+                          types.ModuleType, types.BuiltinFunctionType, torch.nn.Module,
+                          torch.Tensor)):
+        return False
+    return isinstance(value, (list, dict, set, bytearray)) or hasattr(value, "__dict__")
