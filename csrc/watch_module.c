@@ -248,12 +248,12 @@ static PyObject *watch_changed(WatchObject *self, PyObject *arg)
             return PyLong_FromLong(1);
     }
 #endif
-    PyTypeObject *owner = self->version_get != NULL ? PyDescr_TYPE(self->version) : NULL;
     for (Py_ssize_t i = 0; i < self->n_tensors; i++) {
         PyObject *t = PyTuple_GET_ITEM(self->tensors, i);
         int64_t v;
-        if (owner != NULL && PyObject_TypeCheck(t, owner)) {
-            /* The hot loop: the getter itself, as the descriptor would call it. */
+        if (self->version_get != NULL) {
+            /* The hot loop: the getter itself.  reset() read every tensor through the
+             * descriptor, which checked its type, and the tuple cannot change. */
             PyObject *obj = self->version_get(t, self->version_closure);
             if (obj == NULL)
                 return NULL;
