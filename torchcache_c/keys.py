@@ -701,8 +701,10 @@ class KeyTracker:
         self.dropout = active_dropout(module) if module is not None else None
         self._key = _digest(self._structural, code, instance, weights)
         self._dirty = False
-        grad = [t for _, t in tensors]
-        self._state_watch.reset(_unique(walk.dicts), [t.detach() for t in grad], grad,
+        # Parameters are what requires_grad_() turns on; buffers and attributes are
+        # version-watched only.
+        params = [t for _, t in tensors if module is None or isinstance(t, torch.nn.Parameter)]
+        self._state_watch.reset(_unique(walk.dicts), [t.detach() for _, t in tensors], params,
                                 _VERSION_DESCR, _REQUIRES_GRAD_DESCR)
         self._globals_watch.reset(_unique(n for n, _, _ in walk.bindings), [], [],
                                   _VERSION_DESCR, _REQUIRES_GRAD_DESCR)
