@@ -278,7 +278,10 @@ static PyObject *Store_entry_info(StoreObject *self, PyObject *args)
     int ndim;
     int64_t shape[TC_STORE_MAX_NDIM];
     char err[512] = "";
-    int rc = tc_store_entry_info(self->store, key, &dtype_word, &ndim, shape, err, sizeof(err));
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = tc_store_entry_info(self->store, key, &dtype_word, &ndim, shape, err, sizeof(err));
+    Py_END_ALLOW_THREADS
     if (rc != TC_STORE_OK) {
         raise_engine_error(rc, err);
         return NULL;
@@ -298,12 +301,15 @@ static PyObject *Store_entry_info(StoreObject *self, PyObject *args)
 }
 
 PyDoc_STRVAR(gather_doc,
-"gather(keys, dest) -> None\n--\n\n"
-"Copy the stored record of every row of keys (all must be present) into\n"
-"dest[i], decompressing where needed.  dest is a contiguous CPU tensor of\n"
-"shape (H, *item_shape) whose dtype and item shape every record must have\n"
-"(ValueError naming the row otherwise; KeyError if a key is absent).  The\n"
-"GIL is released while copying.");
+"gather(keys, dest) -> bytes\n--\n\n"
+"Copy the stored record of every row of keys into dest[i], decompressing\n"
+"where needed, and return N bytes: 1 where row i was served, 0 where it was\n"
+"not (key absent, record damaged or of another dtype or item shape, or a\n"
+"fault such as an I/O error or a segment truncated or removed under the\n"
+"reader; see stats()['faults'] and take_faults()).  Rows not served hold\n"
+"unspecified bytes: compute them.  dest is a contiguous CPU tensor of shape\n"
+"(N, *item_shape).  Never raises for a fault; the GIL is released while\n"
+"copying.");
 
 /* The (keys, batch) arguments of gather and put: `fmt` is "OO:<method>" and
  * `what` names the batch argument.  Returns 0 with both views held, or -1. */
@@ -329,21 +335,28 @@ static PyObject *Store_gather(StoreObject *self, PyObject *args)
     tc_view keys, dest;
     if (keys_and_batch(self, args, "OO:gather", "dest", &keys, &dest) < 0)
         return NULL;
+    Py_ssize_t n = (Py_ssize_t)keys.shape[0];
+    PyObject *served = PyBytes_FromStringAndSize(NULL, n);
+    if (served == NULL) {
+        tc_view_release(&keys);
+        tc_view_release(&dest);
+        return NULL;
+    }
     char err[512] = "";
-    size_t bad_row = 0;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = tc_store_gather(self->store, (const uint64_t *)keys.data, (size_t)keys.shape[0],
-                         dest.dtype_word, dest.ndim - 1, dest.shape + 1, dest.data, &bad_row,
-                         err, sizeof(err));
+    rc = tc_store_gather(self->store, (const uint64_t *)keys.data, (size_t)n, dest.dtype_word,
+                         dest.ndim - 1, dest.shape + 1, dest.data,
+                         (uint8_t *)PyBytes_AS_STRING(served), err, sizeof(err));
     Py_END_ALLOW_THREADS
     tc_view_release(&keys);
     tc_view_release(&dest);
     if (rc != TC_STORE_OK) {
+        Py_DECREF(served);
         raise_engine_error(rc, err);
         return NULL;
     }
-    Py_RETURN_NONE;
+    return served;
 }
 
 PyDoc_STRVAR(put_doc,
@@ -509,8 +522,29 @@ static PyObject *Store_verify(StoreObject *self, PyObject *unused)
 
 PyDoc_STRVAR(stats_doc,
 "stats() -> dict\n--\n\n"
-"records (indexed), segments, corrupt (records skipped), bytes_written and\n"
-"records_written (by this store), bytes_indexed, refreshes, full, io_error.");
+"records (indexed), segments (files read), corrupt (records skipped),\n"
+"bytes_written and records_written (by this store), bytes_indexed, refreshes,\n"
+"readdirs (refreshes that listed the directory), skipped (entries named like\n"
+"segments that are not regular files), gone (segments removed or replaced\n"
+"while indexed), open_fds (segment descriptors held now), faults (a dict:\n"
+"fault kind -> count since open), full, io_error.");
+
+static PyObject *faults_dict(const uint64_t *counts)
+{
+    PyObject *d = PyDict_New();
+    if (d == NULL)
+        return NULL;
+    for (int k = 0; k < TC_FAULT_KINDS; k++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(counts[k]);
+        if (v == NULL || PyDict_SetItemString(d, tc_store_fault_name(k), v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    return d;
+}
 
 static PyObject *Store_stats(StoreObject *self, PyObject *unused)
 {
@@ -518,16 +552,28 @@ static PyObject *Store_stats(StoreObject *self, PyObject *unused)
     if (check_open(self) < 0)
         return NULL;
     tc_store_stats st;
-    if (tc_store_stats_get(self->store, &st) != TC_STORE_OK) {
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = tc_store_stats_get(self->store, &st);
+    Py_END_ALLOW_THREADS
+    if (rc != TC_STORE_OK) {
         PyErr_SetString(PyExc_ValueError, "store is closed");
         return NULL;
     }
     char io[512];
-    int have_io = tc_store_io_error(self->store, io, sizeof(io));
+    int have_io;
+    Py_BEGIN_ALLOW_THREADS
+    have_io = tc_store_io_error(self->store, io, sizeof(io));
+    Py_END_ALLOW_THREADS
     PyObject *io_obj = have_io ? PyUnicode_DecodeFSDefault(io) : Py_NewRef(Py_None);
     if (io_obj == NULL)
         return NULL;
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:O,s:N}",
+    PyObject *faults = faults_dict(st.faults);
+    if (faults == NULL) {
+        Py_DECREF(io_obj);
+        return NULL;
+    }
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:N,s:O,s:N}",
                          "records", (unsigned long long)st.records,
                          "segments", (unsigned long long)st.segments,
                          "corrupt", (unsigned long long)st.corrupt,
@@ -535,8 +581,46 @@ static PyObject *Store_stats(StoreObject *self, PyObject *unused)
                          "records_written", (unsigned long long)st.records_written,
                          "bytes_indexed", (unsigned long long)st.bytes_indexed,
                          "refreshes", (unsigned long long)st.refreshes,
+                         "readdirs", (unsigned long long)st.readdirs,
+                         "skipped", (unsigned long long)st.skipped,
+                         "gone", (unsigned long long)st.gone,
+                         "open_fds", (unsigned long long)st.open_fds,
+                         "faults", faults,
                          "full", st.full ? Py_True : Py_False,
                          "io_error", io_obj);
+}
+
+PyDoc_STRVAR(take_faults_doc,
+"take_faults() -> dict\n--\n\n"
+"The fault kinds that happened since the last call, each with the message of\n"
+"its latest fault: {kind: message}.  Empty when nothing went wrong.  A cache\n"
+"calls it after its store calls and logs each kind once.");
+
+static PyObject *Store_take_faults(StoreObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (check_open(self) < 0)
+        return NULL;
+    PyObject *d = PyDict_New();
+    if (d == NULL)
+        return NULL;
+    for (int k = 0; k < TC_FAULT_KINDS; k++) {
+        char msg[256] = "";
+        uint64_t news;
+        Py_BEGIN_ALLOW_THREADS
+        news = tc_store_fault_take(self->store, k, msg, sizeof(msg));
+        Py_END_ALLOW_THREADS
+        if (news == 0)
+            continue;
+        PyObject *m = PyUnicode_DecodeFSDefault(msg);
+        if (m == NULL || PyDict_SetItemString(d, tc_store_fault_name(k), m) < 0) {
+            Py_XDECREF(m);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(m);
+    }
+    return d;
 }
 
 PyDoc_STRVAR(close_doc,
@@ -576,7 +660,9 @@ static PyObject *Store_get_is_full(StoreObject *self, void *closure)
     tc_store_stats st;
     if (self->store == NULL)
         Py_RETURN_FALSE;
+    Py_BEGIN_ALLOW_THREADS
     tc_store_stats_get(self->store, &st);
+    Py_END_ALLOW_THREADS
     return PyBool_FromLong(st.full);
 }
 
@@ -584,7 +670,13 @@ static PyObject *Store_get_io_error(StoreObject *self, void *closure)
 {
     (void)closure;
     char io[512];
-    if (self->store == NULL || !tc_store_io_error(self->store, io, sizeof(io)))
+    int have = 0;
+    if (self->store == NULL)
+        Py_RETURN_NONE;
+    Py_BEGIN_ALLOW_THREADS
+    have = tc_store_io_error(self->store, io, sizeof(io));
+    Py_END_ALLOW_THREADS
+    if (!have)
         Py_RETURN_NONE;
     return PyUnicode_DecodeFSDefault(io);
 }
@@ -614,6 +706,7 @@ static PyMethodDef Store_methods[] = {
     {"put", (PyCFunction)Store_put, METH_VARARGS, put_doc},
     {"refresh", (PyCFunction)Store_refresh, METH_NOARGS, refresh_doc},
     {"stats", (PyCFunction)Store_stats, METH_NOARGS, stats_doc},
+    {"take_faults", (PyCFunction)Store_take_faults, METH_NOARGS, take_faults_doc},
     {"verify", (PyCFunction)Store_verify, METH_NOARGS, verify_doc},
     {"close", (PyCFunction)Store_close, METH_NOARGS, close_doc},
     {"__enter__", (PyCFunction)Store_enter, METH_NOARGS, NULL},
