@@ -159,6 +159,7 @@ struct tc_store {
     int64_t dir_mtime_ns;
     uint64_t last_readdir_ns;
     int readdir_trusted;
+    int reindex; /* a segment went away: drop its entries, scan the others again */
     int stop_writing;
     char io_error[512];
     int full;
@@ -554,8 +555,10 @@ static void segment_gone(tc_store *s, segment *g)
 {
     if (!__atomic_exchange_n(&g->gone, 1, __ATOMIC_ACQ_REL)) {
         __atomic_fetch_add(&s->gone, 1, __ATOMIC_RELAXED);
-        /* a merged segment (compact) may hold its records now */
+        /* A merged segment (compact) may hold its records now: list the
+         * directory, and index again the keys whose entries pointed here. */
         __atomic_store_n(&s->readdir_trusted, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&s->reindex, 1, __ATOMIC_RELEASE);
     }
 }
 
@@ -565,6 +568,24 @@ static void fd_close_locked(tc_store *s, size_t k)
     close(g->fd);
     g->fd = -1;
     s->open_segs[k] = s->open_segs[--s->nopen];
+}
+
+/* Closes least recently used unpinned descriptors until at most `keep` are open
+ * (pinned ones may keep the cache over its cap until they are released). */
+static void fd_trim_locked(tc_store *s, size_t keep)
+{
+    while (s->nopen > keep) {
+        size_t victim = SIZE_MAX;
+        for (size_t k = 0; k < s->nopen; k++) {
+            const segment *o = &s->segs[s->open_segs[k]];
+            if (o->pins == 0 &&
+                (victim == SIZE_MAX || o->last_use < s->segs[s->open_segs[victim]].last_use))
+                victim = k;
+        }
+        if (victim == SIZE_MAX)
+            return;
+        fd_close_locked(s, victim);
+    }
 }
 
 /* A descriptor of segment si for reading, pinned until seg_release.  Reader
@@ -584,19 +605,6 @@ static int seg_acquire(tc_store *s, size_t si)
         return -1;
     }
     if (g->fd < 0) {
-        /* evict the least recently used unpinned descriptor when at the cap */
-        while (s->nopen >= s->fd_cap) {
-            size_t victim = SIZE_MAX;
-            for (size_t k = 0; k < s->nopen; k++) {
-                const segment *o = &s->segs[s->open_segs[k]];
-                if (o->pins == 0 &&
-                    (victim == SIZE_MAX || o->last_use < s->segs[s->open_segs[victim]].last_use))
-                    victim = k;
-            }
-            if (victim == SIZE_MAX)
-                break; /* all pinned by other threads: go over the cap for now */
-            fd_close_locked(s, victim);
-        }
         if (s->nopen == s->cap_open) {
             size_t cap = s->cap_open ? 2 * s->cap_open : 8;
             size_t *p = realloc(s->open_segs, cap * sizeof(*p));
@@ -622,6 +630,9 @@ static int seg_acquire(tc_store *s, size_t si)
             pthread_mutex_unlock(&s->fd_lock);
             return -1;
         }
+        /* Only now, with a descriptor in hand, evict the least recently used
+         * unpinned one at the cap: a failed open costs no working descriptor. */
+        fd_trim_locked(s, s->fd_cap ? s->fd_cap - 1 : 0);
         g->fd = fd;
         s->open_segs[s->nopen++] = si;
     }
@@ -1222,18 +1233,7 @@ static int segment_discover(tc_store *s, const char *name, unsigned char d_type,
     int rc = segment_scan(s, (size_t)si, added);
     /* trim the cache back to its cap now, not at the next read */
     pthread_mutex_lock(&s->fd_lock);
-    while (s->nopen > s->fd_cap) {
-        size_t victim = SIZE_MAX;
-        for (size_t k = 0; k < s->nopen; k++) {
-            const segment *o = &s->segs[s->open_segs[k]];
-            if (o->pins == 0 &&
-                (victim == SIZE_MAX || o->last_use < s->segs[s->open_segs[victim]].last_use))
-                victim = k;
-        }
-        if (victim == SIZE_MAX)
-            break;
-        fd_close_locked(s, victim);
-    }
+    fd_trim_locked(s, s->fd_cap);
     pthread_mutex_unlock(&s->fd_lock);
     return rc;
 }
@@ -1298,6 +1298,28 @@ static int refresh_locked(tc_store *s, size_t *added, int force, char *err, size
     s->refreshes++;
     int64_t now_wall = wall_ns();
     size_t n = s->nsegs, idle_left = force ? n : REFRESH_IDLE_CHECKS;
+    if (__atomic_exchange_n(&s->reindex, 0, __ATOMIC_ACQ_REL)) {
+        uint64_t corrupt = s->corrupt; /* damage seen before is not counted twice */
+        /* Entries of removed segments go; every other segment is scanned from
+         * the start, so a key whose entry went finds its other copies (a
+         * merged segment, a duplicate).  Rare: after a compaction or a clear. */
+        for (size_t i = 0; i < s->nslots; i++) {
+            entry *e = &s->slots[i];
+            if (e->seg != 0 && s->segs[e->seg - 1].gone)
+                entry_kill(s, e, 0);
+        }
+        for (size_t si = 0; si < n; si++) {
+            segment *g = &s->segs[si];
+            if ((long)si == s->own || g->ignored || g->gone)
+                continue;
+            g->scan_end = 0;
+            g->resync_from = 0;
+            g->resync_more = 0;
+            if (segment_scan(s, si, added) < 0)
+                goto nomem;
+        }
+        s->corrupt = corrupt;
+    }
     for (size_t si = 0; si < n; si++) {
         segment *g = &s->segs[si];
         if ((long)si == s->own || g->ignored || g->gone || !g->live_writer)
@@ -1864,11 +1886,36 @@ int tc_store_gather(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtype_
     pthread_rwlock_rdlock(&s->lock);
     int rc = TC_STORE_OK;
     if (s->closed) {
+        pthread_rwlock_unlock(&s->lock);
+        return closed_err(err, err_len);
+    }
+    size_t unserved = 0;
+    for (size_t i = 0; i < n; i++) {
+        served[i] = (uint8_t)gather_row(s, keys[2 * i], keys[2 * i + 1], dtype_word, ndim,
+                                        shape, item_bytes, dest + i * item_bytes);
+        unserved += !served[i];
+    }
+    int reindex = __atomic_load_n(&s->reindex, __ATOMIC_ACQUIRE);
+    pthread_rwlock_unlock(&s->lock);
+    if (unserved == 0 || !reindex || s->dir == NULL)
+        return TC_STORE_OK;
+    /* Segments went away during this gather (a compaction merged them, most
+     * likely): index their records' other copies now and serve those rows,
+     * rather than have every reader recompute them. */
+    pthread_rwlock_wrlock(&s->lock);
+    size_t added = 0;
+    if (!s->closed)
+        refresh_locked(s, &added, 0, NULL, 0);
+    pthread_rwlock_unlock(&s->lock);
+    pthread_rwlock_rdlock(&s->lock);
+    if (s->closed) {
         rc = closed_err(err, err_len);
     } else {
-        for (size_t i = 0; i < n; i++)
-            served[i] = (uint8_t)gather_row(s, keys[2 * i], keys[2 * i + 1], dtype_word, ndim,
-                                            shape, item_bytes, dest + i * item_bytes);
+        for (size_t i = 0; i < n; i++) {
+            if (!served[i] && probe(s, keys[2 * i], keys[2 * i + 1]) != NULL)
+                served[i] = (uint8_t)gather_row(s, keys[2 * i], keys[2 * i + 1], dtype_word,
+                                                ndim, shape, item_bytes, dest + i * item_bytes);
+        }
     }
     pthread_rwlock_unlock(&s->lock);
     return rc;
@@ -2346,4 +2393,286 @@ uint64_t tc_store_fault_take(tc_store *s, int kind, char *buf, size_t len)
     pthread_mutex_unlock(&s->fault_lock);
     pthread_rwlock_unlock(&s->lock);
     return news;
+}
+
+/* ---- compaction (docs/multiprocess.md, "Compaction") ------------------------ */
+
+/* The keys already written to the merged segment: open addressing, no deletes. */
+typedef struct {
+    uint64_t *keys; /* pairs; (0, 0) marks an empty slot, so that key is kept aside */
+    size_t n, used;
+    int have_zero;
+} key_set;
+
+/* 1 if added, 0 if present, -1 without memory. */
+static int key_set_add(key_set *k, uint64_t k0, uint64_t k1)
+{
+    if (k0 == 0 && k1 == 0) {
+        int had = k->have_zero;
+        k->have_zero = 1;
+        return !had;
+    }
+    if ((k->used + 1) * 2 > k->n) {
+        size_t n = k->n ? 2 * k->n : 1024;
+        uint64_t *keys = calloc(2 * n, sizeof(uint64_t));
+        if (keys == NULL)
+            return -1;
+        for (size_t i = 0; i < k->n; i++) {
+            if (k->keys[2 * i] == 0 && k->keys[2 * i + 1] == 0)
+                continue;
+            size_t j = (size_t)tc_fmix64(k->keys[2 * i] ^ (k->keys[2 * i + 1] * GAMMA)) & (n - 1);
+            while (keys[2 * j] != 0 || keys[2 * j + 1] != 0)
+                j = (j + 1) & (n - 1);
+            keys[2 * j] = k->keys[2 * i];
+            keys[2 * j + 1] = k->keys[2 * i + 1];
+        }
+        free(k->keys);
+        k->keys = keys;
+        k->n = n;
+    }
+    size_t j = (size_t)tc_fmix64(k0 ^ (k1 * GAMMA)) & (k->n - 1);
+    for (;; j = (j + 1) & (k->n - 1)) {
+        if (k->keys[2 * j] == k0 && k->keys[2 * j + 1] == k1)
+            return 0;
+        if (k->keys[2 * j] == 0 && k->keys[2 * j + 1] == 0)
+            break;
+    }
+    k->keys[2 * j] = k0;
+    k->keys[2 * j + 1] = k1;
+    k->used++;
+    return 1;
+}
+
+static int write_fully(int fd, const void *p, size_t n, uint64_t off)
+{
+    const uint8_t *b = p;
+    while (n > 0) {
+        ssize_t w = pwrite(fd, b, n, (off_t)off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            if (w == 0)
+                errno = ENOSPC;
+            return -1;
+        }
+        b += w;
+        n -= (size_t)w;
+        off += (uint64_t)w;
+    }
+    return 0;
+}
+
+/* Copies the verified records of segment si whose keys are new to `seen` to
+ * out_fd at *out_off.  A record is copied chunk by chunk while its payload
+ * checksum is computed; one that fails is overwritten by the next.  Returns 1
+ * (walked to its end), 0 (walked in part: keep the segment), or -1 with err set
+ * (a write failed or no memory: the merge is abandoned). */
+static int compact_segment(tc_store *s, size_t si, key_set *seen, int out_fd, uint64_t *out_off,
+                           uint8_t *chunk, tc_store_compact_result *r, char *err,
+                           size_t err_len)
+{
+    segment *g = &s->segs[si];
+    window w = {s->scan_buf, SCAN_WINDOW_BYTES, 0, 0, -1, 0};
+    if ((w.fd = seg_acquire(s, si)) < 0)
+        return 0;
+    int rc = 0, kind = NO_FAULT, errnum = 0;
+    uint64_t off = 0;
+    while (off + REC_HEADER_BYTES <= g->file_len) {
+        const uint8_t *b = win_get(g, &w, off, REC_HEADER_BYTES, SCAN_WINDOW_BYTES, &kind, &errnum);
+        if (b == NULL)
+            break;
+        uint8_t hb[REC_HEADER_BYTES];
+        memcpy(hb, b, sizeof(hb));
+        rec_header h;
+        header_decode(hb, &h);
+        uint64_t total = 0;
+        int hc = header_check(&h, g->file_len - off, &total);
+        if (hc == HDR_SHORT)
+            break;
+        if (hc == HDR_BAD) {
+            g->scan_end = off;
+            g->resync_from = 0;
+            uint64_t next;
+            if (!segment_resync(g, &w, &next, &kind, &errnum))
+                break;
+            off = next;
+            continue;
+        }
+        int fresh = key_set_add(seen, h.key0, h.key1);
+        if (fresh < 0) {
+            set_err(err, err_len, "out of memory merging %s", s->dir);
+            rc = -1;
+            break;
+        }
+        if (fresh) {
+            /* header, payload in chunks (checksummed on the way), padding */
+            uint64_t sum = payload_sum_begin(h.stored_len), start = *out_off;
+            if (write_fully(out_fd, hb, sizeof(hb), start) < 0) {
+                set_err(err, err_len, "writing the merged segment in %s: %s", s->dir,
+                        strerror(errno));
+                rc = -1;
+                break;
+            }
+            int ok = 1;
+            for (uint64_t done = 0; done < h.stored_len;) {
+                size_t len = h.stored_len - done < VERIFY_CHUNK_BYTES
+                                 ? (size_t)(h.stored_len - done) : VERIFY_CHUNK_BYTES;
+                struct iovec iov = {chunk, len};
+                if ((kind = read_fully(w.fd, &iov, 1, off + REC_HEADER_BYTES + done,
+                                       &errnum)) != NO_FAULT) {
+                    ok = 0;
+                    break;
+                }
+                sum = payload_sum_feed(sum, chunk, len);
+                if (write_fully(out_fd, chunk, len, start + REC_HEADER_BYTES + done) < 0) {
+                    set_err(err, err_len, "writing the merged segment in %s: %s", s->dir,
+                            strerror(errno));
+                    rc = -1;
+                    break;
+                }
+                done += len;
+            }
+            if (rc < 0)
+                break;
+            if (ok == 1 && sum == h.payload_sum) {
+                uint64_t pad = total - REC_HEADER_BYTES - h.stored_len;
+                if (pad && write_fully(out_fd, zero_pad, (size_t)pad,
+                                       start + REC_HEADER_BYTES + h.stored_len) < 0) {
+                    set_err(err, err_len, "writing the merged segment in %s: %s", s->dir,
+                            strerror(errno));
+                    rc = -1;
+                    break;
+                }
+                *out_off = start + total;
+                r->records++;
+                r->bytes += total;
+            } else {
+                r->dropped++;
+            }
+            if (kind != NO_FAULT)
+                break;
+        } else {
+            r->duplicates++;
+        }
+        off += total;
+    }
+    seg_release(s, si);
+    if (rc < 0)
+        return -1;
+    /* A segment walked only in part (a read fault, a resync budget spent) may
+     * hold records that were not merged: it must not be removed. */
+    return kind == NO_FAULT && !g->resync_more ? 1 : 0;
+}
+
+int tc_store_compact(const char *dir, int64_t min_idle_s, tc_store_compact_result *r,
+                     char *merged, size_t merged_len, char *err, size_t err_len)
+{
+    memset(r, 0, sizeof(*r));
+    if (merged && merged_len)
+        merged[0] = '\0';
+    tc_store_options opt = {0};
+    tc_store *s = NULL;
+    int rc = tc_store_open(dir, &opt, &s, err, err_len);
+    if (rc != TC_STORE_OK)
+        return rc;
+    pthread_rwlock_wrlock(&s->lock);
+    int64_t now_wall = wall_ns();
+    int64_t idle_ns = min_idle_s * 1000000000LL;
+    size_t *victims = calloc(s->nsegs ? s->nsegs : 1, sizeof(size_t));
+    uint8_t *chunk = malloc(VERIFY_CHUNK_BYTES);
+    key_set seen = {0};
+    size_t nv = 0;
+    char tmp_path[PATH_MAX] = "", final_path[PATH_MAX] = "";
+    int out_fd = -1;
+    if (victims == NULL || chunk == NULL) {
+        set_err(err, err_len, "out of memory");
+        rc = TC_STORE_ENOMEM;
+        goto done;
+    }
+    for (size_t si = 0; si < s->nsegs; si++) {
+        segment *g = &s->segs[si];
+        if (g->ignored || g->gone)
+            continue;
+        r->segments++;
+        if (tc_store_writer_may_append(g->name, g->mtime_ns, now_wall, idle_ns, s->host))
+            r->live++;
+        else
+            victims[nv++] = si;
+    }
+    if (nv < 2) {
+        r->kept = r->segments;
+        goto done; /* nothing to merge */
+    }
+    uint64_t rnd = random64();
+    char name[160];
+    snprintf(name, sizeof(name), "seg-%s-%ld-%016llx.tcs", s->host, (long)getpid(),
+             (unsigned long long)rnd);
+    snprintf(final_path, sizeof(final_path), "%s/%s", dir, name);
+    snprintf(tmp_path, sizeof(tmp_path), "%s/.%s.compact.tmp", dir, name);
+    out_fd = fd_above_stdio(
+        open(tmp_path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666));
+    if (out_fd < 0) {
+        set_err(err, err_len, "cannot create %s: %s", tmp_path, strerror(errno));
+        tmp_path[0] = '\0';
+        rc = TC_STORE_EIO;
+        goto done;
+    }
+    uint64_t out_off = 0;
+    for (size_t v = 0; v < nv; v++) {
+        int walked = compact_segment(s, victims[v], &seen, out_fd, &out_off, chunk, r, err,
+                                     err_len);
+        if (walked < 0) {
+            rc = TC_STORE_EIO;
+            goto done;
+        }
+        if (!walked)
+            s->segs[victims[v]].live_writer = -1; /* marks it: not to be removed */
+    }
+    /* Durable before anything is removed: the data, then the name. */
+    if (ftruncate(out_fd, (off_t)out_off) < 0 || fsync(out_fd) < 0 ||
+        rename(tmp_path, final_path) < 0) {
+        set_err(err, err_len, "cannot complete the merged segment %s: %s", final_path,
+                strerror(errno));
+        rc = TC_STORE_EIO;
+        goto done;
+    }
+    tmp_path[0] = '\0';
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0 || fsync(dfd) < 0) {
+        set_err(err, err_len, "cannot sync directory %s: %s", dir, strerror(errno));
+        if (dfd >= 0)
+            close(dfd);
+        rc = TC_STORE_EIO;
+        goto done;
+    }
+    if (merged && merged_len)
+        snprintf(merged, merged_len, "%s", name);
+    /* Remove a merged segment only if it is still the file we read, unchanged. */
+    for (size_t v = 0; v < nv; v++) {
+        segment *g = &s->segs[victims[v]];
+        struct stat st;
+        if (g->live_writer != -1 &&
+            fstatat(AT_FDCWD, g->path, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_dev == g->dev &&
+            st.st_ino == g->ino && (uint64_t)st.st_size == g->file_len &&
+            mtime_of(&st) == g->mtime_ns &&
+            !tc_store_writer_may_append(g->name, g->mtime_ns, wall_ns(), idle_ns, s->host) &&
+            unlink(g->path) == 0)
+            r->removed++;
+        else
+            r->kept++;
+    }
+    r->kept += r->segments - nv;
+    fsync(dfd);
+    close(dfd);
+done:
+    if (out_fd >= 0)
+        close(out_fd);
+    if (tmp_path[0])
+        unlink(tmp_path);
+    pthread_rwlock_unlock(&s->lock);
+    free(seen.keys);
+    free(chunk);
+    free(victims);
+    tc_store_free(s);
+    return rc;
 }

@@ -140,6 +140,26 @@ uint64_t tc_store_fault_take(tc_store *s, int kind, char *buf, size_t len);
 int tc_store_writer_may_append(const char *name, int64_t mtime_ns, int64_t now_wall_ns,
                                int64_t idle_ns, const char *host);
 
+typedef struct {
+    uint64_t segments;   /* segment files found */
+    uint64_t live;       /* of them, written by writers that may still append: untouched */
+    uint64_t removed;    /* merged and removed */
+    uint64_t kept;       /* not removed: live, changed while merging, or nothing to merge */
+    uint64_t records;    /* verified records written to the merged segment */
+    uint64_t bytes;      /* their bytes */
+    uint64_t duplicates; /* records skipped: their key was already merged */
+    uint64_t dropped;    /* records skipped: a payload that failed its checksum */
+} tc_store_compact_result;
+
+/* Merges the verified records of the segments of `dir` whose writers cannot
+ * append any more (tc_store_writer_may_append with idle_ns = min_idle_s) into
+ * one new segment: written to a temporary file, fsynced, renamed, the directory
+ * fsynced, then the merged segments removed (each only if unchanged since it
+ * was read).  Needs at least two such segments.  `merged` receives the new
+ * segment's file name ("" if none).  Readers and writers may run meanwhile. */
+int tc_store_compact(const char *dir, int64_t min_idle_s, tc_store_compact_result *r,
+                     char *merged, size_t merged_len, char *err, size_t err_len);
+
 /* Bytes per element of a dtype word, 0 if it is not a whole number of bytes. */
 size_t tc_store_itemsize(uint64_t dtype_word);
 

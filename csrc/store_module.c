@@ -746,8 +746,68 @@ static PyTypeObject StoreType = {
     .tp_new = Store_new,
 };
 
+PyDoc_STRVAR(compact_doc,
+"compact(path, min_idle_s=3600) -> dict\n--\n\n"
+"Merge the verified records of the segments of the cache directory path whose\n"
+"writers cannot append any more (on this host: the pid in the name is not\n"
+"running; elsewhere: unchanged for min_idle_s seconds) into one new segment\n"
+"(temporary file, fsync, rename, directory fsync), then remove the merged\n"
+"segments that are unchanged.  Other processes may read and write meanwhile\n"
+"(docs/multiprocess.md, \"Compaction\").  Returns segments, live, removed,\n"
+"kept, records, bytes, duplicates, dropped and merged (the new segment's file\n"
+"name, or None when fewer than two segments could be merged).");
+
+static PyObject *store_compact(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    (void)module;
+    static char *kwlist[] = {"path", "min_idle_s", NULL};
+    PyObject *path_bytes = NULL;
+    long long min_idle_s = 3600;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|L:compact", kwlist,
+                                     PyUnicode_FSConverter, &path_bytes, &min_idle_s))
+        return NULL;
+    if (min_idle_s < 0) {
+        Py_DECREF(path_bytes);
+        PyErr_Format(PyExc_ValueError, "min_idle_s must be >= 0, not %lld", min_idle_s);
+        return NULL;
+    }
+    tc_store_compact_result r;
+    char merged[256] = "", err[512] = "";
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = tc_store_compact(PyBytes_AS_STRING(path_bytes), (int64_t)min_idle_s, &r, merged,
+                          sizeof(merged), err, sizeof(err));
+    Py_END_ALLOW_THREADS
+    Py_DECREF(path_bytes);
+    if (rc != TC_STORE_OK) {
+        raise_engine_error(rc, err);
+        return NULL;
+    }
+    PyObject *name = merged[0] ? PyUnicode_DecodeFSDefault(merged) : Py_NewRef(Py_None);
+    if (name == NULL)
+        return NULL;
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:N}",
+                         "segments", (unsigned long long)r.segments,
+                         "live", (unsigned long long)r.live,
+                         "removed", (unsigned long long)r.removed,
+                         "kept", (unsigned long long)r.kept,
+                         "records", (unsigned long long)r.records,
+                         "bytes", (unsigned long long)r.bytes,
+                         "duplicates", (unsigned long long)r.duplicates,
+                         "dropped", (unsigned long long)r.dropped,
+                         "merged", name);
+}
+
+static PyMethodDef store_functions[] = {
+    {"compact", (PyCFunction)(void (*)(void))store_compact, METH_VARARGS | METH_KEYWORDS,
+     compact_doc},
+    {NULL, NULL, 0, NULL},
+};
+
 int tc_store_module_init(PyObject *module)
 {
+    if (PyModule_AddFunctions(module, store_functions) < 0)
+        return -1;
     if (PyType_Ready(&StoreType) < 0)
         return -1;
     Py_INCREF(&StoreType);

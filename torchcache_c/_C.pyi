@@ -5,7 +5,7 @@ it is accepted; ``torch.Tensor`` is what the shim passes.
 """
 
 from types import TracebackType
-from typing import Any, List, Optional, Tuple, Type, TypedDict, Union
+from typing import Any, Dict, List, Optional, Tuple, Type, TypedDict, Union
 import os
 
 _Tensor = Any  # a torch.Tensor, or any object with __dlpack__
@@ -28,8 +28,24 @@ class _StoreStats(TypedDict):
     records_written: int
     bytes_indexed: int
     refreshes: int
+    readdirs: int
+    skipped: int
+    gone: int
+    open_fds: int
+    faults: Dict[str, int]  # io, short_read, open, directory, nomem, changed, mismatch, zstd, write
     full: bool
     io_error: Optional[str]
+
+class _CompactResult(TypedDict):
+    segments: int
+    live: int
+    removed: int
+    kept: int
+    records: int
+    bytes: int
+    duplicates: int
+    dropped: int
+    merged: Optional[str]
 
 class _StoreVerify(TypedDict):
     records: int
@@ -48,6 +64,9 @@ def hash_into(
 ) -> None: ...
 def build_info() -> _BuildInfo: ...
 def _set_simd(level: str) -> None: ...
+def compact(
+    path: Union[str, bytes, os.PathLike[str], os.PathLike[bytes]], min_idle_s: int = 3600
+) -> _CompactResult: ...
 
 class Store:
     def __new__(
@@ -61,10 +80,11 @@ class Store:
     ) -> "Store": ...
     def lookup(self, keys: _Tensor, /) -> bytes: ...
     def entry_info(self, keys: _Tensor, i: int, /) -> Tuple[int, Tuple[int, ...]]: ...
-    def gather(self, keys: _Tensor, dest: _Tensor, /) -> None: ...
+    def gather(self, keys: _Tensor, dest: _Tensor, /) -> bytes: ...
     def put(self, keys: _Tensor, src: _Tensor, /) -> int: ...
     def refresh(self) -> int: ...
     def stats(self) -> _StoreStats: ...
+    def take_faults(self) -> Dict[str, str]: ...
     def verify(self) -> _StoreVerify: ...
     def close(self) -> None: ...
     def __enter__(self) -> "Store": ...

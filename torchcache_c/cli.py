@@ -1,4 +1,4 @@
-"""python -m torchcache_c info|verify|clear DIR: operational tools for cache directories.
+"""python -m torchcache_c info|verify|clear|compact DIR: operational tools for cache directories.
 
 DIR is a cache root (the decorator's persistent_cache_dir, one subdirectory per
 module key) or one module-key directory.  A module-key directory holds segment
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from ._C import Store
+from .compact import COMPACT_TMP, compact_module, many_segments_warning, summary
 
 # docs/format.md, section 1: the reader's rule, so that clear removes exactly
 # what a store would read.
@@ -58,7 +59,8 @@ class ModuleDir:
 
 
 def _is_ours(name: str) -> bool:
-    return bool(_SEGMENT.match(name) or _LAYOUT.match(name) or _LAYOUT_TMP.match(name))
+    return bool(_SEGMENT.match(name) or _LAYOUT.match(name) or _LAYOUT_TMP.match(name)
+                or COMPACT_TMP.match(name))
 
 
 def _scan_module(path: Path) -> ModuleDir:
@@ -169,6 +171,9 @@ def cmd_info(args: argparse.Namespace) -> int:
                         "corrupt": st["corrupt"], "layouts": len(m.layouts)})
     totals = {k: sum(int(m[k]) for m in modules)  # type: ignore[call-overload]
               for k in ("entries", "bytes", "segments", "corrupt", "layouts")}
+    warning = many_segments_warning([int(m["segments"]) for m in modules])  # type: ignore
+    if warning:
+        print(warning, file=sys.stderr)
     if args.json:
         print(json.dumps({"root": str(cache.root), "modules": modules, "totals": totals},
                          indent=2))
@@ -286,6 +291,20 @@ def cmd_clear(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---- compact ---------------------------------------------------------------------
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    cache = resolve(args.dir)
+    results = [(str(m.path), compact_module(str(m.path), args.min_idle)) for m in cache.modules]
+    if args.json:
+        print(json.dumps({"root": str(cache.root),
+                          "modules": [{"path": p, **r} for p, r in results]}, indent=2))
+    else:
+        for path, r in results:
+            print(summary(path, r))
+    return EXIT_OK
+
+
 # ---- entry point -----------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,6 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="clear even if DIR holds other files (they are left in place)")
     p.set_defaults(func=cmd_clear)
+    p = sub.add_parser("compact", help="merge the segments of finished writers into one")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--min-idle", type=int, default=3600, metavar="SECONDS",
+                   help="a segment of another host counts as finished after this long "
+                        "unchanged (default 3600)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_compact)
     return parser
 
 
