@@ -59,31 +59,35 @@ def bench_gather(store: Store, src: torch.Tensor, label: str) -> None:
           f"fixed cost (1 hit) {f * 1e6:5.1f} us")
 
 
-def segment_dir(root: str, src_dir: str, count: int) -> str:
-    """count segments of one record each, cut from one writer's segment of
-    count records (records check themselves, so each cut is a valid segment),
-    named for another host and a day old: their writers are gone."""
-    (name,) = [n for n in os.listdir(src_dir) if n.startswith("seg-")]
-    with open(os.path.join(src_dir, name), "rb") as f:
-        data = f.read()
-    rec = len(data) // count
+def segment_dir(root: str, count: int) -> str:
+    """count segments of one record each (key i in segment i), written by a
+    forked child that then exits, as in a long-lived shared cache whose writers
+    are gone.  Each is written in a scratch directory of its own and moved in
+    under its name (records are bound to their segment's name, not its dir)."""
     d = tempfile.mkdtemp(dir=root)
-    old = time.time() - 86400
-    for i in range(count):
-        path = os.path.join(d, f"seg-benchhost-{1000 + i}-{i:016x}.tcs")
-        with open(path, "wb") as f:
-            f.write(data[i * rec:(i + 1) * rec])
-        os.utime(path, (old, old))
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            torch.set_num_threads(1)
+            for i in range(count):
+                scratch = tempfile.mkdtemp(dir=root)
+                with Store(scratch) as w:
+                    w.put(keys(i, 1), torch.randn(1, 16))
+                (name,) = os.listdir(scratch)
+                os.rename(os.path.join(scratch, name), os.path.join(d, name))
+                os.rmdir(scratch)
+            code = 0
+        finally:
+            os._exit(code)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
     return d
 
 
 def bench_segments(root: str) -> None:
     base_miss = None
     for count in (1, 100, 1000, 10000):
-        src_dir = tempfile.mkdtemp(dir=root)
-        with Store(src_dir) as w:
-            w.put(keys(0, count), torch.randn(count, 16))
-        d = segment_dir(root, src_dir, count)
+        d = segment_dir(root, count)
         fds0 = len(os.listdir("/proc/self/fd"))
         a = time.perf_counter()
         store = Store(d, refresh_ms=0)

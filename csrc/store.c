@@ -51,11 +51,13 @@
 
 /* docs/format.md, section 3. */
 #define REC_MAGIC 0x31524354u /* "TCR1" as little-endian bytes */
-#define REC_VERSION 1
+#define REC_VERSION 2          /* written; version 1 records are still read (section 3) */
+#define REC_VERSION_V1 1
 #define REC_HEADER_BYTES 128
 #define REC_ALIGN 64          /* payloads start on a cache line, section 2 */
 #define REC_FLAG_ZSTD 1u
 #define HEADER_SEED 0x74637368647231ULL  /* "tcshdr1" */
+#define HEADER_SEED_V2 0x74637368647232ULL /* "tcshdr2" */
 #define PAYLOAD_SEED 0x7463737061793176ULL /* "tcspay1v" */
 #define GAMMA 0x9E3779B97F4A7C15ULL
 
@@ -107,6 +109,7 @@ _Static_assert(REC_HEADER_BYTES % REC_ALIGN == 0, "payload stays aligned after t
 typedef struct {
     char *path;        /* dir/name; NULL for an arena chunk */
     const char *name;  /* the file name inside path */
+    uint64_t id;       /* segment_id(name), what version 2 records are bound to; 0: arena */
     int fd;            /* -1 while closed (reader segments are opened on demand) */
     unsigned pins;     /* calls reading through fd right now (fd_lock) */
     uint64_t last_use; /* fd cache clock (fd_lock) */
@@ -320,11 +323,16 @@ static void header_decode(const uint8_t b[REC_HEADER_BYTES], rec_header *h)
 
 /* ---- checksums (docs/format.md, section 4) ---------------------------------- */
 
-static uint64_t header_checksum(const rec_header *h)
+/* Version 2 binds a record to where it lies: the checksum starts from the
+ * segment's id (segment_id) and the record's offset, so a record copied into
+ * another file or found at another offset (inside another record's payload,
+ * say) never checks (docs/format.md, section 4). */
+static uint64_t header_checksum(const rec_header *h, uint64_t segment_id, uint64_t offset)
 {
     uint8_t b[REC_HEADER_BYTES];
     header_encode(h, b);
-    uint64_t a = HEADER_SEED;
+    uint64_t a = h->version == REC_VERSION_V1 ? HEADER_SEED
+                                              : tc_fmix64(HEADER_SEED_V2 ^ segment_id) ^ offset;
     for (size_t i = 0; i < REC_HEADER_BYTES / 8; i++)
         a = tc_fmix64(a ^ (i == 7 ? 0 : get_le64(b + 8 * i))) + GAMMA;
     return a;
@@ -359,19 +367,20 @@ _Static_assert(VERIFY_CHUNK_BYTES % TC_HASH_BLOCK_BYTES == 0, "chunks are whole 
 
 enum { HDR_OK, HDR_SHORT, HDR_BAD };
 
-/* Checks the header h, with `avail` bytes of file from its start on.  On
- * HDR_OK *total is the record's length including padding; HDR_SHORT means the
- * header is valid but its payload is not all in the file yet.  On HDR_BAD,
- * *why (when why is not NULL) names the first check that failed. */
-static int header_validate(const rec_header *h, uint64_t avail, uint64_t *total,
-                           const char **why)
+/* Checks the header h of the record at `offset` of the segment `segment_id`,
+ * with `avail` bytes of file from its start on.  On HDR_OK *total is the
+ * record's length including padding; HDR_SHORT means the header is valid but
+ * its payload is not all in the file yet.  On HDR_BAD, *why (when why is not
+ * NULL) names the first check that failed. */
+static int header_validate(const rec_header *h, uint64_t segment_id, uint64_t offset,
+                           uint64_t avail, uint64_t *total, const char **why)
 {
     const char *bad = NULL;
-    if (h->magic != REC_MAGIC || h->version != REC_VERSION) {
+    if (h->magic != REC_MAGIC || (h->version != REC_VERSION && h->version != REC_VERSION_V1)) {
         bad = "bad magic or version";
         goto out;
     }
-    if (header_checksum(h) != h->header_sum) {
+    if (header_checksum(h, segment_id, offset) != h->header_sum) {
         bad = "header checksum mismatch";
         goto out;
     }
@@ -420,9 +429,10 @@ out:
     return HDR_BAD;
 }
 
-static int header_check(const rec_header *h, uint64_t avail, uint64_t *total)
+static int header_check(const rec_header *h, uint64_t segment_id, uint64_t offset,
+                        uint64_t avail, uint64_t *total)
 {
-    return header_validate(h, avail, total, NULL);
+    return header_validate(h, segment_id, offset, avail, total, NULL);
 }
 
 /* ---- the index: open addressing, linear probing ----------------------------- */
@@ -805,7 +815,7 @@ static int entry_header(tc_store *s, entry *e, rec_header *h)
     }
     uint64_t total;
     if (h->key0 != e->key0 || h->key1 != e->key1 || h->raw_len != e->raw_len ||
-        header_check(h, UINT64_MAX / 2, &total) != HDR_OK) {
+        header_check(h, g->id, e->offset, UINT64_MAX / 2, &total) != HDR_OK) {
         if (__atomic_load_n(&e->state, __ATOMIC_ACQUIRE) & ENTRY_VERIFIED)
             fault(s, TC_FAULT_CHANGED,
                   "a record in %s changed on disk after it was verified and is dropped; do "
@@ -852,6 +862,13 @@ static uint64_t name_hash(const char *name)
     for (const unsigned char *c = (const unsigned char *)name; *c; c++)
         h = (h ^ *c) * 0x100000001b3ULL;
     return tc_fmix64(h);
+}
+
+/* The id a version 2 record is bound to: FNV-1a of the segment's file name,
+ * mixed (docs/format.md, section 4).  Segments are never renamed. */
+static uint64_t segment_id(const char *name)
+{
+    return name_hash(name);
 }
 
 /* The segment named `name`, or -1.  Names live in a hash set so that listing a
@@ -910,6 +927,7 @@ static long segment_add(tc_store *s, char *path, int fd)
     if (path != NULL) {
         const char *slash = strrchr(path, '/');
         g->name = slash ? slash + 1 : path;
+        g->id = segment_id(g->name);
         name_put(s->names, s->nnames, g->name, si);
     }
     return (long)si;
@@ -1051,7 +1069,7 @@ static int segment_resync(segment *g, window *w, uint64_t *next, int *fault_kind
             rec_header h;
             header_decode(b, &h);
             uint64_t total;
-            if (header_check(&h, g->file_len - o, &total) != HDR_BAD) {
+            if (header_check(&h, g->id, o, g->file_len - o, &total) != HDR_BAD) {
                 *next = o;
                 return 1;
             }
@@ -1087,7 +1105,7 @@ static int segment_scan(tc_store *s, size_t si, size_t *added)
         rec_header h;
         header_decode(b, &h);
         uint64_t total = 0;
-        int hc = header_check(&h, g->file_len - g->scan_end, &total);
+        int hc = header_check(&h, g->id, g->scan_end, g->file_len - g->scan_end, &total);
         if (hc == HDR_SHORT)
             break;
         if (hc == HDR_BAD) {
@@ -1814,11 +1832,13 @@ static int gather_row(tc_store *s, uint64_t k0, uint64_t k1, uint64_t dtype_word
     /* A verified record's header is checked field by field (what bounds the
      * copy and names the record), not re-hashed: the hit path stays a few
      * loads per row on top of the read. */
-    int header_ok = verified ? h.magic == REC_MAGIC && h.version == REC_VERSION &&
+    int header_ok = verified ? h.magic == REC_MAGIC &&
+                                   (h.version == REC_VERSION || h.version == REC_VERSION_V1) &&
                                    h.stored_len <= h.raw_len &&
                                    (h.flags & ~REC_FLAG_ZSTD) == 0 &&
                                    ((h.flags & REC_FLAG_ZSTD) || h.stored_len == h.raw_len)
-                             : header_check(&h, UINT64_MAX / 2, &total) == HDR_OK;
+                             : header_check(&h, g->id, e->offset, UINT64_MAX / 2, &total) ==
+                                   HDR_OK;
     if (h.key0 != k0 || h.key1 != k1 || h.raw_len != item_bytes || !header_ok) {
         if (verified)
             fault(s, TC_FAULT_CHANGED,
@@ -2133,6 +2153,21 @@ static int put_locked(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtyp
                 break;
             }
         }
+        /* The record's place first: version 2 headers are bound to it. */
+        size_t seg = 0;
+        uint64_t off = 0;
+        uint8_t *dst = NULL;
+        if (s->dir == NULL) {
+            dst = arena_reserve(s, total, &seg, &off);
+            if (dst == NULL) {
+                free(zbuf);
+                stop_writing(s, "allocating arena memory", ENOMEM);
+                break;
+            }
+        } else {
+            seg = (size_t)s->own;
+            off = s->segs[seg].file_len + b.bytes;
+        }
         rec_header h;
         memset(&h, 0, sizeof(h));
         h.magic = REC_MAGIC;
@@ -2147,20 +2182,12 @@ static int put_locked(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtyp
         for (int d = 0; d < ndim; d++)
             h.shape[d] = shape[d];
         h.payload_sum = payload_checksum(payload, stored_len);
-        h.header_sum = header_checksum(&h);
+        h.header_sum = header_checksum(&h, s->segs[seg].id, off);
         uint8_t *hb = headers[b.nrecs];
         header_encode(&h, hb);
         uint64_t pad = total - REC_HEADER_BYTES - stored_len;
 
         if (s->dir == NULL) {
-            size_t seg;
-            uint64_t off;
-            uint8_t *dst = arena_reserve(s, total, &seg, &off);
-            if (dst == NULL) {
-                free(zbuf);
-                stop_writing(s, "allocating arena memory", ENOMEM);
-                break;
-            }
             memcpy(dst, hb, REC_HEADER_BYTES);
             /* An empty item's source may be NULL, which memcpy must not get. */
             if (stored_len)
@@ -2180,7 +2207,7 @@ static int put_locked(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtyp
         staged *r = &b.recs[b.nrecs++];
         r->key0 = k0;
         r->key1 = k1;
-        r->offset = s->segs[s->own].file_len + b.bytes;
+        r->offset = off;
         r->raw_len = item_bytes;
         r->total = total;
         if (zbuf)
@@ -2249,7 +2276,7 @@ static void segment_verify(tc_store *s, size_t si, tc_store_verify_result *r,
         header_decode(b, &h);
         uint64_t total = 0;
         const char *why = NULL;
-        int rc = header_validate(&h, len - off, &total, &why);
+        int rc = header_validate(&h, g->id, off, len - off, &total, &why);
         if (rc == HDR_SHORT) {
             /* A header that checks over a payload not yet all there: a write in
              * progress or a writer that died (section 6).  Never served. */
@@ -2276,7 +2303,7 @@ static void segment_verify(tc_store *s, size_t si, tc_store_verify_result *r,
                 rec_header n;
                 header_decode(nb, &n);
                 uint64_t t;
-                if (n.magic == REC_MAGIC && header_check(&n, len - o, &t) != HDR_BAD)
+                if (n.magic == REC_MAGIC && header_check(&n, g->id, o, len - o, &t) != HDR_BAD)
                     break;
             }
             off = o;
@@ -2467,9 +2494,9 @@ static int write_fully(int fd, const void *p, size_t n, uint64_t off)
  * checksum is computed; one that fails is overwritten by the next.  Returns 1
  * (walked to its end), 0 (walked in part: keep the segment), or -1 with err set
  * (a write failed or no memory: the merge is abandoned). */
-static int compact_segment(tc_store *s, size_t si, key_set *seen, int out_fd, uint64_t *out_off,
-                           uint8_t *chunk, tc_store_compact_result *r, char *err,
-                           size_t err_len)
+static int compact_segment(tc_store *s, size_t si, key_set *seen, int out_fd, uint64_t out_id,
+                           uint64_t *out_off, uint8_t *chunk, tc_store_compact_result *r,
+                           char *err, size_t err_len)
 {
     segment *g = &s->segs[si];
     window w = {s->scan_buf, SCAN_WINDOW_BYTES, 0, 0, -1, 0};
@@ -2486,7 +2513,7 @@ static int compact_segment(tc_store *s, size_t si, key_set *seen, int out_fd, ui
         rec_header h;
         header_decode(hb, &h);
         uint64_t total = 0;
-        int hc = header_check(&h, g->file_len - off, &total);
+        int hc = header_check(&h, g->id, off, g->file_len - off, &total);
         if (hc == HDR_SHORT)
             break;
         if (hc == HDR_BAD) {
@@ -2505,8 +2532,12 @@ static int compact_segment(tc_store *s, size_t si, key_set *seen, int out_fd, ui
             break;
         }
         if (fresh) {
-            /* header, payload in chunks (checksummed on the way), padding */
+            /* header (bound again to its new place), payload in chunks
+             * (checksummed on the way), padding */
             uint64_t sum = payload_sum_begin(h.stored_len), start = *out_off;
+            h.version = REC_VERSION;
+            h.header_sum = header_checksum(&h, out_id, start);
+            header_encode(&h, hb);
             if (write_fully(out_fd, hb, sizeof(hb), start) < 0) {
                 set_err(err, err_len, "writing the merged segment in %s: %s", s->dir,
                         strerror(errno));
@@ -2619,8 +2650,8 @@ int tc_store_compact(const char *dir, int64_t min_idle_s, tc_store_compact_resul
     }
     uint64_t out_off = 0;
     for (size_t v = 0; v < nv; v++) {
-        int walked = compact_segment(s, victims[v], &seen, out_fd, &out_off, chunk, r, err,
-                                     err_len);
+        int walked = compact_segment(s, victims[v], &seen, out_fd, segment_id(name), &out_off,
+                                     chunk, r, err, err_len);
         if (walked < 0) {
             rc = TC_STORE_EIO;
             goto done;

@@ -131,7 +131,7 @@ def test_info_warns_above_a_thousand_segments(tmp_path, capsys):
     record = len(data) // 1001
     module = tmp_path / "root" / "aaaa"
     module.mkdir(parents=True)
-    for i in range(1001):  # one record per file: each is a valid segment
+    for i in range(1001):  # segment files (their records, moved, no longer verify)
         (module / f"seg-other-{i + 1}-{i:016x}.tcs").write_bytes(
             data[i * record:(i + 1) * record])
     assert cli.main(["info", str(tmp_path / "root")]) == 0
