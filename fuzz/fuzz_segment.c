@@ -45,10 +45,19 @@ static uint64_t rd64(const uint8_t *p)
     return v;
 }
 
-/* docs/format.md, section 4, written out again from the text. */
-static uint64_t spec_header_sum(const uint8_t *h)
+#define SEGMENT_NAME "seg-fuzz-1-0000000000000000.tcs"
+
+/* docs/format.md, section 4, written out again from the text: version 2 binds
+ * the record to its segment's name and its offset, version 1 does not. */
+static uint64_t spec_header_sum(const uint8_t *h, uint64_t off)
 {
     uint64_t a = 0x74637368647231ULL;
+    if (h[4] == 2) {
+        uint64_t id = 0xcbf29ce484222325ULL;
+        for (const char *c = SEGMENT_NAME; *c; c++)
+            id = (id ^ (uint8_t)*c) * 0x100000001b3ULL;
+        a = tc_fmix64(0x74637368647232ULL ^ tc_fmix64(id)) ^ off;
+    }
     for (int i = 0; i < 16; i++)
         a = tc_fmix64(a ^ (i == 7 ? 0 : rd64(h + 8 * i))) + 0x9E3779B97F4A7C15ULL;
     return a;
@@ -74,9 +83,10 @@ static int spec_record_ok(const uint8_t *data, size_t size, size_t off, uint64_t
     if (off + HEADER_BYTES > size)
         return 0;
     const uint8_t *h = data + off;
-    if (h[0] != 'T' || h[1] != 'C' || h[2] != 'R' || h[3] != '1' || h[4] != 1 || h[5] != 0)
+    if (h[0] != 'T' || h[1] != 'C' || h[2] != 'R' || h[3] != '1' || (h[4] != 1 && h[4] != 2) ||
+        h[5] != 0)
         return 0;
-    if (rd64(h + 8) != k0 || rd64(h + 16) != k1 || spec_header_sum(h) != rd64(h + 56))
+    if (rd64(h + 8) != k0 || rd64(h + 16) != k1 || spec_header_sum(h, off) != rd64(h + 56))
         return 0;
     int ndim = h[6], flags = h[7];
     if (ndim > 8 || (flags & ~1) != 0)
@@ -264,7 +274,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     snprintf(dir, sizeof(dir), "/tmp/tc-fuzz-XXXXXX");
     if (mkdtemp(dir) == NULL)
         abort();
-    snprintf(seg_path, sizeof(seg_path), "%s/seg-fuzz-1-0000000000000000.tcs", dir);
+    snprintf(seg_path, sizeof(seg_path), "%s/" SEGMENT_NAME, dir);
     atexit(remove_scratch);
     tc_hash_init();
     return 0;
