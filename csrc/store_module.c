@@ -22,49 +22,89 @@ typedef struct {
     int closed;
 } StoreObject;
 
+/* The store's exceptions, made at module init (single-phase init: one
+ * interpreter, so plain globals).  Each is a StoreError, which is an OSError, and
+ * also the built-in type that callers caught before the hierarchy existed. */
+static PyObject *StoreError, *StoreClosedError, *StoreKeyError, *StoreCorruptError,
+    *StoreMismatchError, *StoreZstdError;
+
+typedef struct {
+    const char *name; /* torchcache_c._C.<name>, re-exported by torchcache_c */
+    PyObject **type;
+    PyObject **also;  /* the built-in base besides StoreError; NULL for StoreError */
+    const char *doc;
+} store_exception;
+
+static const store_exception store_exceptions[] = {
+    {"StoreError", &StoreError, NULL,
+     "An error of the torchcache_c store (an OSError).  Faults while serving or "
+     "storing are never raised: they are misses (Store.take_faults)."},
+    {"StoreClosedError", &StoreClosedError, &PyExc_ValueError, "The store is closed."},
+    {"StoreKeyError", &StoreKeyError, &PyExc_KeyError, "The key is not in the store."},
+    {"StoreCorruptError", &StoreCorruptError, &PyExc_KeyError,
+     "The key's record failed a check and was dropped."},
+    {"StoreMismatchError", &StoreMismatchError, &PyExc_ValueError,
+     "The stored record has another dtype or item shape than the destination."},
+    {"StoreZstdError", &StoreZstdError, &PyExc_RuntimeError,
+     "libzstd is missing or failed."},
+};
+
+/* Engine code -> exception type: the one table the binding raises from
+ * (NULL type: MemoryError). */
+static const struct {
+    int code;
+    PyObject **type;
+} engine_errors[] = {
+    {TC_STORE_EARG, &PyExc_ValueError},
+    {TC_STORE_EIO, &StoreError},
+    {TC_STORE_ENOMEM, NULL},
+    {TC_STORE_EMISSING, &StoreKeyError},
+    {TC_STORE_EMISMATCH, &StoreMismatchError},
+    {TC_STORE_ECORRUPT, &StoreCorruptError},
+    {TC_STORE_EZSTD, &StoreZstdError},
+    {TC_STORE_ECLOSED, &StoreClosedError},
+};
+
+/* Raises the exception of an engine error code (engine_errors). */
+static void raise_engine_error(int rc, const char *msg)
+{
+    for (size_t i = 0; i < sizeof(engine_errors) / sizeof(engine_errors[0]); i++) {
+        if (engine_errors[i].code != rc)
+            continue;
+        if (engine_errors[i].type == NULL)
+            PyErr_NoMemory();
+        else
+            PyErr_SetString(*engine_errors[i].type, msg);
+        return;
+    }
+    PyErr_Format(PyExc_SystemError, "unknown store error code %d: %s", rc, msg);
+}
+
 static int check_open(StoreObject *self)
 {
     if (self->closed || self->store == NULL) {
-        PyErr_SetString(PyExc_ValueError, "store is closed");
+        raise_engine_error(TC_STORE_ECLOSED, "store is closed");
         return -1;
     }
     return 0;
 }
 
-/* Raises the exception that matches an engine error code. */
-static void raise_engine_error(int rc, const char *msg)
+static int store_exceptions_init(PyObject *module)
 {
-    PyObject *type;
-    switch (rc) {
-    case TC_STORE_EARG:
-    case TC_STORE_EMISMATCH:
-    case TC_STORE_ECLOSED:
-        type = PyExc_ValueError;
-        break;
-    case TC_STORE_EMISSING:
-    case TC_STORE_ECORRUPT:
-        type = PyExc_KeyError;
-        break;
-    case TC_STORE_ENOMEM:
-        PyErr_NoMemory();
-        return;
-    case TC_STORE_EIO:
-        type = PyExc_OSError;
-        break;
-    default:
-        type = PyExc_RuntimeError;
-        break;
+    for (size_t i = 0; i < sizeof(store_exceptions) / sizeof(store_exceptions[0]); i++) {
+        const store_exception *e = &store_exceptions[i];
+        char qualified[96];
+        snprintf(qualified, sizeof(qualified), "torchcache_c._C.%s", e->name);
+        PyObject *bases = e->also ? PyTuple_Pack(2, StoreError, *e->also)
+                                  : PyTuple_Pack(1, PyExc_OSError);
+        if (bases == NULL)
+            return -1;
+        *e->type = PyErr_NewExceptionWithDoc(qualified, e->doc, bases, NULL);
+        Py_DECREF(bases);
+        if (*e->type == NULL || PyModule_AddObjectRef(module, e->name, *e->type) < 0)
+            return -1;
     }
-    if (type == PyExc_KeyError) {
-        /* KeyError(str) would show the message with quotes; it is still the key error. */
-        PyObject *m = PyUnicode_FromString(msg);
-        if (m) {
-            PyErr_SetObject(type, m);
-            Py_DECREF(m);
-        }
-        return;
-    }
-    PyErr_SetString(type, msg);
+    return 0;
 }
 
 static int is_cpu(const tc_view *v)
@@ -188,10 +228,7 @@ static PyObject *Store_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     Py_END_ALLOW_THREADS
     Py_XDECREF(path_bytes);
     if (rc != TC_STORE_OK) {
-        if (rc == TC_STORE_EIO)
-            PyErr_SetString(PyExc_OSError, err);
-        else
-            raise_engine_error(rc, err);
+        raise_engine_error(rc, err);
         Py_DECREF(self);
         return NULL;
     }
@@ -557,7 +594,7 @@ static PyObject *Store_stats(StoreObject *self, PyObject *unused)
     rc = tc_store_stats_get(self->store, &st);
     Py_END_ALLOW_THREADS
     if (rc != TC_STORE_OK) {
-        PyErr_SetString(PyExc_ValueError, "store is closed");
+        raise_engine_error(rc, "store is closed");
         return NULL;
     }
     char io[512];
@@ -806,7 +843,7 @@ static PyMethodDef store_functions[] = {
 
 int tc_store_module_init(PyObject *module)
 {
-    if (PyModule_AddFunctions(module, store_functions) < 0)
+    if (store_exceptions_init(module) < 0 || PyModule_AddFunctions(module, store_functions) < 0)
         return -1;
     if (PyType_Ready(&StoreType) < 0)
         return -1;
