@@ -2,26 +2,47 @@
  * in-memory index, lookup, gather, put and the scan for other writers.
  *
  * It owns the segment files of one directory (or the chunks of an anonymous
- * arena), their read-only mappings and an open-addressing index from a 128-bit
- * key to (segment, offset).  It never includes Python.h, never takes a lock on
- * a file (each writer appends only to its own segment, docs/format.md section
- * 5) and never serves a record whose checksums have not verified (section 6).
- * Errors are negative TC_STORE_E* codes with a message; nothing here aborts. */
+ * arena) and an open-addressing index from a 128-bit key to (segment, offset).
+ * It never includes Python.h, never takes a lock on a file (each writer appends
+ * only to its own segment, docs/format.md section 5) and never serves a record
+ * whose checksums have not verified (section 6).  Errors are negative
+ * TC_STORE_E* codes with a message; nothing here aborts.  Whatever goes wrong
+ * while serving or storing (I/O errors, files truncated or removed under us,
+ * descriptor or memory exhaustion) is a *fault*: the rows it touches become
+ * misses and the fault is counted per kind (store.h), so the cache can never
+ * fail the job it serves.
+ *
+ * File segments are read with pread, never mapped (docs/architecture.md,
+ * "Store: pread, not mmap"): a file truncated under a mapping would kill the
+ * process with SIGBUS at the next touch, while a short pread is a miss.
+ *
+ * Lock order: s->lock (the rwlock guarding the index and the segment table)
+ * before s->fd_lock (the descriptor cache) before s->fault_lock (fault
+ * messages).  fd_lock and fault_lock are leaves: nothing is called with them
+ * held that takes another lock, and none is held across a return to Python.
+ * The binding releases the GIL before every call that takes s->lock, so no
+ * thread waits on the store's locks while it holds the GIL. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1 /* SEEK_DATA, SEEK_HOLE; setup.py defines it too */
+#endif
 #include "store.h"
 #include "hash.h"
 #include "zstd_dl.h"
 
+#include <assert.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -30,11 +51,13 @@
 
 /* docs/format.md, section 3. */
 #define REC_MAGIC 0x31524354u /* "TCR1" as little-endian bytes */
-#define REC_VERSION 1
+#define REC_VERSION 2          /* written; version 1 records are still read (section 3) */
+#define REC_VERSION_V1 1
 #define REC_HEADER_BYTES 128
 #define REC_ALIGN 64          /* payloads start on a cache line, section 2 */
 #define REC_FLAG_ZSTD 1u
 #define HEADER_SEED 0x74637368647231ULL  /* "tcshdr1" */
+#define HEADER_SEED_V2 0x74637368647232ULL /* "tcshdr2" */
 #define PAYLOAD_SEED 0x7463737061793176ULL /* "tcspay1v" */
 #define GAMMA 0x9E3779B97F4A7C15ULL
 
@@ -43,7 +66,29 @@
 #define PUT_MAX_PENDING_BYTES (256u << 20)
 /* Arena chunks: anonymous mappings touched only as records are written. */
 #define ARENA_CHUNK_BYTES (64u << 20)
+/* A scan reads segments through a window of this size (one pread per window). */
+#define SCAN_WINDOW_BYTES (256u << 10)
+/* After a record this large, the scan reads only the next header's page. */
+#define SCAN_SMALL_READ 4096u
+/* Bytes a resynchronisation may read per segment per refresh; it resumes at
+ * the next refresh, so a huge garbage file costs bounded time per call. */
+#define RESYNC_BUDGET_BYTES (64ull << 20)
+/* Payload verification reads at most this much at a time (a multiple of the
+ * 16 KiB checksum block). */
+#define VERIFY_CHUNK_BYTES (1u << 20)
+/* Refresh: segments whose writer is gone are re-checked for growth a few per
+ * refresh, round robin, so one refresh costs O(active + this), not O(segments). */
+#define REFRESH_IDLE_CHECKS 32
+/* A listing is forced at least this often even when the directory's mtime is
+ * unchanged (NFS caches attributes), and a listing taken less than this long
+ * after the mtime it saw does not let the next refresh skip (coarse timestamps). */
+#define READDIR_FORCE_NS (1000ull * 1000000ull)
+#define MTIME_SLACK_NS (50ull * 1000000ull)
+/* A writer on another host counts as live while its segment changed this recently. */
+#define REMOTE_IDLE_NS (600ull * 1000000000ull)
 
+/* The decoded header of docs/format.md section 3; bytes on disk go only
+ * through header_encode / header_decode. */
 typedef struct {
     uint32_t magic;
     uint16_t version;
@@ -59,17 +104,27 @@ typedef struct {
     int64_t shape[TC_STORE_MAX_NDIM];
 } rec_header;
 
-_Static_assert(sizeof(rec_header) == REC_HEADER_BYTES, "record header is 128 bytes");
 _Static_assert(REC_HEADER_BYTES % REC_ALIGN == 0, "payload stays aligned after the header");
 
 typedef struct {
-    char *name;        /* file name in the directory; NULL for an arena chunk */
-    int fd;            /* -1 for an arena chunk */
-    uint8_t *base;     /* read-only mapping (arena: read-write anonymous memory) */
-    size_t map_len;    /* bytes mapped; may run past the end of the file */
+    char *path;        /* dir/name; NULL for an arena chunk */
+    const char *name;  /* the file name inside path */
+    uint64_t id;       /* segment_id(name), what version 2 records are bound to; 0: arena */
+    int fd;            /* -1 while closed (reader segments are opened on demand) */
+    unsigned pins;     /* calls reading through fd right now (fd_lock) */
+    uint64_t last_use; /* fd cache clock (fd_lock) */
+    dev_t dev;         /* identity checked at every reopen: a replaced file is gone */
+    ino_t ino;
+    uint8_t *base;     /* arena chunk memory (read-write anonymous); NULL for files */
+    size_t map_len;    /* arena chunk bytes */
     uint64_t file_len; /* bytes known to exist (arena: bytes used) */
     uint64_t scan_end; /* records parsed up to here */
     uint64_t resync_from; /* a bad header at scan_end was searched past up to here */
+    int64_t mtime_ns;  /* at the last look; a change lets a pending tail be read again */
+    int resync_more;   /* the resync budget ran out: go on at the next refresh */
+    int live_writer;   /* its writer may still append: checked at every refresh */
+    int ignored;       /* named like a segment but not a regular file: never read */
+    int gone;          /* removed or replaced: its records read as misses (atomic) */
 } segment;
 
 enum { ENTRY_VERIFIED = 1u, ENTRY_DEAD = 2u };
@@ -77,25 +132,46 @@ enum { ENTRY_VERIFIED = 1u, ENTRY_DEAD = 2u };
 typedef struct {
     uint64_t key0, key1;
     uint64_t offset;
+    uint64_t raw_len; /* item bytes: a gather refuses a row of another size unread */
     uint32_t seg;   /* segment index + 1; 0 marks an empty slot */
     uint32_t state; /* ENTRY_* bits, changed atomically under the read lock */
 } entry;
 
 struct tc_store {
     pthread_rwlock_t lock;
+    pthread_mutex_t fd_lock;
+    pthread_mutex_t fault_lock;
     pid_t pid;
     int closed;
     char *dir; /* NULL: arena */
+    char host[65];
     tc_store_options opt;
     segment *segs;
     size_t nsegs, cap_segs;
+    uint32_t *names;    /* hash set of segment names: segment index + 1, 0 empty */
+    size_t nnames;      /* slots (a power of two) */
     long own; /* segment this store appends to, -1 before the first put */
     entry *slots;
     size_t nslots, nused; /* nused counts dead entries too: they keep probe chains */
+    /* descriptor cache (fd_lock): reader segments with fd >= 0 */
+    size_t *open_segs;
+    size_t nopen, cap_open, fd_cap;
+    uint64_t fd_clock;
+    /* refresh state (write lock) */
+    size_t idle_cursor;
+    int64_t dir_mtime_ns;
+    uint64_t last_readdir_ns;
+    int readdir_trusted;
+    int reindex; /* a segment went away: drop its entries, scan the others again */
     int stop_writing;
     char io_error[512];
     int full;
     uint64_t bytes_written, records_written, records, corrupt, bytes_indexed, refreshes;
+    uint64_t readdirs, skipped, gone;
+    uint64_t faults[TC_FAULT_KINDS];   /* atomic */
+    uint64_t reported[TC_FAULT_KINDS]; /* fault_lock */
+    char fault_msg[TC_FAULT_KINDS][200]; /* fault_lock */
+    uint8_t *scan_buf; /* SCAN_WINDOW_BYTES, for scans under the write lock */
     uint64_t last_refresh_ns;
     struct tc_store *fork_prev, *fork_next; /* the list of open stores, for fork */
     int in_fork_list;
@@ -121,6 +197,18 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
+static int64_t wall_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static int64_t mtime_of(const struct stat *st)
+{
+    return (int64_t)st->st_mtim.tv_sec * 1000000000LL + st->st_mtim.tv_nsec;
+}
+
 static uint64_t round_up(uint64_t n, uint64_t a)
 {
     return (n + a - 1) / a * a;
@@ -135,22 +223,130 @@ size_t tc_store_itemsize(uint64_t dtype_word)
     return (size_t)(bits * lanes / 8);
 }
 
+/* ---- faults ------------------------------------------------------------------ */
+
+static const char *const fault_names[TC_FAULT_KINDS] = {
+    [TC_FAULT_IO] = "io",
+    [TC_FAULT_SHORT] = "short_read",
+    [TC_FAULT_OPEN] = "open",
+    [TC_FAULT_DIRECTORY] = "directory",
+    [TC_FAULT_NOMEM] = "nomem",
+    [TC_FAULT_CHANGED] = "changed",
+    [TC_FAULT_MISMATCH] = "mismatch",
+    [TC_FAULT_ZSTD] = "zstd",
+    [TC_FAULT_WRITE] = "write",
+};
+
+const char *tc_store_fault_name(int kind)
+{
+    return kind >= 0 && kind < TC_FAULT_KINDS ? fault_names[kind] : "unknown";
+}
+
+static void fault(tc_store *s, int kind, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Counts one fault and keeps its message.  Any lock may be held but fault_lock. */
+static void fault(tc_store *s, int kind, const char *fmt, ...)
+{
+    assert(kind >= 0 && kind < TC_FAULT_KINDS);
+    __atomic_fetch_add(&s->faults[kind], 1, __ATOMIC_RELAXED);
+    pthread_mutex_lock(&s->fault_lock);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->fault_msg[kind], sizeof(s->fault_msg[kind]), fmt, ap);
+    va_end(ap);
+    pthread_mutex_unlock(&s->fault_lock);
+}
+
+/* ---- bytes on disk: little-endian, whatever the host (docs/format.md, section 3) */
+
+static uint64_t get_le64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static uint32_t get_le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void put_le64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+
+static void put_le32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+
+/* The one pair that turns a header into its 128 bytes and back. */
+static void header_encode(const rec_header *h, uint8_t b[REC_HEADER_BYTES])
+{
+    put_le32(b, h->magic);
+    b[4] = (uint8_t)h->version;
+    b[5] = (uint8_t)(h->version >> 8);
+    b[6] = h->ndim;
+    b[7] = h->flags;
+    put_le64(b + 8, h->key0);
+    put_le64(b + 16, h->key1);
+    put_le64(b + 24, h->dtype_word);
+    put_le64(b + 32, h->raw_len);
+    put_le64(b + 40, h->stored_len);
+    put_le64(b + 48, h->payload_sum);
+    put_le64(b + 56, h->header_sum);
+    for (int d = 0; d < TC_STORE_MAX_NDIM; d++)
+        put_le64(b + 64 + 8 * d, (uint64_t)h->shape[d]);
+}
+
+static void header_decode(const uint8_t b[REC_HEADER_BYTES], rec_header *h)
+{
+    h->magic = get_le32(b);
+    h->version = (uint16_t)(b[4] | b[5] << 8);
+    h->ndim = b[6];
+    h->flags = b[7];
+    h->key0 = get_le64(b + 8);
+    h->key1 = get_le64(b + 16);
+    h->dtype_word = get_le64(b + 24);
+    h->raw_len = get_le64(b + 32);
+    h->stored_len = get_le64(b + 40);
+    h->payload_sum = get_le64(b + 48);
+    h->header_sum = get_le64(b + 56);
+    for (int d = 0; d < TC_STORE_MAX_NDIM; d++)
+        h->shape[d] = (int64_t)get_le64(b + 64 + 8 * d);
+}
+
 /* ---- checksums (docs/format.md, section 4) ---------------------------------- */
 
-static uint64_t header_checksum(const rec_header *h)
+/* Version 2 binds a record to where it lies: the checksum starts from the
+ * segment's id (segment_id) and the record's offset, so a record copied into
+ * another file or found at another offset (inside another record's payload,
+ * say) never checks (docs/format.md, section 4). */
+static uint64_t header_checksum(const rec_header *h, uint64_t segment_id, uint64_t offset)
 {
-    uint64_t w[REC_HEADER_BYTES / 8];
-    memcpy(w, h, sizeof(w));
-    w[7] = 0; /* the header_sum field itself */
-    uint64_t a = HEADER_SEED;
+    uint8_t b[REC_HEADER_BYTES];
+    header_encode(h, b);
+    uint64_t a = h->version == REC_VERSION_V1 ? HEADER_SEED
+                                              : tc_fmix64(HEADER_SEED_V2 ^ segment_id) ^ offset;
     for (size_t i = 0; i < REC_HEADER_BYTES / 8; i++)
-        a = tc_fmix64(a ^ w[i]) + GAMMA;
+        a = tc_fmix64(a ^ (i == 7 ? 0 : get_le64(b + 8 * i))) + GAMMA;
     return a;
 }
 
-static uint64_t payload_checksum(const uint8_t *p, uint64_t n)
+/* The payload checksum, fed in pieces that are whole 16 KiB blocks (the last
+ * piece may end with a shorter block). */
+static uint64_t payload_sum_begin(uint64_t n)
 {
-    uint64_t s = tc_fmix64(PAYLOAD_SEED ^ n);
+    return tc_fmix64(PAYLOAD_SEED ^ n);
+}
+
+static uint64_t payload_sum_feed(uint64_t s, const uint8_t *p, uint64_t n)
+{
     for (uint64_t off = 0; off < n; off += TC_HASH_BLOCK_BYTES) {
         uint64_t len = n - off < TC_HASH_BLOCK_BYTES ? n - off : TC_HASH_BLOCK_BYTES;
         uint64_t h[2];
@@ -160,23 +356,31 @@ static uint64_t payload_checksum(const uint8_t *p, uint64_t n)
     return s;
 }
 
+static uint64_t payload_checksum(const uint8_t *p, uint64_t n)
+{
+    return payload_sum_feed(payload_sum_begin(n), p, n);
+}
+
+_Static_assert(VERIFY_CHUNK_BYTES % TC_HASH_BLOCK_BYTES == 0, "chunks are whole blocks");
+
 /* ---- record validation (docs/format.md, section 6) -------------------------- */
 
 enum { HDR_OK, HDR_SHORT, HDR_BAD };
 
-/* Checks the header at h, with `avail` bytes of file from h on (>= 128).  On
- * HDR_OK *total is the record's length including padding; HDR_SHORT means the
- * header is valid but its payload is not all in the file yet.  On HDR_BAD,
- * *why (when why is not NULL) names the first check that failed. */
-static int header_validate(const rec_header *h, uint64_t avail, uint64_t *total,
-                           const char **why)
+/* Checks the header h of the record at `offset` of the segment `segment_id`,
+ * with `avail` bytes of file from its start on.  On HDR_OK *total is the
+ * record's length including padding; HDR_SHORT means the header is valid but
+ * its payload is not all in the file yet.  On HDR_BAD, *why (when why is not
+ * NULL) names the first check that failed. */
+static int header_validate(const rec_header *h, uint64_t segment_id, uint64_t offset,
+                           uint64_t avail, uint64_t *total, const char **why)
 {
     const char *bad = NULL;
-    if (h->magic != REC_MAGIC || h->version != REC_VERSION) {
+    if (h->magic != REC_MAGIC || (h->version != REC_VERSION && h->version != REC_VERSION_V1)) {
         bad = "bad magic or version";
         goto out;
     }
-    if (header_checksum(h) != h->header_sum) {
+    if (header_checksum(h, segment_id, offset) != h->header_sum) {
         bad = "header checksum mismatch";
         goto out;
     }
@@ -215,7 +419,7 @@ static int header_validate(const rec_header *h, uint64_t avail, uint64_t *total,
         goto out;
     }
     uint64_t t = REC_HEADER_BYTES + round_up(h->stored_len, REC_ALIGN);
-    if (t > avail)
+    if (avail < REC_HEADER_BYTES || t > avail)
         return HDR_SHORT;
     *total = t;
     return HDR_OK;
@@ -225,9 +429,10 @@ out:
     return HDR_BAD;
 }
 
-static int header_check(const rec_header *h, uint64_t avail, uint64_t *total)
+static int header_check(const rec_header *h, uint64_t segment_id, uint64_t offset,
+                        uint64_t avail, uint64_t *total)
 {
-    return header_validate(h, avail, total, NULL);
+    return header_validate(h, segment_id, offset, avail, total, NULL);
 }
 
 /* ---- the index: open addressing, linear probing ----------------------------- */
@@ -302,6 +507,7 @@ static int index_insert(tc_store *s, uint64_t k0, uint64_t k1, size_t seg, uint6
     e->key0 = k0;
     e->key1 = k1;
     e->offset = offset;
+    e->raw_len = raw_len;
     e->seg = (uint32_t)(seg + 1);
     e->state = state;
     s->records++;
@@ -315,63 +521,382 @@ static void entry_kill(tc_store *s, entry *e, int corrupt)
     uint32_t was = __atomic_fetch_or(&e->state, ENTRY_DEAD, __ATOMIC_ACQ_REL);
     if (was & ENTRY_DEAD)
         return;
-    const segment *g = &s->segs[e->seg - 1];
     __atomic_fetch_sub(&s->records, 1, __ATOMIC_RELAXED);
-    /* Past the end of a shrunk file the header cannot be read. */
-    if (e->offset + REC_HEADER_BYTES <= g->file_len) {
-        const rec_header *h = (const rec_header *)(g->base + e->offset);
-        __atomic_fetch_sub(&s->bytes_indexed, h->raw_len, __ATOMIC_RELAXED);
-    }
+    __atomic_fetch_sub(&s->bytes_indexed, e->raw_len, __ATOMIC_RELAXED);
     if (corrupt)
         __atomic_fetch_add(&s->corrupt, 1, __ATOMIC_RELAXED);
 }
 
-/* The header of a live entry.  Before its first use it is validated in full
- * again; after that (the entry is verified) only the fields that bound memory
- * reads are, which keeps a hit to a few loads (docs/format.md, section 6). */
-static const rec_header *entry_header(const tc_store *s, const entry *e, int verified)
+/* ---- segment descriptors ----------------------------------------------------- */
+
+/* Moves a descriptor to 3 or above: a process whose stdin, stdout or stderr is
+ * closed would otherwise get a segment as fd 0-2, and stray writes to stderr
+ * would land in the cache (SQLite learnt this the hard way). */
+static int fd_above_stdio(int fd)
 {
-    const segment *g = &s->segs[e->seg - 1];
-    if (e->offset + REC_HEADER_BYTES > g->file_len)
-        return NULL;
-    const rec_header *h = (const rec_header *)(g->base + e->offset);
-    uint64_t avail = g->file_len - e->offset, total;
-    if (h->key0 != e->key0 || h->key1 != e->key1)
-        return NULL;
-    if (verified)
-        return h->magic == REC_MAGIC && h->stored_len <= avail - REC_HEADER_BYTES ? h : NULL;
-    return header_check(h, avail, &total) == HDR_OK ? h : NULL;
+    if (fd < 0 || fd > 2)
+        return fd;
+    int moved = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return moved;
 }
 
-/* A live, verified entry for the key, or NULL.  The payload checksum is checked
- * at the first use of a record, not at scan (docs/format.md, section 6). */
-static entry *probe(tc_store *s, uint64_t k0, uint64_t k1, const rec_header **hdr)
+/* Opens a segment for reading without blocking on a FIFO or a device, and
+ * only if it is a regular file.  Returns the fd, or -1 with errno (ENODEV for
+ * a non-regular file). */
+static int open_segment_file(const char *path, struct stat *st)
+{
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0)
+        return -1;
+    if (fstat(fd, st) < 0 || !S_ISREG(st->st_mode)) {
+        int saved = S_ISREG(st->st_mode) ? errno : ENODEV;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd_above_stdio(fd);
+}
+
+/* Marks a segment removed or replaced: its records read as misses from now on. */
+static void segment_gone(tc_store *s, segment *g)
+{
+    if (!__atomic_exchange_n(&g->gone, 1, __ATOMIC_ACQ_REL)) {
+        __atomic_fetch_add(&s->gone, 1, __ATOMIC_RELAXED);
+        /* A merged segment (compact) may hold its records now: list the
+         * directory, and index again the keys whose entries pointed here. */
+        __atomic_store_n(&s->readdir_trusted, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&s->reindex, 1, __ATOMIC_RELEASE);
+    }
+}
+
+static void fd_close_locked(tc_store *s, size_t k)
+{
+    segment *g = &s->segs[s->open_segs[k]];
+    close(g->fd);
+    g->fd = -1;
+    s->open_segs[k] = s->open_segs[--s->nopen];
+}
+
+/* Closes least recently used unpinned descriptors until at most `keep` are open
+ * (pinned ones may keep the cache over its cap until they are released). */
+static void fd_trim_locked(tc_store *s, size_t keep)
+{
+    while (s->nopen > keep) {
+        size_t victim = SIZE_MAX;
+        for (size_t k = 0; k < s->nopen; k++) {
+            const segment *o = &s->segs[s->open_segs[k]];
+            if (o->pins == 0 &&
+                (victim == SIZE_MAX || o->last_use < s->segs[s->open_segs[victim]].last_use))
+                victim = k;
+        }
+        if (victim == SIZE_MAX)
+            return;
+        fd_close_locked(s, victim);
+    }
+}
+
+/* A descriptor of segment si for reading, pinned until seg_release.  Reader
+ * segments keep no fd between calls beyond a small cache (fd_cap, from
+ * RLIMIT_NOFILE), so thousands of segments cost no descriptors; a reopen checks
+ * the inode, so a file replaced under its name is never read as the old one.
+ * Returns the fd, or -1 after counting the fault (or marking the segment gone). */
+static int seg_acquire(tc_store *s, size_t si)
+{
+    segment *g = &s->segs[si];
+    assert(g->path != NULL && !g->ignored);
+    if ((long)si == s->own)
+        return g->fd;
+    pthread_mutex_lock(&s->fd_lock);
+    if (__atomic_load_n(&g->gone, __ATOMIC_ACQUIRE)) {
+        pthread_mutex_unlock(&s->fd_lock);
+        return -1;
+    }
+    if (g->fd < 0) {
+        if (s->nopen == s->cap_open) {
+            size_t cap = s->cap_open ? 2 * s->cap_open : 8;
+            size_t *p = realloc(s->open_segs, cap * sizeof(*p));
+            if (p == NULL) {
+                pthread_mutex_unlock(&s->fd_lock);
+                fault(s, TC_FAULT_NOMEM, "out of memory opening segment %s", g->name);
+                return -1;
+            }
+            s->open_segs = p;
+            s->cap_open = cap;
+        }
+        struct stat st;
+        int fd = open_segment_file(g->path, &st);
+        if (fd < 0 || st.st_dev != g->dev || st.st_ino != g->ino) {
+            int e = errno;
+            if (fd >= 0 || e == ENOENT || e == ENODEV || e == ELOOP) {
+                if (fd >= 0)
+                    close(fd);
+                segment_gone(s, g);
+            } else {
+                fault(s, TC_FAULT_OPEN, "cannot open segment %s: %s", g->path, strerror(e));
+            }
+            pthread_mutex_unlock(&s->fd_lock);
+            return -1;
+        }
+        /* Only now, with a descriptor in hand, evict the least recently used
+         * unpinned one at the cap: a failed open costs no working descriptor. */
+        fd_trim_locked(s, s->fd_cap ? s->fd_cap - 1 : 0);
+        g->fd = fd;
+        s->open_segs[s->nopen++] = si;
+    }
+    g->pins++;
+    g->last_use = ++s->fd_clock;
+    int fd = g->fd;
+    pthread_mutex_unlock(&s->fd_lock);
+    return fd;
+}
+
+static void seg_release(tc_store *s, size_t si)
+{
+    if ((long)si == s->own)
+        return;
+    pthread_mutex_lock(&s->fd_lock);
+    segment *g = &s->segs[si];
+    assert(g->pins > 0);
+    g->pins--;
+    if (g->pins == 0 && s->nopen > s->fd_cap) {
+        for (size_t k = 0; k < s->nopen; k++) {
+            if (s->open_segs[k] == si) {
+                fd_close_locked(s, k);
+                break;
+            }
+        }
+    }
+    pthread_mutex_unlock(&s->fd_lock);
+}
+
+/* "No fault" where a fault kind is returned (kinds start at 0). */
+#define NO_FAULT (-1)
+
+/* Reads exactly the iovecs at off.  NO_FAULT on success, else the fault kind
+ * (SHORT: the file ends first, IO: a read error) with *errnum set for IO. */
+static int read_fully(int fd, struct iovec *iov, int niov, uint64_t off, int *errnum)
+{
+    while (niov > 0) {
+        ssize_t r = preadv(fd, iov, niov, (off_t)off);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            *errnum = errno;
+            return TC_FAULT_IO;
+        }
+        if (r == 0)
+            return TC_FAULT_SHORT;
+        off += (uint64_t)r;
+        while (niov > 0 && (size_t)r >= iov->iov_len) {
+            r -= (ssize_t)iov->iov_len;
+            iov++;
+            niov--;
+        }
+        if (niov > 0) {
+            iov->iov_base = (uint8_t *)iov->iov_base + r;
+            iov->iov_len -= (size_t)r;
+        }
+    }
+    return NO_FAULT;
+}
+
+/* Reads [off, off + sum of iov) of segment si (file or arena chunk).  Returns 0,
+ * or -1 after counting the fault (a segment found gone is not a fault). */
+static int seg_read(tc_store *s, size_t si, uint64_t off, struct iovec *iov, int niov)
+{
+    segment *g = &s->segs[si];
+    if (g->path == NULL) {
+        for (int i = 0; i < niov; i++) {
+            if (off + iov[i].iov_len > g->file_len)
+                return -1;
+            memcpy(iov[i].iov_base, g->base + off, iov[i].iov_len);
+            off += iov[i].iov_len;
+        }
+        return 0;
+    }
+    int fd = seg_acquire(s, si);
+    if (fd < 0)
+        return -1;
+    int errnum = 0;
+    int kind = read_fully(fd, iov, niov, off, &errnum);
+    seg_release(s, si);
+    if (kind == TC_FAULT_IO)
+        fault(s, kind, "reading segment %s: %s", g->path, strerror(errnum));
+    else if (kind == TC_FAULT_SHORT)
+        fault(s, kind, "segment %s ends before a record it held (truncated while in use)",
+              g->path);
+    return kind == NO_FAULT ? 0 : -1;
+}
+
+static int read_header(tc_store *s, size_t si, uint64_t off, rec_header *h)
+{
+    uint8_t b[REC_HEADER_BYTES];
+    struct iovec iov = {b, sizeof(b)};
+    if (seg_read(s, si, off, &iov, 1) < 0)
+        return -1;
+    header_decode(b, h);
+    return 0;
+}
+
+/* Checks the payload of the record h at off against payload_sum, reading it in
+ * chunks.  A payload with a hole in it never came from a write (pwritev writes
+ * every byte), so a sparse file claiming a huge record is refused before its
+ * terabyte of zeros is hashed.  Returns 1 (verifies), 0 (does not), -1 (fault). */
+static int payload_verify(tc_store *s, size_t si, uint64_t off, const rec_header *h)
+{
+    segment *g = &s->segs[si];
+    uint64_t start = off + REC_HEADER_BYTES, n = h->stored_len;
+    if (g->path == NULL)
+        return start + n <= g->file_len && payload_checksum(g->base + start, n) == h->payload_sum;
+    if (n == 0)
+        return payload_checksum(NULL, 0) == h->payload_sum;
+    int fd = seg_acquire(s, si);
+    if (fd < 0)
+        return -1;
+    int rc = 1;
+    if (n > VERIFY_CHUNK_BYTES) {
+        off_t hole = lseek(fd, (off_t)start, SEEK_HOLE);
+        if (hole >= 0 && (uint64_t)hole < start + n) {
+            seg_release(s, si);
+            return 0;
+        }
+    }
+    size_t chunk = n < VERIFY_CHUNK_BYTES ? (size_t)n : VERIFY_CHUNK_BYTES;
+    uint8_t *buf = malloc(chunk);
+    if (buf == NULL) {
+        seg_release(s, si);
+        fault(s, TC_FAULT_NOMEM, "out of memory verifying a record of %s", g->name);
+        return -1;
+    }
+    uint64_t sum = payload_sum_begin(n);
+    for (uint64_t done = 0; done < n;) {
+        size_t len = n - done < chunk ? (size_t)(n - done) : chunk;
+        struct iovec iov = {buf, len};
+        int errnum = 0;
+        int kind = read_fully(fd, &iov, 1, start + done, &errnum);
+        if (kind != NO_FAULT) {
+            if (kind == TC_FAULT_IO)
+                fault(s, kind, "reading segment %s: %s", g->path, strerror(errnum));
+            else
+                fault(s, kind, "segment %s ends before a record it held (truncated while in "
+                      "use)", g->path);
+            rc = -1;
+            break;
+        }
+        sum = payload_sum_feed(sum, buf, len);
+        done += len;
+    }
+    free(buf);
+    seg_release(s, si);
+    if (rc < 0)
+        return -1;
+    return sum == h->payload_sum;
+}
+
+/* The header of a live entry, read again and checked at every use: in full
+ * before its payload has verified, afterwards the fields that bound reads and
+ * name the record (docs/format.md, section 6).  Returns 1 with *h filled, 0 if
+ * the entry is dead or was killed (changed, gone), -1 on a fault. */
+static int entry_header(tc_store *s, entry *e, rec_header *h)
+{
+    size_t si = e->seg - 1;
+    const segment *g = &s->segs[si];
+    if (__atomic_load_n(&g->gone, __ATOMIC_ACQUIRE)) {
+        entry_kill(s, e, 0);
+        return 0;
+    }
+    if (read_header(s, si, e->offset, h) < 0) {
+        if (__atomic_load_n(&g->gone, __ATOMIC_ACQUIRE))
+            entry_kill(s, e, 0);
+        return -1;
+    }
+    uint64_t total;
+    if (h->key0 != e->key0 || h->key1 != e->key1 || h->raw_len != e->raw_len ||
+        header_check(h, g->id, e->offset, UINT64_MAX / 2, &total) != HDR_OK) {
+        if (__atomic_load_n(&e->state, __ATOMIC_ACQUIRE) & ENTRY_VERIFIED)
+            fault(s, TC_FAULT_CHANGED,
+                  "a record in %s changed on disk after it was verified and is dropped; do "
+                  "not edit segments in use", g->name ? g->name : "the arena");
+        entry_kill(s, e, 1);
+        return 0;
+    }
+    return 1;
+}
+
+/* A live entry whose record verifies, or NULL (a miss).  The payload checksum is
+ * checked at the first use of a record, not at scan (docs/format.md, section 6);
+ * later lookups trust the index and gathers re-check the header they read. */
+static entry *probe(tc_store *s, uint64_t k0, uint64_t k1)
 {
     entry *e = index_find(s, k0, k1);
     if (!entry_live(e))
         return NULL;
-    int verified = (__atomic_load_n(&e->state, __ATOMIC_ACQUIRE) & ENTRY_VERIFIED) != 0;
-    const rec_header *h = entry_header(s, e, verified);
-    if (h == NULL) {
+    if (__atomic_load_n(&s->segs[e->seg - 1].gone, __ATOMIC_ACQUIRE)) {
+        entry_kill(s, e, 0);
+        return NULL;
+    }
+    if (__atomic_load_n(&e->state, __ATOMIC_ACQUIRE) & ENTRY_VERIFIED)
+        return e;
+    rec_header h;
+    if (entry_header(s, e, &h) <= 0)
+        return NULL;
+    int ok = payload_verify(s, e->seg - 1, e->offset, &h);
+    if (ok < 0)
+        return NULL;
+    if (!ok) {
         entry_kill(s, e, 1);
         return NULL;
     }
-    if (!verified) {
-        if (payload_checksum((const uint8_t *)h + REC_HEADER_BYTES, h->stored_len) !=
-            h->payload_sum) {
-            entry_kill(s, e, 1);
-            return NULL;
-        }
-        __atomic_fetch_or(&e->state, ENTRY_VERIFIED, __ATOMIC_ACQ_REL);
-    }
-    if (hdr)
-        *hdr = h;
+    __atomic_fetch_or(&e->state, ENTRY_VERIFIED, __ATOMIC_ACQ_REL);
     return e;
 }
 
-/* ---- segments --------------------------------------------------------------- */
+/* ---- segments ---------------------------------------------------------------- */
 
-static long segment_add(tc_store *s, char *name, int fd)
+static uint64_t name_hash(const char *name)
+{
+    uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a, then mixed */
+    for (const unsigned char *c = (const unsigned char *)name; *c; c++)
+        h = (h ^ *c) * 0x100000001b3ULL;
+    return tc_fmix64(h);
+}
+
+/* The id a version 2 record is bound to: FNV-1a of the segment's file name,
+ * mixed (docs/format.md, section 4).  Segments are never renamed. */
+static uint64_t segment_id(const char *name)
+{
+    return name_hash(name);
+}
+
+/* The segment named `name`, or -1.  Names live in a hash set so that listing a
+ * directory of N segments costs O(N), not O(N^2). */
+static long name_find(const tc_store *s, const char *name)
+{
+    if (s->nnames == 0)
+        return -1;
+    for (size_t i = name_hash(name) & (s->nnames - 1);; i = (i + 1) & (s->nnames - 1)) {
+        uint32_t v = s->names[i];
+        if (v == 0)
+            return -1;
+        if (strcmp(s->segs[v - 1].name, name) == 0)
+            return (long)v - 1;
+    }
+}
+
+static void name_put(uint32_t *names, size_t n, const char *name, size_t si)
+{
+    size_t i = name_hash(name) & (n - 1);
+    while (names[i] != 0)
+        i = (i + 1) & (n - 1);
+    names[i] = (uint32_t)(si + 1);
+}
+
+/* Adds a segment (path NULL: an arena chunk); the caller fills it in.  Takes
+ * ownership of path.  Returns its index or -1 without memory. */
+static long segment_add(tc_store *s, char *path, int fd)
 {
     if (s->nsegs == s->cap_segs) {
         size_t cap = s->cap_segs ? s->cap_segs * 2 : 16;
@@ -381,79 +906,31 @@ static long segment_add(tc_store *s, char *name, int fd)
         s->segs = segs;
         s->cap_segs = cap;
     }
-    segment *g = &s->segs[s->nsegs];
-    memset(g, 0, sizeof(*g));
-    g->name = name;
-    g->fd = fd;
-    return (long)s->nsegs++;
-}
-
-/* Maps at least `need` bytes of a file segment.  The mapping may run past the
- * end of the file: those pages are never touched until the file has grown over
- * them, and a shared mapping sees the growth without a remap. */
-static int segment_map(segment *g, uint64_t need, char *err, size_t err_len)
-{
-    if (need <= g->map_len)
-        return 0;
-    uint64_t len = need > 2 * (uint64_t)g->map_len ? need : 2 * (uint64_t)g->map_len;
-    len = round_up(len < (1u << 20) ? (1u << 20) : len, (uint64_t)sysconf(_SC_PAGESIZE));
-    void *p = mmap(NULL, (size_t)len, PROT_READ, MAP_SHARED, g->fd, 0);
-    if (p == MAP_FAILED) {
-        set_err(err, err_len, "cannot map segment %s: %s", g->name, strerror(errno));
-        return -1;
-    }
-    if (g->base)
-        munmap(g->base, g->map_len);
-    g->base = p;
-    g->map_len = (size_t)len;
-    return 0;
-}
-
-/* Finds the next 64-byte aligned offset after a bad header that holds a header
- * which checks (docs/format.md, section 6: resynchronisation). */
-static int segment_resync(segment *g, uint64_t *next)
-{
-    uint64_t o = g->resync_from > g->scan_end ? g->resync_from : g->scan_end + REC_ALIGN;
-    for (; o + REC_HEADER_BYTES <= g->file_len; o += REC_ALIGN) {
-        const rec_header *h = (const rec_header *)(g->base + o);
-        uint64_t total;
-        if (h->magic == REC_MAGIC && header_check(h, g->file_len - o, &total) != HDR_BAD) {
-            *next = o;
-            return 1;
-        }
-    }
-    g->resync_from = o;
-    return 0;
-}
-
-/* Indexes the records between scan_end and file_len.  A valid header whose
- * payload is not all there yet stops the scan: the writer may still be writing. */
-static int segment_scan(tc_store *s, size_t si, size_t *added)
-{
-    for (;;) {
-        segment *g = &s->segs[si];
-        if (g->scan_end + REC_HEADER_BYTES > g->file_len)
-            return 0;
-        const rec_header *h = (const rec_header *)(g->base + g->scan_end);
-        uint64_t total = 0;
-        int rc = header_check(h, g->file_len - g->scan_end, &total);
-        if (rc == HDR_SHORT)
-            return 0;
-        if (rc == HDR_BAD) {
-            uint64_t next;
-            if (!segment_resync(g, &next))
-                return 0; /* maybe a write in progress; look again next time */
-            s->corrupt++;
-            g->scan_end = next;
-            g->resync_from = 0;
-            continue;
-        }
-        int ins = index_insert(s, h->key0, h->key1, si, g->scan_end, h->raw_len, 0);
-        if (ins < 0)
+    if (path != NULL && (s->nsegs + 1) * 2 > s->nnames) {
+        size_t n = s->nnames ? 2 * s->nnames : 64;
+        uint32_t *names = calloc(n, sizeof(*names));
+        if (names == NULL)
             return -1;
-        *added += (size_t)ins;
-        g->scan_end += total;
+        for (size_t i = 0; i < s->nsegs; i++) {
+            if (s->segs[i].path != NULL)
+                name_put(names, n, s->segs[i].name, i);
+        }
+        free(s->names);
+        s->names = names;
+        s->nnames = n;
     }
+    size_t si = s->nsegs++;
+    segment *g = &s->segs[si];
+    memset(g, 0, sizeof(*g));
+    g->path = path;
+    g->fd = fd;
+    if (path != NULL) {
+        const char *slash = strrchr(path, '/');
+        g->name = slash ? slash + 1 : path;
+        g->id = segment_id(g->name);
+        name_put(s->names, s->nnames, g->name, si);
+    }
+    return (long)si;
 }
 
 static int is_segment_name(const char *name)
@@ -471,17 +948,200 @@ static char *path_join(const char *dir, const char *name)
     return p;
 }
 
+/* This host's name as segment names spell it (docs/format.md, section 1). */
+static void host_name(char host[65])
+{
+    snprintf(host, 65, "host");
+    char buf[65];
+    if (gethostname(buf, sizeof(buf) - 1) == 0) {
+        buf[sizeof(buf) - 1] = '\0';
+        for (char *c = buf; *c; c++) {
+            if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+                  (*c >= '0' && *c <= '9') || *c == '.' || *c == '_'))
+                *c = '_';
+        }
+        if (buf[0] != '\0')
+            snprintf(host, 65, "%s", buf);
+    }
+}
+
+int tc_store_writer_may_append(const char *name, int64_t mtime_ns, int64_t now_wall_ns,
+                               int64_t idle_ns, const char *host)
+{
+    /* seg-<host>-<pid>-<rand>.tcs; <host> has no '-' (section 1) */
+    if (strncmp(name, "seg-", 4) != 0)
+        return 1;
+    const char *h = name + 4, *dash = strchr(h, '-');
+    if (dash == NULL)
+        return 1;
+    char *end;
+    errno = 0;
+    long pid = strtol(dash + 1, &end, 10);
+    int named_pid = errno == 0 && end != dash + 1 && *end == '-' && pid > 0 && pid <= INT_MAX;
+    size_t hl = (size_t)(dash - h);
+    if (named_pid && host != NULL && strlen(host) == hl && strncmp(h, host, hl) == 0) {
+        /* This host: the pid tells.  A reused pid only makes us careful. */
+        return kill((pid_t)pid, 0) == 0 || errno == EPERM;
+    }
+    /* Another host (or a name we did not make): live while it recently changed. */
+    return now_wall_ns - mtime_ns < idle_ns;
+}
+
+/* ---- scan -------------------------------------------------------------------- */
+
+/* A window of a file segment's bytes read by one pread, for the scan. */
+typedef struct {
+    uint8_t *buf;
+    size_t cap;
+    uint64_t start;
+    size_t len;
+    int fd;
+    uint64_t bytes_read;
+} window;
+
+/* The bytes [off, off + need) of segment g, or NULL if they are not in the file
+ * (or a read failed: *fault_kind is then set).  Reads `want` bytes from off when
+ * the window does not hold them. */
+static const uint8_t *win_get(segment *g, window *w, uint64_t off, size_t need, size_t want,
+                              int *fault_kind, int *errnum)
+{
+    if (off + need > g->file_len)
+        return NULL;
+    if (g->path == NULL)
+        return g->base + off;
+    if (off >= w->start && off + need <= w->start + w->len)
+        return w->buf + (off - w->start);
+    if (want < need)
+        want = need;
+    if (want > w->cap)
+        want = w->cap;
+    if (want > g->file_len - off)
+        want = (size_t)(g->file_len - off);
+    w->start = off;
+    w->len = 0;
+    for (;;) {
+        ssize_t r = pread(w->fd, w->buf, want, (off_t)off);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            *fault_kind = TC_FAULT_IO;
+            *errnum = errno;
+            return NULL;
+        }
+        w->len = (size_t)r;
+        w->bytes_read += (uint64_t)r;
+        break;
+    }
+    if (w->len < need)
+        return NULL; /* the file is shorter than it was: a later refresh sees that */
+    return w->buf;
+}
+
+/* Finds the next 64-byte aligned offset after a bad header that holds a header
+ * which checks (docs/format.md, section 6: resynchronisation).  Holes are
+ * skipped with SEEK_DATA (they read as zeros and hold no header), and at most
+ * RESYNC_BUDGET_BYTES are read per call; g->resync_more says to go on later. */
+static int segment_resync(segment *g, window *w, uint64_t *next, int *fault_kind, int *errnum)
+{
+    uint64_t o = g->resync_from > g->scan_end ? g->resync_from : g->scan_end + REC_ALIGN;
+    uint64_t budget_end = w->bytes_read + RESYNC_BUDGET_BYTES;
+    g->resync_more = 0;
+    while (o + REC_HEADER_BYTES <= g->file_len) {
+        if (g->path != NULL && !(o >= w->start && o + REC_HEADER_BYTES <= w->start + w->len)) {
+            if (w->bytes_read >= budget_end) {
+                g->resync_more = 1;
+                break;
+            }
+            off_t d = lseek(w->fd, (off_t)o, SEEK_DATA);
+            if (d < 0 && errno == ENXIO) {
+                o = g->file_len; /* only a hole is left */
+                break;
+            }
+            if (d > (off_t)o)
+                o = round_up((uint64_t)d, REC_ALIGN);
+            if (o + REC_HEADER_BYTES > g->file_len)
+                break;
+        }
+        const uint8_t *b = win_get(g, w, o, REC_HEADER_BYTES, w->cap, fault_kind, errnum);
+        if (b == NULL)
+            break;
+        if (get_le32(b) == REC_MAGIC) {
+            rec_header h;
+            header_decode(b, &h);
+            uint64_t total;
+            if (header_check(&h, g->id, o, g->file_len - o, &total) != HDR_BAD) {
+                *next = o;
+                return 1;
+            }
+        }
+        o += REC_ALIGN;
+    }
+    g->resync_from = o;
+    return 0;
+}
+
+/* Indexes the records of segment si between scan_end and file_len.  A valid
+ * header whose payload is not all there yet stops the scan: the writer may
+ * still be writing.  Returns 0, or -1 without memory. */
+static int segment_scan(tc_store *s, size_t si, size_t *added)
+{
+    segment *g = &s->segs[si];
+    if (g->scan_end + REC_HEADER_BYTES > g->file_len && !g->resync_more)
+        return 0;
+    window w = {s->scan_buf, SCAN_WINDOW_BYTES, 0, 0, -1, 0};
+    if (g->path != NULL) {
+        w.fd = seg_acquire(s, si);
+        if (w.fd < 0)
+            return 0;
+    }
+    int rc = 0, kind = NO_FAULT, errnum = 0;
+    size_t want = SCAN_WINDOW_BYTES;
+    for (;;) {
+        if (g->scan_end + REC_HEADER_BYTES > g->file_len)
+            break;
+        const uint8_t *b = win_get(g, &w, g->scan_end, REC_HEADER_BYTES, want, &kind, &errnum);
+        if (b == NULL)
+            break;
+        rec_header h;
+        header_decode(b, &h);
+        uint64_t total = 0;
+        int hc = header_check(&h, g->id, g->scan_end, g->file_len - g->scan_end, &total);
+        if (hc == HDR_SHORT)
+            break;
+        if (hc == HDR_BAD) {
+            uint64_t next;
+            if (!segment_resync(g, &w, &next, &kind, &errnum))
+                break; /* maybe a write in progress; look again next time */
+            s->corrupt++;
+            g->scan_end = next;
+            g->resync_from = 0;
+            continue;
+        }
+        int ins = index_insert(s, h.key0, h.key1, si, g->scan_end, h.raw_len, 0);
+        if (ins < 0) {
+            rc = -1;
+            break;
+        }
+        *added += (size_t)ins;
+        g->scan_end += total;
+        want = total > SCAN_WINDOW_BYTES / 2 ? SCAN_SMALL_READ : SCAN_WINDOW_BYTES;
+    }
+    if (g->path != NULL)
+        seg_release(s, si);
+    if (kind != NO_FAULT)
+        fault(s, kind, "reading segment %s: %s", g->path, strerror(errnum));
+    return rc;
+}
+
 /* A segment that shrank was truncated behind our back (docs/format.md, section
  * 8): drop its records past the new end before anything reads them. */
 static void segment_shrunk(tc_store *s, size_t si, uint64_t len)
 {
     for (size_t i = 0; i < s->nslots; i++) {
         entry *e = &s->slots[i];
-        if (e->seg == si + 1 && !(e->state & ENTRY_DEAD) && e->offset + REC_HEADER_BYTES > len) {
-            e->state |= ENTRY_DEAD;
-            s->records--;
-            s->corrupt++;
-        }
+        if (e->seg == si + 1 && !(e->state & ENTRY_DEAD) &&
+            e->offset + REC_HEADER_BYTES + e->raw_len > len)
+            entry_kill(s, e, 1);
     }
     segment *g = &s->segs[si];
     g->file_len = len;
@@ -490,88 +1150,222 @@ static void segment_shrunk(tc_store *s, size_t si, uint64_t len)
     g->resync_from = 0;
 }
 
-/* Picks up grown tails of known segments and new segment files.  Write lock held. */
-static int refresh_locked(tc_store *s, size_t *added, char *err, size_t err_len)
+/* Looks at one known segment again: growth, shrinkage, a pending tail whose
+ * bytes may have arrived since (NFS shows a length before its bytes), or a
+ * replacement under the same name (gone). */
+static int segment_recheck(tc_store *s, size_t si, int64_t now_wall, size_t *added)
+{
+    segment *g = &s->segs[si];
+    struct stat st;
+    if (fstatat(AT_FDCWD, g->path, &st, AT_SYMLINK_NOFOLLOW) < 0 || st.st_dev != g->dev ||
+        st.st_ino != g->ino) {
+        if (errno == ENOENT || errno == ENOTDIR || errno == 0) {
+            segment_gone(s, g);
+            return 0;
+        }
+        /* EACCES, ESTALE, EIO...: try again next time */
+        fault(s, TC_FAULT_IO, "cannot stat segment %s: %s", g->path, strerror(errno));
+        return 0;
+    }
+    int64_t mt = mtime_of(&st);
+    uint64_t len = (uint64_t)st.st_size;
+    int changed = mt != g->mtime_ns;
+    g->mtime_ns = mt;
+    g->live_writer = tc_store_writer_may_append(g->name, mt, now_wall, REMOTE_IDLE_NS, s->host);
+    if (len < g->file_len) {
+        segment_shrunk(s, si, len);
+        return 0;
+    }
+    if (len == g->file_len && !(g->scan_end < len && (changed || g->resync_more)))
+        return 0;
+    if (len == g->file_len && changed)
+        g->resync_from = 0; /* bytes under a pending tail may have changed */
+    g->file_len = len;
+    return segment_scan(s, si, added);
+}
+
+/* A directory entry not seen before: a segment to index, or a name to ignore
+ * (recorded, so it is looked at once).  Returns 0, or -1 without memory. */
+static int segment_discover(tc_store *s, const char *name, unsigned char d_type,
+                            int64_t now_wall, size_t *added)
+{
+    char *path = path_join(s->dir, name);
+    if (path == NULL)
+        return -1;
+    struct stat st;
+    memset(&st, 0, sizeof(st));
+    int fd = -1;
+    int regular = d_type == DT_REG || d_type == DT_UNKNOWN;
+    if (regular) {
+        fd = open_segment_file(path, &st);
+        if (fd < 0 && errno != ENODEV && errno != ELOOP) {
+            if (errno != ENOENT) {
+                fault(s, TC_FAULT_OPEN, "cannot open segment %s: %s", path, strerror(errno));
+                s->readdir_trusted = 0; /* look at it again at the next refresh */
+            }
+            free(path);
+            return 0;
+        }
+    }
+    long si = segment_add(s, path, -1);
+    if (si < 0) {
+        if (fd >= 0)
+            close(fd);
+        free(path);
+        return -1;
+    }
+    segment *g = &s->segs[si];
+    if (fd < 0) {
+        /* a FIFO, socket, device, directory or link under a segment's name */
+        g->ignored = 1;
+        s->skipped++;
+        return 0;
+    }
+    g->dev = st.st_dev;
+    g->ino = st.st_ino;
+    g->mtime_ns = mtime_of(&st);
+    g->live_writer =
+        tc_store_writer_may_append(g->name, g->mtime_ns, now_wall, REMOTE_IDLE_NS, s->host);
+    g->file_len = (uint64_t)st.st_size;
+    /* hand the descriptor to the cache so the scan reuses it */
+    pthread_mutex_lock(&s->fd_lock);
+    int cached = 0;
+    if (s->nopen < s->cap_open || s->cap_open == 0) {
+        if (s->nopen == s->cap_open) {
+            size_t *p = realloc(s->open_segs, 8 * sizeof(*p));
+            if (p != NULL) {
+                s->open_segs = p;
+                s->cap_open = 8;
+            }
+        }
+        if (s->nopen < s->cap_open) {
+            g->fd = fd;
+            g->last_use = ++s->fd_clock;
+            s->open_segs[s->nopen++] = (size_t)si;
+            cached = 1;
+        }
+    }
+    pthread_mutex_unlock(&s->fd_lock);
+    if (!cached)
+        close(fd);
+    int rc = segment_scan(s, (size_t)si, added);
+    /* trim the cache back to its cap now, not at the next read */
+    pthread_mutex_lock(&s->fd_lock);
+    fd_trim_locked(s, s->fd_cap);
+    pthread_mutex_unlock(&s->fd_lock);
+    return rc;
+}
+
+/* Lists the directory for new segment files. */
+static int refresh_readdir(tc_store *s, int64_t now_wall, size_t *added)
+{
+    s->readdirs++;
+    s->readdir_trusted = 1;
+    DIR *d = opendir(s->dir);
+    if (d == NULL) {
+        fault(s, TC_FAULT_DIRECTORY, "cannot read cache directory %s: %s", s->dir,
+              strerror(errno));
+        s->readdir_trusted = 0;
+        return 0;
+    }
+    int dfd = dirfd(d);
+    struct stat dst;
+    if (fstat(dfd, &dst) == 0) {
+        s->dir_mtime_ns = mtime_of(&dst);
+        /* A file made in the same timestamp tick as this listing would leave the
+         * mtime unchanged: trust the mtime only once it is older than the slack. */
+        if (now_wall - s->dir_mtime_ns < (int64_t)MTIME_SLACK_NS)
+            s->readdir_trusted = 0;
+    } else {
+        s->readdir_trusted = 0;
+    }
+    struct dirent *de;
+    int rc = 0;
+    errno = 0;
+    while ((de = readdir(d)) != NULL) {
+        if (!is_segment_name(de->d_name) || name_find(s, de->d_name) >= 0)
+            continue;
+        if (segment_discover(s, de->d_name, de->d_type, now_wall, added) < 0) {
+            rc = -1;
+            break;
+        }
+        errno = 0;
+    }
+    if (rc == 0 && errno != 0) {
+        fault(s, TC_FAULT_DIRECTORY, "cannot list cache directory %s: %s", s->dir,
+              strerror(errno));
+        s->readdir_trusted = 0;
+    }
+    closedir(d);
+    s->last_readdir_ns = now_ns();
+    return rc;
+}
+
+/* Picks up grown tails of known segments and new segment files (docs/format.md
+ * section 7).  Per call it re-checks the segments whose writer may still
+ * append and REFRESH_IDLE_CHECKS of the others (round robin), and lists the
+ * directory only when its mtime changed, a listing is untrusted, or
+ * READDIR_FORCE_NS passed: a miss costs O(live writers), not O(segments).
+ * `force` lists the directory and re-checks every segment.  Write lock held.
+ * Faults are counted; only running out of memory fails (TC_STORE_ENOMEM). */
+static int refresh_locked(tc_store *s, size_t *added, int force, char *err, size_t err_len)
 {
     s->last_refresh_ns = now_ns();
     if (s->dir == NULL)
-        return 0;
+        return TC_STORE_OK;
     s->refreshes++;
-    for (size_t si = 0; si < s->nsegs; si++) {
-        segment *g = &s->segs[si];
-        if ((long)si == s->own)
-            continue;
-        struct stat st;
-        if (fstat(g->fd, &st) < 0)
-            continue;
-        uint64_t len = (uint64_t)st.st_size;
-        if (len < g->file_len) {
-            segment_shrunk(s, si, len);
-            continue;
+    int64_t now_wall = wall_ns();
+    size_t n = s->nsegs, idle_left = force ? n : REFRESH_IDLE_CHECKS;
+    if (__atomic_exchange_n(&s->reindex, 0, __ATOMIC_ACQ_REL)) {
+        uint64_t corrupt = s->corrupt; /* damage seen before is not counted twice */
+        /* Entries of removed segments go; every other segment is scanned from
+         * the start, so a key whose entry went finds its other copies (a
+         * merged segment, a duplicate).  Rare: after a compaction or a clear. */
+        for (size_t i = 0; i < s->nslots; i++) {
+            entry *e = &s->slots[i];
+            if (e->seg != 0 && s->segs[e->seg - 1].gone)
+                entry_kill(s, e, 0);
         }
-        if (len == g->file_len)
-            continue;
-        if (segment_map(g, len, err, err_len) < 0)
-            return TC_STORE_EIO;
-        g->file_len = len;
-        if (segment_scan(s, si, added) < 0)
-            goto nomem;
-    }
-    DIR *d = opendir(s->dir);
-    if (d == NULL) {
-        set_err(err, err_len, "cannot read cache directory %s: %s", s->dir, strerror(errno));
-        return TC_STORE_EIO;
-    }
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        if (!is_segment_name(de->d_name))
-            continue;
-        int known = 0;
-        for (size_t si = 0; si < s->nsegs && !known; si++)
-            known = s->segs[si].name && strcmp(s->segs[si].name, de->d_name) == 0;
-        if (known)
-            continue;
-        char *path = path_join(s->dir, de->d_name);
-        char *name = strdup(de->d_name);
-        if (path == NULL || name == NULL) {
-            free(path);
-            free(name);
-            closedir(d);
-            goto nomem;
-        }
-        int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-        free(path);
-        struct stat st;
-        if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-            /* A link or a non-file under a segment's name is not ours to read. */
-            if (fd >= 0)
-                close(fd);
-            free(name);
-            continue;
-        }
-        long si = segment_add(s, name, fd);
-        if (si < 0) {
-            close(fd);
-            free(name);
-            closedir(d);
-            goto nomem;
-        }
-        segment *g = &s->segs[si];
-        if (st.st_size > 0) {
-            if (segment_map(g, (uint64_t)st.st_size, err, err_len) < 0) {
-                closedir(d);
-                return TC_STORE_EIO;
-            }
-            g->file_len = (uint64_t)st.st_size;
-            if (segment_scan(s, (size_t)si, added) < 0) {
-                closedir(d);
+        for (size_t si = 0; si < n; si++) {
+            segment *g = &s->segs[si];
+            if ((long)si == s->own || g->ignored || g->gone)
+                continue;
+            g->scan_end = 0;
+            g->resync_from = 0;
+            g->resync_more = 0;
+            if (segment_scan(s, si, added) < 0)
                 goto nomem;
-            }
         }
+        s->corrupt = corrupt;
     }
-    closedir(d);
+    for (size_t si = 0; si < n; si++) {
+        segment *g = &s->segs[si];
+        if ((long)si == s->own || g->ignored || g->gone || !g->live_writer)
+            continue;
+        if (segment_recheck(s, si, now_wall, added) < 0)
+            goto nomem;
+    }
+    for (size_t k = 0; k < n && idle_left > 0; k++) {
+        size_t si = (s->idle_cursor + k) % n;
+        segment *g = &s->segs[si];
+        if ((long)si == s->own || g->ignored || g->gone || g->live_writer)
+            continue;
+        idle_left--;
+        s->idle_cursor = si + 1;
+        if (segment_recheck(s, si, now_wall, added) < 0)
+            goto nomem;
+    }
+    int list = force || !s->readdir_trusted ||
+               now_ns() - s->last_readdir_ns >= READDIR_FORCE_NS;
+    if (!list) {
+        struct stat dst;
+        list = stat(s->dir, &dst) < 0 || mtime_of(&dst) != s->dir_mtime_ns;
+    }
+    if (list && refresh_readdir(s, now_wall, added) < 0)
+        goto nomem;
     return TC_STORE_OK;
 nomem:
+    fault(s, TC_FAULT_NOMEM, "out of memory while indexing %s", s->dir);
     set_err(err, err_len, "out of memory while indexing %s", s->dir);
     return TC_STORE_ENOMEM;
 }
@@ -584,7 +1378,9 @@ nomem:
  * updated.  Every open store is therefore write-locked around fork(): the child
  * starts with consistent stores and fresh locks.  The forking thread holds no
  * store lock (fork is never called from inside a store call), so this waits
- * only for calls in progress, which never wait for the forking thread. */
+ * only for calls in progress, which never wait for the forking thread.  The
+ * leaf locks (fd_lock, fault_lock) are only taken under s->lock, so none is
+ * held once the write lock is. */
 static pthread_mutex_t fork_list_lock = PTHREAD_MUTEX_INITIALIZER;
 static tc_store *fork_list;
 static pthread_once_t fork_handlers_once = PTHREAD_ONCE_INIT;
@@ -605,8 +1401,11 @@ static void fork_parent(void)
 
 static void fork_child(void)
 {
-    for (tc_store *s = fork_list; s != NULL; s = s->fork_next)
+    for (tc_store *s = fork_list; s != NULL; s = s->fork_next) {
         pthread_rwlock_init(&s->lock, NULL);
+        pthread_mutex_init(&s->fd_lock, NULL);
+        pthread_mutex_init(&s->fault_lock, NULL);
+    }
     pthread_mutex_init(&fork_list_lock, NULL);
 }
 
@@ -644,8 +1443,9 @@ static void fork_list_remove(tc_store *s)
 }
 
 /* A forked child must never append to its parent's segment: it forgets it as
- * its own (keeping the read-only mapping) and makes a new one at its first put.
- * (Its lock was re-made by fork_child.) */
+ * its own (it becomes a segment like any other writer's, read through the
+ * descriptor cache) and makes a new one at its first put.  (Its locks were
+ * re-made by fork_child.) */
 static void fork_check(tc_store *s)
 {
     pid_t pid = getpid();
@@ -655,7 +1455,22 @@ static void fork_check(tc_store *s)
     if (s->dir != NULL && s->own >= 0) {
         segment *g = &s->segs[s->own];
         g->scan_end = g->file_len;
+        g->live_writer = 1;
         s->own = -1;
+        /* its descriptor joins the cache (which may go over its cap until the next release) */
+        size_t si = (size_t)(g - s->segs);
+        size_t *p = s->nopen < s->cap_open ? s->open_segs
+                                           : realloc(s->open_segs, (s->cap_open + 8) * sizeof(*p));
+        if (p == NULL) {
+            close(g->fd);
+            g->fd = -1;
+            return;
+        }
+        if (p != s->open_segs || s->cap_open == 0) {
+            s->open_segs = p;
+            s->cap_open += 8;
+        }
+        s->open_segs[s->nopen++] = si;
     }
 }
 
@@ -672,47 +1487,41 @@ static uint64_t random64(void)
 /* Creates this writer's segment: docs/format.md, section 5 (naming). */
 static int open_own_segment(tc_store *s)
 {
-    char host[65] = "host";
-    if (gethostname(host, sizeof(host) - 1) == 0) {
-        host[sizeof(host) - 1] = '\0';
-        for (char *c = host; *c; c++) {
-            if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
-                  (*c >= '0' && *c <= '9') || *c == '.' || *c == '_'))
-                *c = '_';
-        }
-    }
-    if (host[0] == '\0')
-        snprintf(host, sizeof(host), "host");
     char name[160];
-    snprintf(name, sizeof(name), "seg-%s-%ld-%016llx.tcs", host, (long)getpid(),
+    snprintf(name, sizeof(name), "seg-%s-%ld-%016llx.tcs", s->host, (long)getpid(),
              (unsigned long long)random64());
     char *path = path_join(s->dir, name);
-    char *owned_name = strdup(name);
-    if (path == NULL || owned_name == NULL) {
-        free(path);
-        free(owned_name);
+    if (path == NULL) {
         snprintf(s->io_error, sizeof(s->io_error), "out of memory creating a segment");
         s->stop_writing = 1;
+        fault(s, TC_FAULT_NOMEM, "out of memory creating a segment");
         return -1;
     }
-    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
-    if (fd < 0) {
+    int fd = fd_above_stdio(open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666));
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0) {
         snprintf(s->io_error, sizeof(s->io_error), "cannot create segment %s: %s", path,
                  strerror(errno));
+        fault(s, TC_FAULT_WRITE, "%s", s->io_error);
+        if (fd >= 0)
+            close(fd);
         free(path);
-        free(owned_name);
         s->stop_writing = 1;
         return -1;
     }
-    free(path);
-    long si = segment_add(s, owned_name, fd);
+    long si = segment_add(s, path, fd);
     if (si < 0) {
         close(fd);
-        free(owned_name);
+        unlink(path);
+        free(path);
         snprintf(s->io_error, sizeof(s->io_error), "out of memory creating a segment");
+        fault(s, TC_FAULT_NOMEM, "out of memory creating a segment");
         s->stop_writing = 1;
         return -1;
     }
+    s->segs[si].dev = st.st_dev;
+    s->segs[si].ino = st.st_ino;
+    s->segs[si].live_writer = 1;
     s->own = si;
     return 0;
 }
@@ -750,6 +1559,17 @@ static int make_dirs(const char *dir, char *err, size_t err_len)
     return TC_STORE_OK;
 }
 
+/* Descriptors a reader keeps for segments between calls: a small share of
+ * RLIMIT_NOFILE, so that a process at a low limit keeps its fds for itself. */
+static size_t fd_cache_cap(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+        return 32;
+    size_t cap = (size_t)(rl.rlim_cur / 64);
+    return cap < 1 ? 1 : cap > 32 ? 32 : cap;
+}
+
 int tc_store_open(const char *dir, const tc_store_options *opt, tc_store **out, char *err,
                   size_t err_len)
 {
@@ -772,21 +1592,30 @@ int tc_store_open(const char *dir, const tc_store_options *opt, tc_store **out, 
         return TC_STORE_ENOMEM;
     }
     pthread_rwlock_init(&s->lock, NULL);
+    pthread_mutex_init(&s->fd_lock, NULL);
+    pthread_mutex_init(&s->fault_lock, NULL);
     s->pid = getpid();
     s->own = -1;
     s->opt = *opt;
+    s->fd_cap = fd_cache_cap();
+    host_name(s->host);
     if (dir != NULL) {
         int rc = make_dirs(dir, err, err_len);
         if (rc == TC_STORE_OK) {
             s->dir = strdup(dir);
-            if (s->dir == NULL) {
+            s->scan_buf = malloc(SCAN_WINDOW_BYTES);
+            if (s->dir == NULL || s->scan_buf == NULL) {
                 set_err(err, err_len, "out of memory");
                 rc = TC_STORE_ENOMEM;
             }
         }
         size_t added = 0;
         if (rc == TC_STORE_OK)
-            rc = refresh_locked(s, &added, err, err_len);
+            rc = refresh_locked(s, &added, 1, err, err_len);
+        if (rc == TC_STORE_OK && s->faults[TC_FAULT_DIRECTORY] != 0) {
+            set_err(err, err_len, "%s", s->fault_msg[TC_FAULT_DIRECTORY]);
+            rc = TC_STORE_EIO;
+        }
         if (rc != TC_STORE_OK) {
             tc_store_free(s);
             return rc;
@@ -804,18 +1633,26 @@ static void close_locked(tc_store *s)
     s->closed = 1;
     for (size_t i = 0; i < s->nsegs; i++) {
         segment *g = &s->segs[i];
-        if (g->base)
+        if (g->path == NULL && g->base)
             munmap(g->base, g->map_len);
         if (g->fd >= 0)
             close(g->fd);
-        free(g->name);
+        free(g->path);
     }
     free(s->segs);
     s->segs = NULL;
     s->nsegs = s->cap_segs = 0;
+    free(s->names);
+    s->names = NULL;
+    s->nnames = 0;
+    free(s->open_segs);
+    s->open_segs = NULL;
+    s->nopen = s->cap_open = 0;
     free(s->slots);
     s->slots = NULL;
     s->nslots = s->nused = 0;
+    free(s->scan_buf);
+    s->scan_buf = NULL;
 }
 
 void tc_store_close(tc_store *s)
@@ -833,6 +1670,8 @@ void tc_store_free(tc_store *s)
     fork_list_remove(s);
     tc_store_close(s);
     pthread_rwlock_destroy(&s->lock);
+    pthread_mutex_destroy(&s->fd_lock);
+    pthread_mutex_destroy(&s->fault_lock);
     free(s->dir);
     free(s);
 }
@@ -856,7 +1695,7 @@ int tc_store_lookup(tc_store *s, const uint64_t *keys, size_t n, uint8_t *presen
     }
     size_t misses = 0;
     for (size_t i = 0; i < n; i++) {
-        present[i] = probe(s, keys[2 * i], keys[2 * i + 1], NULL) != NULL;
+        present[i] = probe(s, keys[2 * i], keys[2 * i + 1]) != NULL;
         misses += !present[i];
     }
     uint64_t since = now_ns() - s->last_refresh_ns;
@@ -872,12 +1711,10 @@ int tc_store_lookup(tc_store *s, const uint64_t *keys, size_t n, uint8_t *presen
     } else {
         size_t added = 0;
         if (now_ns() - s->last_refresh_ns >= s->opt.refresh_ms * 1000000ULL)
-            rc = refresh_locked(s, &added, err, err_len);
-        if (rc == TC_STORE_OK) {
-            for (size_t i = 0; i < n; i++) {
-                if (!present[i])
-                    present[i] = probe(s, keys[2 * i], keys[2 * i + 1], NULL) != NULL;
-            }
+            refresh_locked(s, &added, 0, NULL, 0); /* a fault leaves the rows missing */
+        for (size_t i = 0; i < n; i++) {
+            if (!present[i])
+                present[i] = probe(s, keys[2 * i], keys[2 * i + 1]) != NULL;
         }
     }
     pthread_rwlock_unlock(&s->lock);
@@ -890,18 +1727,19 @@ int tc_store_entry_info(tc_store *s, const uint64_t key[2], uint64_t *dtype_word
     fork_check(s);
     pthread_rwlock_rdlock(&s->lock);
     int rc = TC_STORE_OK;
-    const rec_header *h = NULL;
+    rec_header h;
+    entry *e = NULL;
     if (s->closed) {
         rc = closed_err(err, err_len);
-    } else if (probe(s, key[0], key[1], &h) == NULL) {
+    } else if ((e = probe(s, key[0], key[1])) == NULL || entry_header(s, e, &h) <= 0) {
         set_err(err, err_len, "key (%lld, %lld) is not in the store", (long long)key[0],
                 (long long)key[1]);
         rc = TC_STORE_EMISSING;
     } else {
-        *dtype_word = h->dtype_word;
-        *ndim = h->ndim;
+        *dtype_word = h.dtype_word;
+        *ndim = h.ndim;
         for (int d = 0; d < TC_STORE_MAX_NDIM; d++)
-            shape[d] = h->shape[d];
+            shape[d] = h.shape[d];
     }
     pthread_rwlock_unlock(&s->lock);
     return rc;
@@ -918,89 +1756,195 @@ static int shape_equal(const rec_header *h, uint64_t dtype_word, int ndim, const
     return 1;
 }
 
+/* Serves one row: reads the record's header and payload in one preadv (the
+ * payload straight into the row), re-checks the header, verifies the payload
+ * at its first use, decompresses where needed.  Returns 1 if served. */
+static int gather_row(tc_store *s, uint64_t k0, uint64_t k1, uint64_t dtype_word, int ndim,
+                      const int64_t *shape, uint64_t item_bytes, uint8_t *row)
+{
+    entry *e = index_find(s, k0, k1);
+    if (!entry_live(e))
+        return 0;
+    size_t si = e->seg - 1;
+    const segment *g = &s->segs[si];
+    if (__atomic_load_n(&g->gone, __ATOMIC_ACQUIRE)) {
+        entry_kill(s, e, 0);
+        return 0;
+    }
+    if (e->raw_len != item_bytes) {
+        fault(s, TC_FAULT_MISMATCH,
+              "a stored record has %llu bytes per item where dest has %llu (same key, "
+              "different output dtype or shape)",
+              (unsigned long long)e->raw_len, (unsigned long long)item_bytes);
+        return 0;
+    }
+    uint8_t hb[REC_HEADER_BYTES];
+    /* The row receives the payload, or the start of a compressed one (shorter
+     * than the row) followed by whatever comes next in the file. */
+    struct iovec iov[2] = {{hb, sizeof(hb)}, {row, (size_t)item_bytes}};
+    int verified = (__atomic_load_n(&e->state, __ATOMIC_ACQUIRE) & ENTRY_VERIFIED) != 0;
+    if (g->path == NULL) {
+        if (e->offset + REC_HEADER_BYTES > g->file_len)
+            return 0;
+        memcpy(hb, g->base + e->offset, sizeof(hb));
+    } else {
+        int fd = seg_acquire(s, si);
+        if (fd < 0) {
+            if (__atomic_load_n(&g->gone, __ATOMIC_ACQUIRE))
+                entry_kill(s, e, 0);
+            return 0;
+        }
+        int errnum = 0;
+        int kind = read_fully(fd, iov, item_bytes ? 2 : 1, e->offset, &errnum);
+        seg_release(s, si);
+        if (kind == TC_FAULT_SHORT) {
+            /* A compressed record near the end of its file is shorter than the
+             * row: read its header, then exactly its payload. */
+            struct iovec one = {hb, sizeof(hb)};
+            if (seg_read(s, si, e->offset, &one, 1) < 0) {
+                entry_kill(s, e, 1);
+                return 0;
+            }
+            rec_header peek;
+            header_decode(hb, &peek);
+            if (!(peek.flags & REC_FLAG_ZSTD) || peek.stored_len >= item_bytes) {
+                fault(s, TC_FAULT_SHORT,
+                      "segment %s ends before a record it held (truncated while in use)",
+                      g->path);
+                entry_kill(s, e, 1);
+                return 0;
+            }
+            struct iovec pay = {row, (size_t)peek.stored_len};
+            if (seg_read(s, si, e->offset + REC_HEADER_BYTES, &pay, 1) < 0) {
+                entry_kill(s, e, 1);
+                return 0;
+            }
+            kind = NO_FAULT;
+        }
+        if (kind != NO_FAULT) {
+            fault(s, kind, "reading segment %s: %s", g->path, strerror(errnum));
+            return 0;
+        }
+    }
+    rec_header h;
+    header_decode(hb, &h);
+    uint64_t total;
+    /* A verified record's header is checked field by field (what bounds the
+     * copy and names the record), not re-hashed: the hit path stays a few
+     * loads per row on top of the read. */
+    int header_ok = verified ? h.magic == REC_MAGIC &&
+                                   (h.version == REC_VERSION || h.version == REC_VERSION_V1) &&
+                                   h.stored_len <= h.raw_len &&
+                                   (h.flags & ~REC_FLAG_ZSTD) == 0 &&
+                                   ((h.flags & REC_FLAG_ZSTD) || h.stored_len == h.raw_len)
+                             : header_check(&h, g->id, e->offset, UINT64_MAX / 2, &total) ==
+                                   HDR_OK;
+    if (h.key0 != k0 || h.key1 != k1 || h.raw_len != item_bytes || !header_ok) {
+        if (verified)
+            fault(s, TC_FAULT_CHANGED,
+                  "a record in %s changed on disk after it was verified and is dropped; do "
+                  "not edit segments in use", g->name ? g->name : "the arena");
+        entry_kill(s, e, 1);
+        return 0;
+    }
+    if (!shape_equal(&h, dtype_word, ndim, shape)) {
+        fault(s, TC_FAULT_MISMATCH,
+              "a stored record's dtype word 0x%llx or item shape differs from dest's",
+              (unsigned long long)h.dtype_word);
+        return 0;
+    }
+    const uint8_t *payload = row;
+    if (g->path == NULL) {
+        if (e->offset + REC_HEADER_BYTES + h.stored_len > g->file_len)
+            return 0;
+        payload = g->base + e->offset + REC_HEADER_BYTES;
+    }
+    if (!verified) {
+        if (payload_checksum(payload, h.stored_len) != h.payload_sum) {
+            entry_kill(s, e, 1);
+            return 0;
+        }
+        __atomic_fetch_or(&e->state, ENTRY_VERIFIED, __ATOMIC_ACQ_REL);
+    }
+    if (h.flags & REC_FLAG_ZSTD) {
+        void *frame = malloc(h.stored_len ? (size_t)h.stored_len : 1);
+        if (frame == NULL) {
+            fault(s, TC_FAULT_NOMEM, "out of memory decompressing a record");
+            return 0;
+        }
+        memcpy(frame, payload, (size_t)h.stored_len);
+        char zerr[200];
+        int zrc = tc_zstd_decompress(row, h.raw_len, frame, h.stored_len, zerr, sizeof(zerr));
+        free(frame);
+        if (zrc < 0) {
+            fault(s, TC_FAULT_ZSTD,
+                  "cannot decompress a record (%s); install libzstd (apt-get install "
+                  "libzstd1, or conda install zstd)", zerr);
+            return 0;
+        }
+    } else if (g->path == NULL && h.raw_len) {
+        memcpy(row, payload, (size_t)h.raw_len);
+    }
+    return 1;
+}
+
 int tc_store_gather(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtype_word, int ndim,
-                    const int64_t *shape, uint8_t *dest, size_t *bad_row, char *err,
+                    const int64_t *shape, uint8_t *dest, uint8_t *served, char *err,
                     size_t err_len)
 {
     fork_check(s);
+    uint64_t item_bytes = tc_store_itemsize(dtype_word);
+    for (int d = 0; d < ndim; d++) {
+        if (shape[d] < 0 || __builtin_mul_overflow(item_bytes, (uint64_t)shape[d], &item_bytes))
+            item_bytes = 0;
+    }
+    if (item_bytes == 0 && tc_store_itemsize(dtype_word) == 0) {
+        set_err(err, err_len, "dtype word 0x%llx is not a whole number of bytes per element",
+                (unsigned long long)dtype_word);
+        return TC_STORE_EARG;
+    }
     pthread_rwlock_rdlock(&s->lock);
     int rc = TC_STORE_OK;
     if (s->closed) {
-        rc = closed_err(err, err_len);
-        goto done;
+        pthread_rwlock_unlock(&s->lock);
+        return closed_err(err, err_len);
     }
-    /* The bytes of one dest row.  A verified record is re-checked only for the
-     * fields that bound reads (entry_header); these two compares keep the copy
-     * inside dest and inside the record even if its header was rewritten in
-     * place after it verified (docs/format.md, section 8 says not to). */
-    uint64_t item_bytes = tc_store_itemsize(dtype_word);
-    for (int d = 0; d < ndim; d++) {
-        if (__builtin_mul_overflow(item_bytes, (uint64_t)shape[d], &item_bytes))
-            item_bytes = UINT64_MAX;
-    }
+    size_t unserved = 0;
     for (size_t i = 0; i < n; i++) {
-        const rec_header *h = NULL;
-        entry *e = probe(s, keys[2 * i], keys[2 * i + 1], &h);
-        if (e == NULL) {
-            *bad_row = i;
-            set_err(err, err_len, "row %zu: key (%lld, %lld) is not in the store", i,
-                    (long long)keys[2 * i], (long long)keys[2 * i + 1]);
-            rc = TC_STORE_EMISSING;
-            goto done;
-        }
-        if (!shape_equal(h, dtype_word, ndim, shape)) {
-            *bad_row = i;
-            char got[160];
-            int pos = snprintf(got, sizeof(got), "dtype word 0x%llx, item shape (",
-                               (unsigned long long)h->dtype_word);
-            for (int d = 0; d < h->ndim && pos < (int)sizeof(got) - 24; d++)
-                pos += snprintf(got + pos, sizeof(got) - (size_t)pos, "%s%lld",
-                                d ? ", " : "", (long long)h->shape[d]);
-            snprintf(got + pos, sizeof(got) - (size_t)pos, ")");
-            set_err(err, err_len,
-                    "row %zu: the stored record has %s, which differs from dest's dtype or "
-                    "item shape", i, got);
-            rc = TC_STORE_EMISMATCH;
-            goto done;
-        }
-        if (h->raw_len != item_bytes ||
-            (!(h->flags & REC_FLAG_ZSTD) && h->stored_len != h->raw_len)) {
-            entry_kill(s, e, 1);
-            *bad_row = i;
-            set_err(err, err_len,
-                    "row %zu: the record of key (%lld, %lld) changed on disk after it was "
-                    "verified and is dropped; do not edit segments in use", i,
-                    (long long)keys[2 * i], (long long)keys[2 * i + 1]);
-            rc = TC_STORE_ECORRUPT;
-            goto done;
-        }
-        uint8_t *row = dest + i * item_bytes;
-        const uint8_t *payload = (const uint8_t *)h + REC_HEADER_BYTES;
-        if (h->flags & REC_FLAG_ZSTD) {
-            char zerr[200];
-            if (tc_zstd_decompress(row, h->raw_len, payload, h->stored_len, zerr,
-                                   sizeof(zerr)) < 0) {
-                *bad_row = i;
-                set_err(err, err_len,
-                        "row %zu: cannot decompress the record (%s); install libzstd "
-                        "(apt-get install libzstd1, or conda install zstd)", i, zerr);
-                rc = TC_STORE_EZSTD;
-                goto done;
-            }
-        } else if (h->raw_len) {
-            memcpy(row, payload, h->raw_len);
+        served[i] = (uint8_t)gather_row(s, keys[2 * i], keys[2 * i + 1], dtype_word, ndim,
+                                        shape, item_bytes, dest + i * item_bytes);
+        unserved += !served[i];
+    }
+    int reindex = __atomic_load_n(&s->reindex, __ATOMIC_ACQUIRE);
+    pthread_rwlock_unlock(&s->lock);
+    if (unserved == 0 || !reindex || s->dir == NULL)
+        return TC_STORE_OK;
+    /* Segments went away during this gather (a compaction merged them, most
+     * likely): index their records' other copies now and serve those rows,
+     * rather than have every reader recompute them. */
+    pthread_rwlock_wrlock(&s->lock);
+    size_t added = 0;
+    if (!s->closed)
+        refresh_locked(s, &added, 0, NULL, 0);
+    pthread_rwlock_unlock(&s->lock);
+    pthread_rwlock_rdlock(&s->lock);
+    if (s->closed) {
+        rc = closed_err(err, err_len);
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            if (!served[i] && probe(s, keys[2 * i], keys[2 * i + 1]) != NULL)
+                served[i] = (uint8_t)gather_row(s, keys[2 * i], keys[2 * i + 1], dtype_word,
+                                                ndim, shape, item_bytes, dest + i * item_bytes);
         }
     }
-done:
     pthread_rwlock_unlock(&s->lock);
     return rc;
 }
-
 /* ---- put -------------------------------------------------------------------- */
 
 typedef struct {
     uint64_t key0, key1;
-    uint64_t offset, raw_len;
+    uint64_t offset, raw_len, total;
 } staged;
 
 typedef struct {
@@ -1027,8 +1971,10 @@ static void batch_release(put_batch *b)
 
 static void stop_writing(tc_store *s, const char *what, int errnum)
 {
-    if (!s->stop_writing)
+    if (!s->stop_writing) {
         snprintf(s->io_error, sizeof(s->io_error), "%s: %s", what, strerror(errnum));
+        fault(s, errnum == ENOMEM ? TC_FAULT_NOMEM : TC_FAULT_WRITE, "%s", s->io_error);
+    }
     s->stop_writing = 1;
 }
 
@@ -1066,32 +2012,21 @@ static size_t batch_flush(tc_store *s, put_batch *b)
     g->file_len = start + done;
     g->scan_end = g->file_len;
     size_t indexed = 0;
-    char merr[200];
-    if (segment_map(g, g->file_len, merr, sizeof(merr)) < 0) {
-        snprintf(s->io_error, sizeof(s->io_error), "%s", merr);
-        s->stop_writing = 1;
-        batch_release(b);
-        return 0;
-    }
     for (size_t i = 0; i < b->nrecs; i++) {
         staged *r = &b->recs[i];
-        if (r->offset >= start + done)
+        if (r->offset + r->total > start + done)
             break;
-        const rec_header *h = (const rec_header *)(g->base + r->offset);
-        uint64_t total;
-        if (r->offset + REC_HEADER_BYTES > start + done ||
-            header_check(h, start + done - r->offset, &total) != HDR_OK)
-            break;
-        int ins = index_insert(s, r->key0, r->key1, (size_t)s->own, r->offset, h->raw_len,
-                               ENTRY_VERIFIED);
+        /* Unverified: our own records are checked at their first use like
+         * anyone else's, since their bytes may change on disk after the write
+         * (docs/format.md, section 6). */
+        int ins = index_insert(s, r->key0, r->key1, (size_t)s->own, r->offset, r->raw_len, 0);
         if (ins < 0) {
-            snprintf(s->io_error, sizeof(s->io_error), "out of memory indexing a record");
-            s->stop_writing = 1;
+            stop_writing(s, "indexing a record", ENOMEM);
             break;
         }
         indexed += (size_t)ins;
         s->records_written++;
-        s->bytes_written += total;
+        s->bytes_written += r->total;
     }
     batch_release(b);
     return indexed;
@@ -1121,6 +2056,7 @@ static uint8_t *arena_reserve(tc_store *s, uint64_t total, size_t *seg, uint64_t
         munmap(p, (size_t)len);
         return NULL;
     }
+    s->segs[si].live_writer = 1;
     s->segs[si].base = p;
     s->segs[si].map_len = (size_t)len;
     s->own = si;
@@ -1160,13 +2096,14 @@ static int put_locked(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtyp
     memset(&b, 0, sizeof(b));
     b.recs = malloc((n ? n : 1) * sizeof(staged));
     b.buffers = malloc((n ? n : 1) * sizeof(void *));
-    rec_header *headers = malloc((n ? n : 1) * sizeof(rec_header));
+    uint8_t(*headers)[REC_HEADER_BYTES] = malloc((n ? n : 1) * REC_HEADER_BYTES);
     if (b.recs == NULL || b.buffers == NULL || headers == NULL) {
         free(b.recs);
         free(b.buffers);
         free(headers);
-        set_err(err, err_len, "out of memory");
-        return TC_STORE_ENOMEM;
+        /* storing is best effort: a put without memory stores nothing */
+        fault(s, TC_FAULT_NOMEM, "out of memory staging %zu records", n);
+        return TC_STORE_OK;
     }
     /* Bytes this call has staged but not yet written count against max_bytes. */
     uint64_t staged_bytes = 0;
@@ -1216,33 +2153,42 @@ static int put_locked(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtyp
                 break;
             }
         }
-        rec_header *h = &headers[b.nrecs];
-        memset(h, 0, sizeof(*h));
-        h->magic = REC_MAGIC;
-        h->version = REC_VERSION;
-        h->ndim = (uint8_t)ndim;
-        h->flags = flags;
-        h->key0 = k0;
-        h->key1 = k1;
-        h->dtype_word = dtype_word;
-        h->raw_len = item_bytes;
-        h->stored_len = stored_len;
-        for (int d = 0; d < ndim; d++)
-            h->shape[d] = shape[d];
-        h->payload_sum = payload_checksum(payload, stored_len);
-        h->header_sum = header_checksum(h);
-        uint64_t pad = total - REC_HEADER_BYTES - stored_len;
-
+        /* The record's place first: version 2 headers are bound to it. */
+        size_t seg = 0;
+        uint64_t off = 0;
+        uint8_t *dst = NULL;
         if (s->dir == NULL) {
-            size_t seg;
-            uint64_t off;
-            uint8_t *dst = arena_reserve(s, total, &seg, &off);
+            dst = arena_reserve(s, total, &seg, &off);
             if (dst == NULL) {
                 free(zbuf);
                 stop_writing(s, "allocating arena memory", ENOMEM);
                 break;
             }
-            memcpy(dst, h, REC_HEADER_BYTES);
+        } else {
+            seg = (size_t)s->own;
+            off = s->segs[seg].file_len + b.bytes;
+        }
+        rec_header h;
+        memset(&h, 0, sizeof(h));
+        h.magic = REC_MAGIC;
+        h.version = REC_VERSION;
+        h.ndim = (uint8_t)ndim;
+        h.flags = flags;
+        h.key0 = k0;
+        h.key1 = k1;
+        h.dtype_word = dtype_word;
+        h.raw_len = item_bytes;
+        h.stored_len = stored_len;
+        for (int d = 0; d < ndim; d++)
+            h.shape[d] = shape[d];
+        h.payload_sum = payload_checksum(payload, stored_len);
+        h.header_sum = header_checksum(&h, s->segs[seg].id, off);
+        uint8_t *hb = headers[b.nrecs];
+        header_encode(&h, hb);
+        uint64_t pad = total - REC_HEADER_BYTES - stored_len;
+
+        if (s->dir == NULL) {
+            memcpy(dst, hb, REC_HEADER_BYTES);
             /* An empty item's source may be NULL, which memcpy must not get. */
             if (stored_len)
                 memcpy(dst + REC_HEADER_BYTES, payload, (size_t)stored_len);
@@ -1261,11 +2207,12 @@ static int put_locked(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtyp
         staged *r = &b.recs[b.nrecs++];
         r->key0 = k0;
         r->key1 = k1;
-        r->offset = s->segs[s->own].file_len + b.bytes;
+        r->offset = off;
         r->raw_len = item_bytes;
+        r->total = total;
         if (zbuf)
             b.buffers[b.nbuffers++] = zbuf;
-        b.iov[b.niov++] = (struct iovec){h, REC_HEADER_BYTES};
+        b.iov[b.niov++] = (struct iovec){hb, REC_HEADER_BYTES};
         if (stored_len)
             b.iov[b.niov++] = (struct iovec){(void *)payload, (size_t)stored_len};
         if (pad)
@@ -1301,7 +2248,9 @@ int tc_store_refresh(tc_store *s, size_t *added, char *err, size_t err_len)
     *added = 0;
     fork_check(s);
     pthread_rwlock_wrlock(&s->lock);
-    int rc = s->closed ? closed_err(err, err_len) : refresh_locked(s, added, err, err_len);
+    int rc = s->closed ? closed_err(err, err_len) : refresh_locked(s, added, 1, err, err_len);
+    if (rc == TC_STORE_ENOMEM)
+        rc = TC_STORE_OK; /* counted as a fault; the index stays as it was */
     pthread_rwlock_unlock(&s->lock);
     return rc;
 }
@@ -1311,15 +2260,23 @@ int tc_store_refresh(tc_store *s, size_t *added, char *err, size_t err_len)
 /* Walks one segment like segment_scan but from offset 0, checking every payload.
  * Read lock held: index entries change state only atomically (entry_kill). */
 static void segment_verify(tc_store *s, size_t si, tc_store_verify_result *r,
-                           tc_store_problem_fn problem, void *ctx)
+                           tc_store_problem_fn problem, void *ctx, uint8_t *buf)
 {
-    const segment *g = &s->segs[si];
+    segment *g = &s->segs[si];
+    window w = {buf, SCAN_WINDOW_BYTES, 0, 0, -1, 0};
+    if (g->path != NULL && (w.fd = seg_acquire(s, si)) < 0)
+        return;
     uint64_t off = 0, len = g->file_len;
+    int kind = NO_FAULT, errnum = 0;
     while (off + REC_HEADER_BYTES <= len) {
-        const rec_header *h = (const rec_header *)(g->base + off);
+        const uint8_t *b = win_get(g, &w, off, REC_HEADER_BYTES, SCAN_WINDOW_BYTES, &kind, &errnum);
+        if (b == NULL)
+            break;
+        rec_header h;
+        header_decode(b, &h);
         uint64_t total = 0;
         const char *why = NULL;
-        int rc = header_validate(h, len - off, &total, &why);
+        int rc = header_validate(&h, g->id, off, len - off, &total, &why);
         if (rc == HDR_SHORT) {
             /* A header that checks over a payload not yet all there: a write in
              * progress or a writer that died (section 6).  Never served. */
@@ -1328,7 +2285,7 @@ static void segment_verify(tc_store *s, size_t si, tc_store_verify_result *r,
                 problem(ctx, g->name, si, off,
                         "record runs past the end of the segment (torn tail or write in "
                         "progress)");
-            return;
+            break;
         }
         if (rc == HDR_BAD) {
             r->corrupt++;
@@ -1337,18 +2294,27 @@ static void segment_verify(tc_store *s, size_t si, tc_store_verify_result *r,
             /* Resynchronise as the scan does: the next aligned header that checks. */
             uint64_t o = off + REC_ALIGN;
             for (; o + REC_HEADER_BYTES <= len; o += REC_ALIGN) {
-                const rec_header *n = (const rec_header *)(g->base + o);
+                const uint8_t *nb =
+                    win_get(g, &w, o, REC_HEADER_BYTES, SCAN_WINDOW_BYTES, &kind, &errnum);
+                if (nb == NULL) {
+                    o = len;
+                    break;
+                }
+                rec_header n;
+                header_decode(nb, &n);
                 uint64_t t;
-                if (n->magic == REC_MAGIC && header_check(n, len - o, &t) != HDR_BAD)
+                if (n.magic == REC_MAGIC && header_check(&n, g->id, o, len - o, &t) != HDR_BAD)
                     break;
             }
             off = o;
             continue;
         }
-        const uint8_t *payload = (const uint8_t *)h + REC_HEADER_BYTES;
-        entry *e = index_find(s, h->key0, h->key1);
+        entry *e = index_find(s, h.key0, h.key1);
         int indexed_here = e != NULL && e->seg == si + 1 && e->offset == off;
-        if (payload_checksum(payload, h->stored_len) != h->payload_sum) {
+        int ok = payload_verify(s, si, off, &h);
+        if (ok < 0)
+            break; /* a fault (counted): the rest of this segment is not judged */
+        if (!ok) {
             r->corrupt++;
             if (problem)
                 problem(ctx, g->name, si, off, "payload checksum mismatch");
@@ -1362,6 +2328,10 @@ static void segment_verify(tc_store *s, size_t si, tc_store_verify_result *r,
         }
         off += total;
     }
+    if (g->path != NULL)
+        seg_release(s, si);
+    if (kind != NO_FAULT)
+        fault(s, kind, "reading segment %s: %s", g->path, strerror(errnum));
 }
 
 int tc_store_verify(tc_store *s, tc_store_verify_result *r, tc_store_problem_fn problem,
@@ -1371,20 +2341,29 @@ int tc_store_verify(tc_store *s, tc_store_verify_result *r, tc_store_problem_fn 
     fork_check(s);
     pthread_rwlock_wrlock(&s->lock);
     size_t added = 0;
-    int rc = s->closed ? closed_err(err, err_len) : refresh_locked(s, &added, err, err_len);
+    int rc = s->closed ? closed_err(err, err_len) : refresh_locked(s, &added, 1, err, err_len);
     pthread_rwlock_unlock(&s->lock);
     if (rc != TC_STORE_OK)
         return rc;
+    uint8_t *buf = malloc(SCAN_WINDOW_BYTES);
+    if (buf == NULL) {
+        set_err(err, err_len, "out of memory");
+        return TC_STORE_ENOMEM;
+    }
     /* The walk reads payloads: only the read lock, so lookups and gathers go on. */
     pthread_rwlock_rdlock(&s->lock);
     if (s->closed) {
         rc = closed_err(err, err_len);
     } else {
-        for (size_t si = 0; si < s->nsegs; si++)
-            segment_verify(s, si, r, problem, ctx);
-        r->segments = s->nsegs;
+        for (size_t si = 0; si < s->nsegs; si++) {
+            if (s->segs[si].ignored || s->segs[si].gone)
+                continue;
+            segment_verify(s, si, r, problem, ctx, buf);
+            r->segments++;
+        }
     }
     pthread_rwlock_unlock(&s->lock);
+    free(buf);
     return rc;
 }
 
@@ -1394,12 +2373,21 @@ int tc_store_stats_get(tc_store *s, tc_store_stats *st)
     pthread_rwlock_rdlock(&s->lock);
     memset(st, 0, sizeof(*st));
     st->records = __atomic_load_n(&s->records, __ATOMIC_RELAXED);
-    st->segments = s->nsegs;
+    for (size_t i = 0; i < s->nsegs; i++)
+        st->segments += !s->segs[i].ignored && !s->segs[i].gone;
     st->corrupt = __atomic_load_n(&s->corrupt, __ATOMIC_RELAXED);
     st->bytes_written = s->bytes_written;
     st->records_written = s->records_written;
     st->bytes_indexed = __atomic_load_n(&s->bytes_indexed, __ATOMIC_RELAXED);
     st->refreshes = s->refreshes;
+    st->readdirs = s->readdirs;
+    st->skipped = s->skipped;
+    st->gone = __atomic_load_n(&s->gone, __ATOMIC_RELAXED);
+    pthread_mutex_lock(&s->fd_lock);
+    st->open_fds = s->nopen + (s->own >= 0 && s->dir != NULL);
+    pthread_mutex_unlock(&s->fd_lock);
+    for (int k = 0; k < TC_FAULT_KINDS; k++)
+        st->faults[k] = __atomic_load_n(&s->faults[k], __ATOMIC_RELAXED);
     st->full = s->full;
     int closed = s->closed;
     pthread_rwlock_unlock(&s->lock);
@@ -1415,4 +2403,307 @@ int tc_store_io_error(tc_store *s, char *buf, size_t len)
         snprintf(buf, len, "%s", s->io_error);
     pthread_rwlock_unlock(&s->lock);
     return have;
+}
+
+uint64_t tc_store_fault_take(tc_store *s, int kind, char *buf, size_t len)
+{
+    if (kind < 0 || kind >= TC_FAULT_KINDS)
+        return 0;
+    fork_check(s);
+    pthread_rwlock_rdlock(&s->lock);
+    pthread_mutex_lock(&s->fault_lock);
+    uint64_t now = __atomic_load_n(&s->faults[kind], __ATOMIC_RELAXED);
+    uint64_t news = now - s->reported[kind];
+    s->reported[kind] = now;
+    if (news && buf != NULL && len > 0)
+        snprintf(buf, len, "%s", s->fault_msg[kind]);
+    pthread_mutex_unlock(&s->fault_lock);
+    pthread_rwlock_unlock(&s->lock);
+    return news;
+}
+
+/* ---- compaction (docs/multiprocess.md, "Compaction") ------------------------ */
+
+/* The keys already written to the merged segment: open addressing, no deletes. */
+typedef struct {
+    uint64_t *keys; /* pairs; (0, 0) marks an empty slot, so that key is kept aside */
+    size_t n, used;
+    int have_zero;
+} key_set;
+
+/* 1 if added, 0 if present, -1 without memory. */
+static int key_set_add(key_set *k, uint64_t k0, uint64_t k1)
+{
+    if (k0 == 0 && k1 == 0) {
+        int had = k->have_zero;
+        k->have_zero = 1;
+        return !had;
+    }
+    if ((k->used + 1) * 2 > k->n) {
+        size_t n = k->n ? 2 * k->n : 1024;
+        uint64_t *keys = calloc(2 * n, sizeof(uint64_t));
+        if (keys == NULL)
+            return -1;
+        for (size_t i = 0; i < k->n; i++) {
+            if (k->keys[2 * i] == 0 && k->keys[2 * i + 1] == 0)
+                continue;
+            size_t j = (size_t)tc_fmix64(k->keys[2 * i] ^ (k->keys[2 * i + 1] * GAMMA)) & (n - 1);
+            while (keys[2 * j] != 0 || keys[2 * j + 1] != 0)
+                j = (j + 1) & (n - 1);
+            keys[2 * j] = k->keys[2 * i];
+            keys[2 * j + 1] = k->keys[2 * i + 1];
+        }
+        free(k->keys);
+        k->keys = keys;
+        k->n = n;
+    }
+    size_t j = (size_t)tc_fmix64(k0 ^ (k1 * GAMMA)) & (k->n - 1);
+    for (;; j = (j + 1) & (k->n - 1)) {
+        if (k->keys[2 * j] == k0 && k->keys[2 * j + 1] == k1)
+            return 0;
+        if (k->keys[2 * j] == 0 && k->keys[2 * j + 1] == 0)
+            break;
+    }
+    k->keys[2 * j] = k0;
+    k->keys[2 * j + 1] = k1;
+    k->used++;
+    return 1;
+}
+
+static int write_fully(int fd, const void *p, size_t n, uint64_t off)
+{
+    const uint8_t *b = p;
+    while (n > 0) {
+        ssize_t w = pwrite(fd, b, n, (off_t)off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            if (w == 0)
+                errno = ENOSPC;
+            return -1;
+        }
+        b += w;
+        n -= (size_t)w;
+        off += (uint64_t)w;
+    }
+    return 0;
+}
+
+/* Copies the verified records of segment si whose keys are new to `seen` to
+ * out_fd at *out_off.  A record is copied chunk by chunk while its payload
+ * checksum is computed; one that fails is overwritten by the next.  Returns 1
+ * (walked to its end), 0 (walked in part: keep the segment), or -1 with err set
+ * (a write failed or no memory: the merge is abandoned). */
+static int compact_segment(tc_store *s, size_t si, key_set *seen, int out_fd, uint64_t out_id,
+                           uint64_t *out_off, uint8_t *chunk, tc_store_compact_result *r,
+                           char *err, size_t err_len)
+{
+    segment *g = &s->segs[si];
+    window w = {s->scan_buf, SCAN_WINDOW_BYTES, 0, 0, -1, 0};
+    if ((w.fd = seg_acquire(s, si)) < 0)
+        return 0;
+    int rc = 0, kind = NO_FAULT, errnum = 0;
+    uint64_t off = 0;
+    while (off + REC_HEADER_BYTES <= g->file_len) {
+        const uint8_t *b = win_get(g, &w, off, REC_HEADER_BYTES, SCAN_WINDOW_BYTES, &kind, &errnum);
+        if (b == NULL)
+            break;
+        uint8_t hb[REC_HEADER_BYTES];
+        memcpy(hb, b, sizeof(hb));
+        rec_header h;
+        header_decode(hb, &h);
+        uint64_t total = 0;
+        int hc = header_check(&h, g->id, off, g->file_len - off, &total);
+        if (hc == HDR_SHORT)
+            break;
+        if (hc == HDR_BAD) {
+            g->scan_end = off;
+            g->resync_from = 0;
+            uint64_t next;
+            if (!segment_resync(g, &w, &next, &kind, &errnum))
+                break;
+            off = next;
+            continue;
+        }
+        int fresh = key_set_add(seen, h.key0, h.key1);
+        if (fresh < 0) {
+            set_err(err, err_len, "out of memory merging %s", s->dir);
+            rc = -1;
+            break;
+        }
+        if (fresh) {
+            /* header (bound again to its new place), payload in chunks
+             * (checksummed on the way), padding */
+            uint64_t sum = payload_sum_begin(h.stored_len), start = *out_off;
+            h.version = REC_VERSION;
+            h.header_sum = header_checksum(&h, out_id, start);
+            header_encode(&h, hb);
+            if (write_fully(out_fd, hb, sizeof(hb), start) < 0) {
+                set_err(err, err_len, "writing the merged segment in %s: %s", s->dir,
+                        strerror(errno));
+                rc = -1;
+                break;
+            }
+            int ok = 1;
+            for (uint64_t done = 0; done < h.stored_len;) {
+                size_t len = h.stored_len - done < VERIFY_CHUNK_BYTES
+                                 ? (size_t)(h.stored_len - done) : VERIFY_CHUNK_BYTES;
+                struct iovec iov = {chunk, len};
+                if ((kind = read_fully(w.fd, &iov, 1, off + REC_HEADER_BYTES + done,
+                                       &errnum)) != NO_FAULT) {
+                    ok = 0;
+                    break;
+                }
+                sum = payload_sum_feed(sum, chunk, len);
+                if (write_fully(out_fd, chunk, len, start + REC_HEADER_BYTES + done) < 0) {
+                    set_err(err, err_len, "writing the merged segment in %s: %s", s->dir,
+                            strerror(errno));
+                    rc = -1;
+                    break;
+                }
+                done += len;
+            }
+            if (rc < 0)
+                break;
+            if (ok == 1 && sum == h.payload_sum) {
+                uint64_t pad = total - REC_HEADER_BYTES - h.stored_len;
+                if (pad && write_fully(out_fd, zero_pad, (size_t)pad,
+                                       start + REC_HEADER_BYTES + h.stored_len) < 0) {
+                    set_err(err, err_len, "writing the merged segment in %s: %s", s->dir,
+                            strerror(errno));
+                    rc = -1;
+                    break;
+                }
+                *out_off = start + total;
+                r->records++;
+                r->bytes += total;
+            } else {
+                r->dropped++;
+            }
+            if (kind != NO_FAULT)
+                break;
+        } else {
+            r->duplicates++;
+        }
+        off += total;
+    }
+    seg_release(s, si);
+    if (rc < 0)
+        return -1;
+    /* A segment walked only in part (a read fault, a resync budget spent) may
+     * hold records that were not merged: it must not be removed. */
+    return kind == NO_FAULT && !g->resync_more ? 1 : 0;
+}
+
+int tc_store_compact(const char *dir, int64_t min_idle_s, tc_store_compact_result *r,
+                     char *merged, size_t merged_len, char *err, size_t err_len)
+{
+    memset(r, 0, sizeof(*r));
+    if (merged && merged_len)
+        merged[0] = '\0';
+    tc_store_options opt = {0};
+    tc_store *s = NULL;
+    int rc = tc_store_open(dir, &opt, &s, err, err_len);
+    if (rc != TC_STORE_OK)
+        return rc;
+    pthread_rwlock_wrlock(&s->lock);
+    int64_t now_wall = wall_ns();
+    int64_t idle_ns = min_idle_s * 1000000000LL;
+    size_t *victims = calloc(s->nsegs ? s->nsegs : 1, sizeof(size_t));
+    uint8_t *chunk = malloc(VERIFY_CHUNK_BYTES);
+    key_set seen = {0};
+    size_t nv = 0;
+    char tmp_path[PATH_MAX] = "", final_path[PATH_MAX] = "";
+    int out_fd = -1;
+    if (victims == NULL || chunk == NULL) {
+        set_err(err, err_len, "out of memory");
+        rc = TC_STORE_ENOMEM;
+        goto done;
+    }
+    for (size_t si = 0; si < s->nsegs; si++) {
+        segment *g = &s->segs[si];
+        if (g->ignored || g->gone)
+            continue;
+        r->segments++;
+        if (tc_store_writer_may_append(g->name, g->mtime_ns, now_wall, idle_ns, s->host))
+            r->live++;
+        else
+            victims[nv++] = si;
+    }
+    if (nv < 2) {
+        r->kept = r->segments;
+        goto done; /* nothing to merge */
+    }
+    uint64_t rnd = random64();
+    char name[160];
+    snprintf(name, sizeof(name), "seg-%s-%ld-%016llx.tcs", s->host, (long)getpid(),
+             (unsigned long long)rnd);
+    snprintf(final_path, sizeof(final_path), "%s/%s", dir, name);
+    snprintf(tmp_path, sizeof(tmp_path), "%s/.%s.compact.tmp", dir, name);
+    out_fd = fd_above_stdio(
+        open(tmp_path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666));
+    if (out_fd < 0) {
+        set_err(err, err_len, "cannot create %s: %s", tmp_path, strerror(errno));
+        tmp_path[0] = '\0';
+        rc = TC_STORE_EIO;
+        goto done;
+    }
+    uint64_t out_off = 0;
+    for (size_t v = 0; v < nv; v++) {
+        int walked = compact_segment(s, victims[v], &seen, out_fd, segment_id(name), &out_off,
+                                     chunk, r, err, err_len);
+        if (walked < 0) {
+            rc = TC_STORE_EIO;
+            goto done;
+        }
+        if (!walked)
+            s->segs[victims[v]].live_writer = -1; /* marks it: not to be removed */
+    }
+    /* Durable before anything is removed: the data, then the name. */
+    if (ftruncate(out_fd, (off_t)out_off) < 0 || fsync(out_fd) < 0 ||
+        rename(tmp_path, final_path) < 0) {
+        set_err(err, err_len, "cannot complete the merged segment %s: %s", final_path,
+                strerror(errno));
+        rc = TC_STORE_EIO;
+        goto done;
+    }
+    tmp_path[0] = '\0';
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0 || fsync(dfd) < 0) {
+        set_err(err, err_len, "cannot sync directory %s: %s", dir, strerror(errno));
+        if (dfd >= 0)
+            close(dfd);
+        rc = TC_STORE_EIO;
+        goto done;
+    }
+    if (merged && merged_len)
+        snprintf(merged, merged_len, "%s", name);
+    /* Remove a merged segment only if it is still the file we read, unchanged. */
+    for (size_t v = 0; v < nv; v++) {
+        segment *g = &s->segs[victims[v]];
+        struct stat st;
+        if (g->live_writer != -1 &&
+            fstatat(AT_FDCWD, g->path, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_dev == g->dev &&
+            st.st_ino == g->ino && (uint64_t)st.st_size == g->file_len &&
+            mtime_of(&st) == g->mtime_ns &&
+            !tc_store_writer_may_append(g->name, g->mtime_ns, wall_ns(), idle_ns, s->host) &&
+            unlink(g->path) == 0)
+            r->removed++;
+        else
+            r->kept++;
+    }
+    r->kept += r->segments - nv;
+    fsync(dfd);
+    close(dfd);
+done:
+    if (out_fd >= 0)
+        close(out_fd);
+    if (tmp_path[0])
+        unlink(tmp_path);
+    pthread_rwlock_unlock(&s->lock);
+    free(seen.keys);
+    free(chunk);
+    free(victims);
+    tc_store_free(s);
+    return rc;
 }

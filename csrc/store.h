@@ -27,6 +27,25 @@ enum {
     TC_STORE_ECLOSED = -8,
 };
 
+/* Faults: things that went wrong while serving or storing and that cost the
+ * affected rows (they read as misses, or are not stored) instead of an error
+ * code.  Counted per kind; tc_store_fault_take reports each kind's news once. */
+enum {
+    TC_FAULT_IO,        /* a read of a segment failed (EIO, ESTALE, ...) */
+    TC_FAULT_SHORT,     /* a record ends past the end of its file: truncated under us */
+    TC_FAULT_OPEN,      /* a segment could not be opened (EMFILE, ENFILE, EACCES, ...) */
+    TC_FAULT_DIRECTORY, /* the directory could not be read (removed, EACCES, EMFILE) */
+    TC_FAULT_NOMEM,     /* an allocation failed */
+    TC_FAULT_CHANGED,   /* a record's header changed on disk after it was indexed */
+    TC_FAULT_MISMATCH,  /* a stored record's dtype or item shape differs from dest's */
+    TC_FAULT_ZSTD,      /* a record could not be decompressed */
+    TC_FAULT_WRITE,     /* storing stopped after a write error (see tc_store_io_error) */
+    TC_FAULT_KINDS
+};
+
+/* The name of a fault kind ("io", "short_read", ...), as stats() spells it. */
+const char *tc_store_fault_name(int kind);
+
 typedef struct tc_store tc_store;
 
 typedef struct {
@@ -45,6 +64,11 @@ typedef struct {
     uint64_t records_written; /* records this store appended */
     uint64_t bytes_indexed;   /* raw (uncompressed) payload bytes of the indexed records */
     uint64_t refreshes;       /* scans for other writers' records */
+    uint64_t readdirs;        /* refreshes that listed the directory */
+    uint64_t skipped;         /* entries named like segments that are not regular files */
+    uint64_t gone;            /* segments removed or replaced while indexed */
+    uint64_t open_fds;        /* segment descriptors held now (the writer's included) */
+    uint64_t faults[TC_FAULT_KINDS];
     int full;                 /* max_bytes was reached */
 } tc_store_stats;
 
@@ -58,16 +82,20 @@ void tc_store_close(tc_store *s);
 void tc_store_free(tc_store *s);
 
 /* present[i] = 1 if keys[2i], keys[2i+1] is stored and its payload verifies.  When a
- * key misses, picks up other writers' records first (at most every refresh_ms). */
+ * key misses, picks up other writers' records first (at most every refresh_ms).
+ * A fault makes its rows read 0; only a closed store is an error. */
 int tc_store_lookup(tc_store *s, const uint64_t *keys, size_t n, uint8_t *present, char *err,
                     size_t err_len);
 /* dtype word and item shape of the record of one key. */
 int tc_store_entry_info(tc_store *s, const uint64_t key[2], uint64_t *dtype_word, int *ndim,
                         int64_t shape[TC_STORE_MAX_NDIM], char *err, size_t err_len);
-/* Copies (decompressing) the record of each key into dest + i * item_bytes; every
- * record must have this dtype word and item shape.  On failure *bad_row is the row. */
+/* Copies (decompressing) the record of each key into dest + i * item_bytes and
+ * sets served[i] = 1, or sets served[i] = 0 where the key is absent, its record
+ * fails a check, has another dtype word or item shape, or a fault hit it; the
+ * bytes of such a row are unspecified.  Only bad arguments and a closed store
+ * are errors. */
 int tc_store_gather(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtype_word, int ndim,
-                    const int64_t *shape, uint8_t *dest, size_t *bad_row, char *err,
+                    const int64_t *shape, uint8_t *dest, uint8_t *served, char *err,
                     size_t err_len);
 /* Stores item i of src (items of this dtype and shape, compact, one after the other)
  * under keys[i], skipping keys already present.  *stored counts records appended.
@@ -76,7 +104,9 @@ int tc_store_gather(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtype_
 int tc_store_put(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtype_word, int ndim,
                  const int64_t *shape, const uint8_t *src, size_t *stored, char *err,
                  size_t err_len);
-/* Scans for other writers' records now; *added counts newly indexed records. */
+/* Scans for other writers' records now, listing the directory even if its mtime
+ * is unchanged; *added counts newly indexed records.  Faults are counted, not
+ * returned. */
 int tc_store_refresh(tc_store *s, size_t *added, char *err, size_t err_len);
 int tc_store_stats_get(tc_store *s, tc_store_stats *st);
 typedef struct {
@@ -100,6 +130,35 @@ int tc_store_verify(tc_store *s, tc_store_verify_result *r, tc_store_problem_fn 
                     void *ctx, char *err, size_t err_len);
 /* Copies the first I/O error that stopped storing into buf; returns 0 if none. */
 int tc_store_io_error(tc_store *s, char *buf, size_t len);
+/* How many faults of this kind happened since the last take (0 if none), with
+ * the message of the latest one in buf. */
+uint64_t tc_store_fault_take(tc_store *s, int kind, char *buf, size_t len);
+
+/* 1 if the writer named by a segment file name may still append to it: on this
+ * host (`host` as segment names spell it) while its pid runs, elsewhere while
+ * the file changed less than idle_ns ago (mtime and now are wall-clock ns). */
+int tc_store_writer_may_append(const char *name, int64_t mtime_ns, int64_t now_wall_ns,
+                               int64_t idle_ns, const char *host);
+
+typedef struct {
+    uint64_t segments;   /* segment files found */
+    uint64_t live;       /* of them, written by writers that may still append: untouched */
+    uint64_t removed;    /* merged and removed */
+    uint64_t kept;       /* not removed: live, changed while merging, or nothing to merge */
+    uint64_t records;    /* verified records written to the merged segment */
+    uint64_t bytes;      /* their bytes */
+    uint64_t duplicates; /* records skipped: their key was already merged */
+    uint64_t dropped;    /* records skipped: a payload that failed its checksum */
+} tc_store_compact_result;
+
+/* Merges the verified records of the segments of `dir` whose writers cannot
+ * append any more (tc_store_writer_may_append with idle_ns = min_idle_s) into
+ * one new segment: written to a temporary file, fsynced, renamed, the directory
+ * fsynced, then the merged segments removed (each only if unchanged since it
+ * was read).  Needs at least two such segments.  `merged` receives the new
+ * segment's file name ("" if none).  Readers and writers may run meanwhile. */
+int tc_store_compact(const char *dir, int64_t min_idle_s, tc_store_compact_result *r,
+                     char *merged, size_t merged_len, char *err, size_t err_len);
 
 /* Bytes per element of a dtype word, 0 if it is not a whole number of bytes. */
 size_t tc_store_itemsize(uint64_t dtype_word);

@@ -22,49 +22,89 @@ typedef struct {
     int closed;
 } StoreObject;
 
+/* The store's exceptions, made at module init (single-phase init: one
+ * interpreter, so plain globals).  Each is a StoreError, which is an OSError, and
+ * also the built-in type that callers caught before the hierarchy existed. */
+static PyObject *StoreError, *StoreClosedError, *StoreKeyError, *StoreCorruptError,
+    *StoreMismatchError, *StoreZstdError;
+
+typedef struct {
+    const char *name; /* torchcache_c._C.<name>, re-exported by torchcache_c */
+    PyObject **type;
+    PyObject **also;  /* the built-in base besides StoreError; NULL for StoreError */
+    const char *doc;
+} store_exception;
+
+static const store_exception store_exceptions[] = {
+    {"StoreError", &StoreError, NULL,
+     "An error of the torchcache_c store (an OSError).  Faults while serving or "
+     "storing are never raised: they are misses (Store.take_faults)."},
+    {"StoreClosedError", &StoreClosedError, &PyExc_ValueError, "The store is closed."},
+    {"StoreKeyError", &StoreKeyError, &PyExc_KeyError, "The key is not in the store."},
+    {"StoreCorruptError", &StoreCorruptError, &PyExc_KeyError,
+     "The key's record failed a check and was dropped."},
+    {"StoreMismatchError", &StoreMismatchError, &PyExc_ValueError,
+     "The stored record has another dtype or item shape than the destination."},
+    {"StoreZstdError", &StoreZstdError, &PyExc_RuntimeError,
+     "libzstd is missing or failed."},
+};
+
+/* Engine code -> exception type: the one table the binding raises from
+ * (NULL type: MemoryError). */
+static const struct {
+    int code;
+    PyObject **type;
+} engine_errors[] = {
+    {TC_STORE_EARG, &PyExc_ValueError},
+    {TC_STORE_EIO, &StoreError},
+    {TC_STORE_ENOMEM, NULL},
+    {TC_STORE_EMISSING, &StoreKeyError},
+    {TC_STORE_EMISMATCH, &StoreMismatchError},
+    {TC_STORE_ECORRUPT, &StoreCorruptError},
+    {TC_STORE_EZSTD, &StoreZstdError},
+    {TC_STORE_ECLOSED, &StoreClosedError},
+};
+
+/* Raises the exception of an engine error code (engine_errors). */
+static void raise_engine_error(int rc, const char *msg)
+{
+    for (size_t i = 0; i < sizeof(engine_errors) / sizeof(engine_errors[0]); i++) {
+        if (engine_errors[i].code != rc)
+            continue;
+        if (engine_errors[i].type == NULL)
+            PyErr_NoMemory();
+        else
+            PyErr_SetString(*engine_errors[i].type, msg);
+        return;
+    }
+    PyErr_Format(PyExc_SystemError, "unknown store error code %d: %s", rc, msg);
+}
+
 static int check_open(StoreObject *self)
 {
     if (self->closed || self->store == NULL) {
-        PyErr_SetString(PyExc_ValueError, "store is closed");
+        raise_engine_error(TC_STORE_ECLOSED, "store is closed");
         return -1;
     }
     return 0;
 }
 
-/* Raises the exception that matches an engine error code. */
-static void raise_engine_error(int rc, const char *msg)
+static int store_exceptions_init(PyObject *module)
 {
-    PyObject *type;
-    switch (rc) {
-    case TC_STORE_EARG:
-    case TC_STORE_EMISMATCH:
-    case TC_STORE_ECLOSED:
-        type = PyExc_ValueError;
-        break;
-    case TC_STORE_EMISSING:
-    case TC_STORE_ECORRUPT:
-        type = PyExc_KeyError;
-        break;
-    case TC_STORE_ENOMEM:
-        PyErr_NoMemory();
-        return;
-    case TC_STORE_EIO:
-        type = PyExc_OSError;
-        break;
-    default:
-        type = PyExc_RuntimeError;
-        break;
+    for (size_t i = 0; i < sizeof(store_exceptions) / sizeof(store_exceptions[0]); i++) {
+        const store_exception *e = &store_exceptions[i];
+        char qualified[96];
+        snprintf(qualified, sizeof(qualified), "torchcache_c._C.%s", e->name);
+        PyObject *bases = e->also ? PyTuple_Pack(2, StoreError, *e->also)
+                                  : PyTuple_Pack(1, PyExc_OSError);
+        if (bases == NULL)
+            return -1;
+        *e->type = PyErr_NewExceptionWithDoc(qualified, e->doc, bases, NULL);
+        Py_DECREF(bases);
+        if (*e->type == NULL || PyModule_AddObjectRef(module, e->name, *e->type) < 0)
+            return -1;
     }
-    if (type == PyExc_KeyError) {
-        /* KeyError(str) would show the message with quotes; it is still the key error. */
-        PyObject *m = PyUnicode_FromString(msg);
-        if (m) {
-            PyErr_SetObject(type, m);
-            Py_DECREF(m);
-        }
-        return;
-    }
-    PyErr_SetString(type, msg);
+    return 0;
 }
 
 static int is_cpu(const tc_view *v)
@@ -188,10 +228,7 @@ static PyObject *Store_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     Py_END_ALLOW_THREADS
     Py_XDECREF(path_bytes);
     if (rc != TC_STORE_OK) {
-        if (rc == TC_STORE_EIO)
-            PyErr_SetString(PyExc_OSError, err);
-        else
-            raise_engine_error(rc, err);
+        raise_engine_error(rc, err);
         Py_DECREF(self);
         return NULL;
     }
@@ -278,7 +315,10 @@ static PyObject *Store_entry_info(StoreObject *self, PyObject *args)
     int ndim;
     int64_t shape[TC_STORE_MAX_NDIM];
     char err[512] = "";
-    int rc = tc_store_entry_info(self->store, key, &dtype_word, &ndim, shape, err, sizeof(err));
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = tc_store_entry_info(self->store, key, &dtype_word, &ndim, shape, err, sizeof(err));
+    Py_END_ALLOW_THREADS
     if (rc != TC_STORE_OK) {
         raise_engine_error(rc, err);
         return NULL;
@@ -298,12 +338,15 @@ static PyObject *Store_entry_info(StoreObject *self, PyObject *args)
 }
 
 PyDoc_STRVAR(gather_doc,
-"gather(keys, dest) -> None\n--\n\n"
-"Copy the stored record of every row of keys (all must be present) into\n"
-"dest[i], decompressing where needed.  dest is a contiguous CPU tensor of\n"
-"shape (H, *item_shape) whose dtype and item shape every record must have\n"
-"(ValueError naming the row otherwise; KeyError if a key is absent).  The\n"
-"GIL is released while copying.");
+"gather(keys, dest) -> bytes\n--\n\n"
+"Copy the stored record of every row of keys into dest[i], decompressing\n"
+"where needed, and return N bytes: 1 where row i was served, 0 where it was\n"
+"not (key absent, record damaged or of another dtype or item shape, or a\n"
+"fault such as an I/O error or a segment truncated or removed under the\n"
+"reader; see stats()['faults'] and take_faults()).  Rows not served hold\n"
+"unspecified bytes: compute them.  dest is a contiguous CPU tensor of shape\n"
+"(N, *item_shape).  Never raises for a fault; the GIL is released while\n"
+"copying.");
 
 /* The (keys, batch) arguments of gather and put: `fmt` is "OO:<method>" and
  * `what` names the batch argument.  Returns 0 with both views held, or -1. */
@@ -329,21 +372,28 @@ static PyObject *Store_gather(StoreObject *self, PyObject *args)
     tc_view keys, dest;
     if (keys_and_batch(self, args, "OO:gather", "dest", &keys, &dest) < 0)
         return NULL;
+    Py_ssize_t n = (Py_ssize_t)keys.shape[0];
+    PyObject *served = PyBytes_FromStringAndSize(NULL, n);
+    if (served == NULL) {
+        tc_view_release(&keys);
+        tc_view_release(&dest);
+        return NULL;
+    }
     char err[512] = "";
-    size_t bad_row = 0;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = tc_store_gather(self->store, (const uint64_t *)keys.data, (size_t)keys.shape[0],
-                         dest.dtype_word, dest.ndim - 1, dest.shape + 1, dest.data, &bad_row,
-                         err, sizeof(err));
+    rc = tc_store_gather(self->store, (const uint64_t *)keys.data, (size_t)n, dest.dtype_word,
+                         dest.ndim - 1, dest.shape + 1, dest.data,
+                         (uint8_t *)PyBytes_AS_STRING(served), err, sizeof(err));
     Py_END_ALLOW_THREADS
     tc_view_release(&keys);
     tc_view_release(&dest);
     if (rc != TC_STORE_OK) {
+        Py_DECREF(served);
         raise_engine_error(rc, err);
         return NULL;
     }
-    Py_RETURN_NONE;
+    return served;
 }
 
 PyDoc_STRVAR(put_doc,
@@ -509,8 +559,29 @@ static PyObject *Store_verify(StoreObject *self, PyObject *unused)
 
 PyDoc_STRVAR(stats_doc,
 "stats() -> dict\n--\n\n"
-"records (indexed), segments, corrupt (records skipped), bytes_written and\n"
-"records_written (by this store), bytes_indexed, refreshes, full, io_error.");
+"records (indexed), segments (files read), corrupt (records skipped),\n"
+"bytes_written and records_written (by this store), bytes_indexed, refreshes,\n"
+"readdirs (refreshes that listed the directory), skipped (entries named like\n"
+"segments that are not regular files), gone (segments removed or replaced\n"
+"while indexed), open_fds (segment descriptors held now), faults (a dict:\n"
+"fault kind -> count since open), full, io_error.");
+
+static PyObject *faults_dict(const uint64_t *counts)
+{
+    PyObject *d = PyDict_New();
+    if (d == NULL)
+        return NULL;
+    for (int k = 0; k < TC_FAULT_KINDS; k++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(counts[k]);
+        if (v == NULL || PyDict_SetItemString(d, tc_store_fault_name(k), v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    return d;
+}
 
 static PyObject *Store_stats(StoreObject *self, PyObject *unused)
 {
@@ -518,16 +589,28 @@ static PyObject *Store_stats(StoreObject *self, PyObject *unused)
     if (check_open(self) < 0)
         return NULL;
     tc_store_stats st;
-    if (tc_store_stats_get(self->store, &st) != TC_STORE_OK) {
-        PyErr_SetString(PyExc_ValueError, "store is closed");
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = tc_store_stats_get(self->store, &st);
+    Py_END_ALLOW_THREADS
+    if (rc != TC_STORE_OK) {
+        raise_engine_error(rc, "store is closed");
         return NULL;
     }
     char io[512];
-    int have_io = tc_store_io_error(self->store, io, sizeof(io));
+    int have_io;
+    Py_BEGIN_ALLOW_THREADS
+    have_io = tc_store_io_error(self->store, io, sizeof(io));
+    Py_END_ALLOW_THREADS
     PyObject *io_obj = have_io ? PyUnicode_DecodeFSDefault(io) : Py_NewRef(Py_None);
     if (io_obj == NULL)
         return NULL;
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:O,s:N}",
+    PyObject *faults = faults_dict(st.faults);
+    if (faults == NULL) {
+        Py_DECREF(io_obj);
+        return NULL;
+    }
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:N,s:O,s:N}",
                          "records", (unsigned long long)st.records,
                          "segments", (unsigned long long)st.segments,
                          "corrupt", (unsigned long long)st.corrupt,
@@ -535,8 +618,46 @@ static PyObject *Store_stats(StoreObject *self, PyObject *unused)
                          "records_written", (unsigned long long)st.records_written,
                          "bytes_indexed", (unsigned long long)st.bytes_indexed,
                          "refreshes", (unsigned long long)st.refreshes,
+                         "readdirs", (unsigned long long)st.readdirs,
+                         "skipped", (unsigned long long)st.skipped,
+                         "gone", (unsigned long long)st.gone,
+                         "open_fds", (unsigned long long)st.open_fds,
+                         "faults", faults,
                          "full", st.full ? Py_True : Py_False,
                          "io_error", io_obj);
+}
+
+PyDoc_STRVAR(take_faults_doc,
+"take_faults() -> dict\n--\n\n"
+"The fault kinds that happened since the last call, each with the message of\n"
+"its latest fault: {kind: message}.  Empty when nothing went wrong.  A cache\n"
+"calls it after its store calls and logs each kind once.");
+
+static PyObject *Store_take_faults(StoreObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (check_open(self) < 0)
+        return NULL;
+    PyObject *d = PyDict_New();
+    if (d == NULL)
+        return NULL;
+    for (int k = 0; k < TC_FAULT_KINDS; k++) {
+        char msg[256] = "";
+        uint64_t news;
+        Py_BEGIN_ALLOW_THREADS
+        news = tc_store_fault_take(self->store, k, msg, sizeof(msg));
+        Py_END_ALLOW_THREADS
+        if (news == 0)
+            continue;
+        PyObject *m = PyUnicode_DecodeFSDefault(msg);
+        if (m == NULL || PyDict_SetItemString(d, tc_store_fault_name(k), m) < 0) {
+            Py_XDECREF(m);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(m);
+    }
+    return d;
 }
 
 PyDoc_STRVAR(close_doc,
@@ -576,7 +697,9 @@ static PyObject *Store_get_is_full(StoreObject *self, void *closure)
     tc_store_stats st;
     if (self->store == NULL)
         Py_RETURN_FALSE;
+    Py_BEGIN_ALLOW_THREADS
     tc_store_stats_get(self->store, &st);
+    Py_END_ALLOW_THREADS
     return PyBool_FromLong(st.full);
 }
 
@@ -584,7 +707,13 @@ static PyObject *Store_get_io_error(StoreObject *self, void *closure)
 {
     (void)closure;
     char io[512];
-    if (self->store == NULL || !tc_store_io_error(self->store, io, sizeof(io)))
+    int have = 0;
+    if (self->store == NULL)
+        Py_RETURN_NONE;
+    Py_BEGIN_ALLOW_THREADS
+    have = tc_store_io_error(self->store, io, sizeof(io));
+    Py_END_ALLOW_THREADS
+    if (!have)
         Py_RETURN_NONE;
     return PyUnicode_DecodeFSDefault(io);
 }
@@ -614,6 +743,7 @@ static PyMethodDef Store_methods[] = {
     {"put", (PyCFunction)Store_put, METH_VARARGS, put_doc},
     {"refresh", (PyCFunction)Store_refresh, METH_NOARGS, refresh_doc},
     {"stats", (PyCFunction)Store_stats, METH_NOARGS, stats_doc},
+    {"take_faults", (PyCFunction)Store_take_faults, METH_NOARGS, take_faults_doc},
     {"verify", (PyCFunction)Store_verify, METH_NOARGS, verify_doc},
     {"close", (PyCFunction)Store_close, METH_NOARGS, close_doc},
     {"__enter__", (PyCFunction)Store_enter, METH_NOARGS, NULL},
@@ -653,8 +783,68 @@ static PyTypeObject StoreType = {
     .tp_new = Store_new,
 };
 
+PyDoc_STRVAR(compact_doc,
+"compact(path, min_idle_s=3600) -> dict\n--\n\n"
+"Merge the verified records of the segments of the cache directory path whose\n"
+"writers cannot append any more (on this host: the pid in the name is not\n"
+"running; elsewhere: unchanged for min_idle_s seconds) into one new segment\n"
+"(temporary file, fsync, rename, directory fsync), then remove the merged\n"
+"segments that are unchanged.  Other processes may read and write meanwhile\n"
+"(docs/multiprocess.md, \"Compaction\").  Returns segments, live, removed,\n"
+"kept, records, bytes, duplicates, dropped and merged (the new segment's file\n"
+"name, or None when fewer than two segments could be merged).");
+
+static PyObject *store_compact(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    (void)module;
+    static char *kwlist[] = {"path", "min_idle_s", NULL};
+    PyObject *path_bytes = NULL;
+    long long min_idle_s = 3600;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|L:compact", kwlist,
+                                     PyUnicode_FSConverter, &path_bytes, &min_idle_s))
+        return NULL;
+    if (min_idle_s < 0) {
+        Py_DECREF(path_bytes);
+        PyErr_Format(PyExc_ValueError, "min_idle_s must be >= 0, not %lld", min_idle_s);
+        return NULL;
+    }
+    tc_store_compact_result r;
+    char merged[256] = "", err[512] = "";
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = tc_store_compact(PyBytes_AS_STRING(path_bytes), (int64_t)min_idle_s, &r, merged,
+                          sizeof(merged), err, sizeof(err));
+    Py_END_ALLOW_THREADS
+    Py_DECREF(path_bytes);
+    if (rc != TC_STORE_OK) {
+        raise_engine_error(rc, err);
+        return NULL;
+    }
+    PyObject *name = merged[0] ? PyUnicode_DecodeFSDefault(merged) : Py_NewRef(Py_None);
+    if (name == NULL)
+        return NULL;
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:N}",
+                         "segments", (unsigned long long)r.segments,
+                         "live", (unsigned long long)r.live,
+                         "removed", (unsigned long long)r.removed,
+                         "kept", (unsigned long long)r.kept,
+                         "records", (unsigned long long)r.records,
+                         "bytes", (unsigned long long)r.bytes,
+                         "duplicates", (unsigned long long)r.duplicates,
+                         "dropped", (unsigned long long)r.dropped,
+                         "merged", name);
+}
+
+static PyMethodDef store_functions[] = {
+    {"compact", (PyCFunction)(void (*)(void))store_compact, METH_VARARGS | METH_KEYWORDS,
+     compact_doc},
+    {NULL, NULL, 0, NULL},
+};
+
 int tc_store_module_init(PyObject *module)
 {
+    if (store_exceptions_init(module) < 0 || PyModule_AddFunctions(module, store_functions) < 0)
+        return -1;
     if (PyType_Ready(&StoreType) < 0)
         return -1;
     Py_INCREF(&StoreType);

@@ -9,6 +9,7 @@ see fuzz/fuzz_hash.c).  Deterministic; run from the repository root:
 from __future__ import annotations
 
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 
@@ -18,6 +19,40 @@ from torchcache_c import build_info
 from torchcache_c._C import Store
 
 OUT = Path(__file__).parent / "corpus"
+# fuzz/fuzz_segment.c reads every input under this name; version 2 records are
+# bound to their segment's name (docs/format.md, section 4).
+FUZZ_SEGMENT = "seg-fuzz-1-0000000000000000.tcs"
+V1_FIXTURE = Path(__file__).parent.parent / "tests" / "data" / "segment-v1"
+M64 = (1 << 64) - 1
+
+
+def fmix64(z: int) -> int:
+    z = ((z ^ (z >> 33)) * 0xFF51AFD7ED558CCD) & M64
+    z = ((z ^ (z >> 33)) * 0xC4CEB9FE1A85EC53) & M64
+    return z ^ (z >> 33)
+
+
+def segment_id(name: str) -> int:
+    h = 0xCBF29CE484222325
+    for c in name.encode():
+        h = ((h ^ c) * 0x100000001B3) & M64
+    return fmix64(h)
+
+
+def rebind(data: bytes, name: str = FUZZ_SEGMENT) -> bytes:
+    """The segment's version 2 records with header_sum recomputed for `name`
+    (docs/format.md, section 4), as if a writer of that name had written them."""
+    out = bytearray(data)
+    off = 0
+    while off + 128 <= len(out):
+        words = list(struct.unpack_from("<16Q", out, off))
+        words[7] = 0
+        a = fmix64(0x74637368647232 ^ segment_id(name)) ^ off
+        for w in words:
+            a = (fmix64(a ^ w) + 0x9E3779B97F4A7C15) & M64
+        struct.pack_into("<Q", out, off + 56, a)
+        off += 128 + (words[5] + 63) // 64 * 64
+    return bytes(out)
 
 
 def segment_bytes(batches, zstd_level=None) -> bytes:
@@ -28,7 +63,7 @@ def segment_bytes(batches, zstd_level=None) -> bytes:
             store.put(keys, items)
         store.close()
         (seg,) = Path(tmp).glob("seg-*.tcs")
-        return seg.read_bytes()
+        return rebind(seg.read_bytes())
 
 
 def keys(first: int, n: int) -> torch.Tensor:
@@ -67,6 +102,8 @@ def main() -> None:
     (seg_dir / "header_bit_flip").write_bytes(bytes(header_flip))
     rec = len(whole) // 4
     (seg_dir / "garbage_between").write_bytes(whole[:rec] + b"\xab" * 192 + whole[rec:])
+    (v1,) = V1_FIXTURE.glob("seg-*.tcs")  # version 1 records are still read
+    (seg_dir / "v1_rows").write_bytes(v1.read_bytes())
 
     # fuzz_hash.c: size selector, ndim, order, extra (broadcast/pad bits),
     # shape bytes, sample count (2 bytes), then element bytes.
@@ -81,7 +118,7 @@ def main() -> None:
     for name, data in hash_seeds.items():
         (hash_dir / name).write_bytes(data)
     total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
-    print(f"wrote {len(seeds) + 4} segment and {len(hash_seeds)} hash seeds, {total} bytes")
+    print(f"wrote {len(seeds) + 5} segment and {len(hash_seeds)} hash seeds, {total} bytes")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ def check_served(store: Store, keys: torch.Tensor, numel: int) -> int:
     present = torch.tensor(list(store.lookup(keys)), dtype=torch.bool)
     hit = keys[present].contiguous()
     dest = torch.full((hit.shape[0], numel), -1, dtype=torch.int64)
-    store.gather(hit, dest)
+    assert store.gather(hit, dest) == b"\x01" * hit.shape[0]
     assert torch.equal(dest, items_for(hit, numel))
     return int(present.sum())
 

@@ -343,13 +343,22 @@ class ModuleCache:
         else:
             with handle.lock:
                 present = self._lookup(handle.store, keys, len(layout["dtypes"]))
-        miss = (~present).nonzero().squeeze(1)
         hit = present.nonzero().squeeze(1)
+        hit_leaves: List[torch.Tensor] = []
+        if len(hit):
+            # A hit the store could not serve (a fault, a record changed since the
+            # lookup) runs forward with the misses.
+            with handle.lock:
+                hit_leaves, served = self._gather(handle.store, keys[hit], layout, device)
+            if not bool(served.all()):
+                present[hit[~served]] = False
+                hit_leaves = [t[served.to(t.device)] for t in hit_leaves]
+                hit = present.nonzero().squeeze(1)
+        miss = (~present).nonzero().squeeze(1)
         with self._lock:
             self._counts["hits"] += len(hit)
             self._counts["misses"] += len(miss)
         miss_leaves: List[torch.Tensor] = []
-        hit_handle, hit_keys = handle, keys[hit]
         if len(miss):
             miss_leaves, layout = self._forward_misses(forward, args, kwargs, inputs, miss,
                                                        batch)
@@ -360,11 +369,10 @@ class ModuleCache:
                                                     batch)
             self._register_layout(handle, ctx_hex, layout)
             self._store(handle, keys[miss], miss_leaves, layout)
+        self._report_faults(handle.store)
         if not len(hit):
             return _unflatten(layout["spec"], [self._returned(t, layout, j, device)
                                                for j, t in enumerate(miss_leaves)])
-        with hit_handle.lock:
-            hit_leaves = self._gather(hit_handle.store, hit_keys, layout, device)
         leaves = []
         for j, hit_leaf in enumerate(hit_leaves):
             if not len(miss):
@@ -602,19 +610,38 @@ class ModuleCache:
             self._log_once("io", "cache stopped storing after an I/O error: %s",
                            handle.store.io_error)
 
-    def _gather(self, store: Any, keys: torch.Tensor, layout: dict, device) -> List[torch.Tensor]:
+    def _gather(self, store: Any, keys: torch.Tensor, layout: dict,
+                device) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """The hit rows' leaves and which rows every leaf served (Store.gather
+        never raises for a fault; an unserved row is recomputed by the caller)."""
         leaves = []
+        served = torch.ones(len(keys), dtype=torch.bool)
         pin = device.type == "cuda"
         for j, name in enumerate(layout["dtypes"]):
             leaf_keys = self._leaf_keys(keys, j)
             if isinstance(store, DeviceTier):
                 leaves.append(store.fetch(leaf_keys).to(device=device, dtype=_DTYPE_NAMES[name]))
                 continue
-            word, shape = store.entry_info(leaf_keys, 0)
+            try:
+                word, shape = store.entry_info(leaf_keys, 0)
+            except KeyError:  # row 0's record went away since the lookup
+                return leaves, torch.zeros(len(keys), dtype=torch.bool)
             dest = torch.empty((len(keys), *shape), dtype=_dtype_from_word(word), pin_memory=pin)
-            store.gather(leaf_keys, dest)
+            mask = store.gather(leaf_keys, dest)
+            served &= torch.frombuffer(bytearray(mask), dtype=torch.uint8).bool()
             leaves.append(dest.to(device=device, dtype=_DTYPE_NAMES[name], non_blocking=pin))
-        return leaves
+        return leaves, served
+
+    def _report_faults(self, store: Any) -> None:
+        """One WARNING per kind of store fault (I/O error, truncated or removed
+        segment, descriptor limit...): the rows it hit were computed instead."""
+        take = getattr(store, "take_faults", None)
+        if take is None:
+            return
+        for kind, message in take().items():
+            self._log_once(f"fault:{kind}", "cache store fault (%s): %s; the affected items "
+                           "are computed instead of read, and later faults of this kind are "
+                           "counted in stats()['store']['faults']", kind, message)
 
     def _log_once(self, what: str, msg: str, *args: Any) -> None:
         if what not in self._logged:

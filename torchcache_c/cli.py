@@ -1,4 +1,4 @@
-"""python -m torchcache_c info|verify|clear|prune DIR: tools for cache directories.
+"""python -m torchcache_c info|verify|clear|prune|compact DIR: tools for cache directories.
 
 DIR is a cache root (the decorator's persistent_cache_dir, one subdirectory per
 module key) or one module-key directory.  A module-key directory holds segment
@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ._C import Store
 from .meta import META_NAME, META_TMP, read_module_meta
+from .compact import COMPACT_TMP, compact_module, many_segments_warning, summary
 
 # docs/format.md, section 1: the reader's rule, so that clear removes exactly
 # what a store would read.
@@ -77,7 +78,7 @@ def _is_ours(name: str, directory: Path) -> bool:
     if name == META_NAME:
         return read_module_meta(directory) is not None
     return bool(_SEGMENT.match(name) or _LAYOUT.match(name) or _LAYOUT_TMP.match(name)
-                or META_TMP.match(name))
+                or META_TMP.match(name) or COMPACT_TMP.match(name))
 
 
 def _scan_module(path: Path) -> ModuleDir:
@@ -220,6 +221,9 @@ def cmd_info(args: argparse.Namespace) -> int:
                         **_meta_fields(m)})
     totals = {k: sum(int(m[k]) for m in modules)  # type: ignore[call-overload]
               for k in ("entries", "bytes", "segments", "corrupt", "layouts")}
+    warning = many_segments_warning([int(m["segments"]) for m in modules])  # type: ignore
+    if warning:
+        print(warning, file=sys.stderr)
     if args.json:
         print(json.dumps({"root": str(cache.root), "modules": modules, "totals": totals},
                          indent=2))
@@ -541,6 +545,22 @@ def _print_prune(removal: List[ModuleDir], rule: Dict[str, str], left: Dict[str,
             print(f"left {m.path} in place: {left[m.key]}")
 
 
+
+
+# ---- compact ---------------------------------------------------------------------
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    cache = resolve(args.dir)
+    results = [(str(m.path), compact_module(str(m.path), args.min_idle)) for m in cache.modules]
+    if args.json:
+        print(json.dumps({"root": str(cache.root),
+                          "modules": [{"path": p, **r} for p, r in results]}, indent=2))
+    else:
+        for path, r in results:
+            print(summary(path, r))
+    return EXIT_OK
+
+
 # ---- entry point -----------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -587,6 +607,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "removed; those directories and files stay)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_prune)
+    p = sub.add_parser("compact", help="merge the segments of finished writers into one")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--min-idle", type=int, default=3600, metavar="SECONDS",
+                   help="a segment of another host counts as finished after this long "
+                        "unchanged (default 3600)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_compact)
     return parser
 
 
