@@ -359,3 +359,17 @@ def test_module_level_dict_mutated_in_place_is_seen_by_revalidate():
     assert torch.equal(m(x), 4 * x)
     namespace["CFG"] = {"scale": 5}     # rebinding: seen at the next call
     assert torch.equal(m(x), 5 * x)
+
+
+def test_cache_dtype_is_part_of_the_key():
+    from ordinary_modules import Backbone
+
+    half = torchcache(cache_dtype=torch.float16)(Backbone)()
+    exact = torchcache()(Backbone)()
+    x = torch.randn(4, 6)
+    with torch.no_grad():
+        rounded = half(x)
+        out = exact(x)
+        ref = Backbone()(x)
+    assert not torch.equal(rounded, ref)      # float16-rounded, stored and returned
+    assert torch.equal(out, ref)              # never another instance's rounded outputs
