@@ -133,6 +133,11 @@ def _ref(obj: Any) -> List[str]:
     return [key[0], key[1]]
 
 
+# The last lookup of each top-level name, (module, object): still valid while the module
+# in sys.modules and the name in it are the same objects (two dict lookups per call).
+_resolved: Dict[Tuple[str, str], Tuple[Any, Any]] = {}
+
+
 def _resolve(ref: Any) -> Any:
     """The object ``[module, qualname]`` names, from loaded modules only; never imports."""
     if not (isinstance(ref, list) and len(ref) == 2
@@ -140,6 +145,9 @@ def _resolve(ref: Any) -> Any:
         raise LayoutUnavailable(f"malformed class reference {ref!r} in the output layout")
     module_name, qualname = ref
     module = sys.modules.get(module_name)
+    last = _resolved.get((module_name, qualname))
+    if last is not None and last[0] is module and module.__dict__.get(qualname) is last[1]:
+        return last[1]
     obj: Any = None
     if module is not None:
         obj = module
@@ -149,6 +157,8 @@ def _resolve(ref: Any) -> Any:
             obj = namespace.get(part) if isinstance(namespace, Mapping) else None
             if obj is None:
                 break
+        if obj is not None and "." not in qualname:
+            _resolved[(module_name, qualname)] = (module, obj)
     if obj is None:
         known = _seen.get((module_name, qualname))
         obj = known() if known is not None else None
@@ -178,8 +188,28 @@ def _same_fields(cls: type, ref: List[str], recorded: Any, current: Tuple[str, .
             f"(stored {recorded!r}, now {list(current)!r}); forward runs instead")
 
 
+_dataclass_fields: "weakref.WeakKeyDictionary[type, Tuple[Any, Tuple[str, ...]]]" = (
+    weakref.WeakKeyDictionary())
+
+
+def _fields(cls: type) -> Tuple[Tuple[dataclasses.Field, ...], Tuple[str, ...]]:
+    """A dataclass's fields and their names, computed once per class."""
+    known = _dataclass_fields.get(cls)
+    if known is None:
+        fields = dataclasses.fields(cls)
+        known = _dataclass_fields[cls] = (fields, tuple(f.name for f in fields))
+    return known
+
+
+def _mapping_items(obj: Any) -> Any:
+    """A mapping's items; a UserDict's straight from its dict (BatchEncoding's __getitem__
+    is Python code that the walk need not run)."""
+    data = obj.__dict__.get("data") if isinstance(obj, _UserDict) else None
+    return data.items() if type(data) is dict else obj.items()
+
+
 def _field_names(cls: type) -> Tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls))
+    return _fields(cls)[1]
 
 
 def _is_namedtuple(cls: type) -> bool:
@@ -250,7 +280,8 @@ def _flatten(obj: Any, leaves: List[torch.Tensor], path: str) -> Spec:
         _str_keys(obj, path)
         node: Dict[str, Any] = {
             "mapping": _ref(t), "base": "dict" if isinstance(obj, dict) else "UserDict",
-            "items": [[k, _flatten(v, leaves, f"{path}[{k!r}]")] for k, v in obj.items()]}
+            "items": [[k, _flatten(v, leaves, f"{path}[{k!r}]")]
+                      for k, v in _mapping_items(obj)]}
         if isinstance(obj, _defaultdict):
             factory = obj.default_factory
             if factory is not None and not isinstance(
@@ -320,8 +351,8 @@ def _build(spec: Spec, it: Iterator[torch.Tensor]) -> Any:
     if "dataclass" in spec:
         ref = spec["dataclass"]
         cls = _class(ref, "dataclass", dataclasses.is_dataclass)
-        fields = dataclasses.fields(cls)
-        _same_fields(cls, ref, spec.get("fields"), tuple(f.name for f in fields))
+        fields, names = _fields(cls)
+        _same_fields(cls, ref, spec.get("fields"), names)
         values = [_build(s, it) for s in _items(spec, "items")]
         if len(values) != len(fields):
             raise LayoutUnavailable(f"malformed output layout node {spec!r}")
@@ -510,7 +541,7 @@ def _walk(obj: Any, path: str, inputs: List[Tuple[str, torch.Tensor]]) -> str:
 
 def _walk_items(obj: Any, path: str, inputs: List[Tuple[str, torch.Tensor]]) -> str:
     parts = []
-    for k, v in obj.items():
+    for k, v in _mapping_items(obj):
         key = repr(k) if type(k) is str else _key_text(k, obj, path)
         parts.append(f"{key}:{_walk(v, f'{path}[{key}]', inputs)}")
     return ",".join(parts)
@@ -544,7 +575,7 @@ def _pick(obj: Any, select: Callable[[torch.Tensor], torch.Tensor], path: str) -
         values = [_pick(v, select, f"{path}[{i}]") for i, v in enumerate(obj)]
         return obj if all(a is b for a, b in zip(values, obj)) else t(values)
     if dataclasses.is_dataclass(t):
-        fields = dataclasses.fields(t)
+        fields = _fields(t)[0]
         changed = _changed([(f.name, getattr(obj, f.name)) for f in fields], select, path, ".")
         if not changed:
             return obj
@@ -564,7 +595,7 @@ def _pick(obj: Any, select: Callable[[torch.Tensor], torch.Tensor], path: str) -
                             else t(values))
         return obj  # torch.Size
     if isinstance(obj, Mapping):
-        changed = _changed(list(obj.items()), select, path, "[]")
+        changed = _changed(list(_mapping_items(obj)), select, path, "[]")
         if not changed:
             return obj
         if isinstance(obj, _UserDict):
