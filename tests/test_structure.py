@@ -231,6 +231,12 @@ def test_unsupported_output_names_path_and_type(obj, path, typename):
         flatten_output(obj)
 
 
+def test_generation_cache_gets_a_hint():
+    DynamicCache = type("DynamicCache", (), {})
+    with pytest.raises(TypeError, match=r"output\.extra.*use_cache=False"):
+        flatten_output(Out(x(), extra=DynamicCache()))
+
+
 def test_non_str_dict_key_is_rejected_with_the_key():
     with pytest.raises(TypeError, match=r"output\[0\] with key 1 of type int .*keys must be str"):
         flatten_output([{1: x()}])

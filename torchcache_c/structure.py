@@ -237,6 +237,8 @@ def flatten_output(obj: Any) -> Tuple[Spec, List[torch.Tensor]]:
 
 def _unsupported_output(obj: Any, path: str, why: str = "") -> TypeError:
     t = type(obj)
+    if not why and t.__name__.endswith("Cache"):
+        why = " (a generation cache: call the model with use_cache=False)"
     return TypeError(
         f"{_OUTPUT_SUPPORTED}; forward returned {t.__module__}.{t.__qualname__} at {path}"
         f"{why}. Return one of these (convert other values to tensors), or do not cache "
