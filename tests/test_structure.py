@@ -124,7 +124,7 @@ def assert_same(a, b, path="output"):
             assert_same(a[k], b[k], f"{path}[{k!r}]")
     elif isinstance(a, (tuple, list)):
         assert len(a) == len(b), path
-        for i, (u, v) in enumerate(zip(a, b)):
+        for i, (u, v) in enumerate(zip(a, b, strict=False)):
             assert_same(u, v, f"{path}[{i}]")
     else:
         assert a == b or (a != a and b != b), path  # NaN equals NaN here
@@ -494,7 +494,7 @@ def test_index_preserves_every_container_type_and_passes_values_through():
             Pair(t, note), frozen, torch.max(t, 1), FrozenMapping({"m": t}),
             defaultdict(list, {"d": t}), [t, (t, "s")])
     new_args, new_kwargs = index_inputs(args, {"flag": True, "dc": DictOutput(last=t)}, pick)
-    for old, new in zip(args, new_args):
+    for old, new in zip(args, new_args, strict=False):
         assert type(old) is type(new)
     d, od, md, fe, pair, fr, mx, fm, dd, lst = new_args
     assert torch.equal(d["ids"], t[[0, 2]]) and d["meta"] is args[0]["meta"]

@@ -9,6 +9,7 @@ runs in.
 """
 import dataclasses
 import json
+import weakref
 
 import pytest
 import torch
@@ -176,7 +177,7 @@ def assert_same_output(out, ref):
         _assert_equal(getattr(out, name), getattr(ref, name), name)
     assert list(out.keys()) == list(ref.keys())
     assert len(out.to_tuple()) == len(ref.to_tuple())
-    for i, (a, b) in enumerate(zip(out.to_tuple(), ref.to_tuple())):
+    for i, (a, b) in enumerate(zip(out.to_tuple(), ref.to_tuple(), strict=False)):
         _assert_equal(a, b, f"to_tuple()[{i}]")
     assert torch.equal(out[0], ref[0]) and torch.equal(out.last_hidden_state, ref[0])
     assert torch.equal(out["last_hidden_state"], ref.last_hidden_state)
@@ -190,17 +191,33 @@ def _assert_equal(a, b, path):
         assert torch.equal(a, b), f"{path}: values differ"
     else:
         assert type(a) is type(b) and len(a) == len(b), path
-        for i, (u, v) in enumerate(zip(a, b)):
+        for i, (u, v) in enumerate(zip(a, b, strict=False)):
             _assert_equal(u, v, f"{path}[{i}]")
 
 
 def forward_sizes(module):
-    """Batch sizes that reach the model's embeddings (forward ran on those items)."""
+    """Batch sizes that reach the model's embeddings (forward ran on those items).
+
+    Counted by patching the embeddings class in place, not by a hook: a hook is part of
+    the module key (a hook changes outputs), and library classes count by version, so
+    this patch does not change any key."""
+    embeddings = module.embeddings
+    cls = type(embeddings)
+    if "_sizes_by_module" not in vars(cls):
+        original = cls.forward
+        registry = weakref.WeakKeyDictionary()
+
+        def counting(self, *args, **kwargs):
+            sizes = registry.get(self)
+            if sizes is not None:
+                first = args[0] if args else next(v for v in kwargs.values() if v is not None)
+                sizes.append(first.shape[0])
+            return original(self, *args, **kwargs)
+
+        cls.forward = counting
+        cls._sizes_by_module = registry
     sizes = []
-    module.embeddings.register_forward_pre_hook(
-        lambda mod, args, kwargs: sizes.append(
-            (args[0] if args else next(v for v in kwargs.values() if v is not None)).shape[0]),
-        with_kwargs=True)
+    cls._sizes_by_module[embeddings] = sizes
     return sizes
 
 
@@ -288,9 +305,16 @@ def test_bert_persistent_fresh_process_serves_all_hits_without_forward(tmp_path)
         import json, pathlib, torch
         from test_transformers import CachedBert, BertModel, bert_config, forward_sizes, twins
         saved = torch.load({str(tmp_path / "expected.pt")!r})
+        from transformers.models.bert import modeling_bert
         m, _ = twins(CachedBert, BertModel, bert_config(), seed=106,
                      cache_dir=pathlib.Path({str(tmp_path)!r}))  # the same init arguments
-        sizes = forward_sizes(m)
+        # Count forward runs without a hook (a hook is part of the module key): patch
+        # the library class in place, which library code counting by version ignores.
+        sizes, embed = [], modeling_bert.BertEmbeddings.forward
+        def counting(self, *args, **kwargs):
+            sizes.append(1)
+            return embed(self, *args, **kwargs)
+        modeling_bert.BertEmbeddings.forward = counting
         with torch.no_grad():
             out = m(**saved["batch"])
         print(json.dumps({{

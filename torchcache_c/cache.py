@@ -15,7 +15,6 @@ from __future__ import annotations
 import atexit
 import functools
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -32,13 +31,18 @@ from . import _C
 from ._compat import autocast_state
 from .device_tier import DeviceTier
 from .hashing import hash_tensor
-from .keys import KeyTracker, _Walk
+from .keys import KeyTracker
 from .meta import touch_module_dir
+from .sidecar import read_json_validated, write_json_atomic
+from .structure import (LayoutUnavailable, flatten_inputs, flatten_output, index_inputs,
+                        leaf_paths, unflatten_output)
 
 logger = logging.getLogger("torchcache_c")
 
-_SIMPLE = (int, float, str, bool, type(None), torch.dtype)
-_LAYOUT_FORMAT = "torchcache_c-layout-1"
+# Layout sidecars: -1 had tensors, tuples, lists and dicts; -2 adds the nodes of
+# structure.py (ModelOutput, dataclasses, namedtuples, mappings, constants).
+_LAYOUT_FORMAT = "torchcache_c-layout-2"
+_LAYOUT_FORMATS = ("torchcache_c-layout-1", _LAYOUT_FORMAT)
 
 # DLPack (code, bits) of every torch dtype that can be stored; names that an older
 # torch lacks are skipped.
@@ -174,29 +178,18 @@ def _tier_device(option: Any, input_device: torch.device) -> Optional[torch.devi
 
 # ---- output layouts ------------------------------------------------------------
 
-def _flatten(obj: Any, leaves: List[torch.Tensor], path: str) -> Any:
-    if isinstance(obj, torch.Tensor):
-        leaves.append(obj)
-        return "T"
-    if isinstance(obj, (tuple, list)) and type(obj) in (tuple, list):
-        kind = type(obj).__name__
-        return {kind: [_flatten(v, leaves, f"{path}[{i}]") for i, v in enumerate(obj)]}
-    if type(obj) is dict and all(isinstance(k, str) for k in obj):
-        return {"dict": [[k, _flatten(v, leaves, f"{path}[{k!r}]")] for k, v in obj.items()]}
-    raise TypeError(
-        f"torchcache_c caches tensors and plain tuples/lists/dicts (str keys) of tensors; "
-        f"forward returned {type(obj).__qualname__} at output{path}"
-    )
-
-
-def _unflatten(spec: Any, leaves: List[torch.Tensor]) -> Any:
-    if spec == "T":
-        return leaves.pop(0)
-    if "tuple" in spec:
-        return tuple(_unflatten(s, leaves) for s in spec["tuple"])
-    if "list" in spec:
-        return [_unflatten(s, leaves) for s in spec["list"]]
-    return {k: _unflatten(s, leaves) for k, s in spec["dict"]}
+def _layout_is_valid(data: Any) -> bool:
+    """The layout sidecar's schema: a known format, dtype names, and a spec whose
+    tensor leaves match them (structure.py's spec, docs/shim.md)."""
+    if not isinstance(data, dict) or data.get("format") not in _LAYOUT_FORMATS:
+        return False
+    dtypes = data.get("dtypes")
+    if not isinstance(dtypes, list) or not all(d in _DTYPE_NAMES for d in dtypes):
+        return False
+    try:
+        return len(leaf_paths(data.get("spec"))) == len(dtypes)
+    except (LayoutUnavailable, TypeError, KeyError, ValueError, AttributeError):
+        return False
 
 
 # ---- the cache of one module instance or function ----------------------------------
@@ -329,6 +322,18 @@ class ModuleCache:
 
     def _call(self, forward: Callable, args: tuple, kwargs: dict,
               training: Optional[bool]) -> Any:
+        try:
+            return self._cached_call(forward, args, kwargs, training)
+        except LayoutUnavailable:
+            # The stored layout names a class this process has not loaded (the cache
+            # never imports on a directory's behalf): the module answers this call.
+            self._log_once("layout-class", "a stored output layout names a class that is "
+                           "not loaded in this process; %s runs forward for such calls",
+                           self.qualname)
+            return forward(*args, **kwargs)
+
+    def _cached_call(self, forward: Callable, args: tuple, kwargs: dict,
+                     training: Optional[bool]) -> Any:
         inputs, context, batch, device = self._split_arguments(args, kwargs)
         if batch == 0:
             return forward(*args, **kwargs)
@@ -371,8 +376,8 @@ class ModuleCache:
             self._store(handle, keys[miss], miss_leaves, layout)
         self._report_faults(handle.store)
         if not len(hit):
-            return _unflatten(layout["spec"], [self._returned(t, layout, j, device)
-                                               for j, t in enumerate(miss_leaves)])
+            return unflatten_output(layout["spec"], [self._returned(t, layout, j, device)
+                                                     for j, t in enumerate(miss_leaves)])
         leaves = []
         for j, hit_leaf in enumerate(hit_leaves):
             if not len(miss):
@@ -387,29 +392,12 @@ class ModuleCache:
             out[hit.to(device)] = hit_leaf
             out[miss.to(device)] = miss_leaf
             leaves.append(out)
-        return _unflatten(layout["spec"], leaves)
+        return unflatten_output(layout["spec"], leaves)
 
     # -- steps --
 
     def _split_arguments(self, args: tuple, kwargs: dict):
-        inputs: List[Tuple[Any, torch.Tensor]] = []
-        parts: List[str] = []
-        named = [(i, a) for i, a in enumerate(args)] + sorted(kwargs.items())
-        for name, value in named:
-            if isinstance(value, torch.Tensor):
-                if value.dim() == 0:
-                    raise ValueError(
-                        f"argument {name!r} is a 0-d tensor; cached inputs need a leading "
-                        "batch dimension (use x.reshape(1) for one item)")
-                inputs.append((name, value))
-                parts.append(f"{name}=T")
-            elif self._simple(value):
-                parts.append(f"{name}={_Walk().value(value)}")
-            else:
-                raise TypeError(
-                    f"argument {name!r} of type {type(value).__qualname__} cannot be part of a "
-                    "cache key; pass tensors with a batch dimension, or int, float, str, bool, "
-                    "None, torch.dtype and tuples of them")
+        inputs, context = flatten_inputs(args, kwargs)
         if not inputs:
             raise ValueError("a cached call needs at least one tensor argument with a batch "
                              "dimension")
@@ -417,12 +405,7 @@ class ModuleCache:
         if len(set(sizes.values())) != 1:
             raise ValueError(f"every tensor argument must have the same leading batch size; "
                              f"got {sizes}")
-        return inputs, ";".join(parts), inputs[0][1].shape[0], inputs[0][1].device
-
-    def _simple(self, value: Any) -> bool:
-        if isinstance(value, (tuple, list)):
-            return all(self._simple(v) for v in value)
-        return isinstance(value, _SIMPLE)
+        return inputs, context, inputs[0][1].shape[0], inputs[0][1].device
 
     def _check_grad(self, inputs) -> None:
         for name, t in inputs:
@@ -513,14 +496,13 @@ class ModuleCache:
     def _layout(self, handle: _StoreHandle, ctx_hex: str) -> Optional[dict]:
         layout = handle.layouts.get(ctx_hex)
         if layout is None and self.persistent:
-            path = self.cache_dir / f"layout-{ctx_hex}.json"
-            try:
-                data = json.loads(path.read_text())
-                if data.get("format") == _LAYOUT_FORMAT:
-                    layout = {"spec": data["spec"], "dtypes": data["dtypes"]}
-                    handle.layouts[ctx_hex] = layout
-            except (OSError, ValueError, KeyError):
-                return None
+            # Missing, unreadable or not matching the schema: the call runs forward and
+            # the sidecar is written again.
+            data = read_json_validated(str(self.cache_dir / f"layout-{ctx_hex}.json"),
+                                       _layout_is_valid)
+            if data is not None:
+                layout = {"spec": data["spec"], "dtypes": data["dtypes"]}
+                handle.layouts[ctx_hex] = layout
         return layout
 
     def _keyed(self, inputs, context: str, device, grad: bool, training,
@@ -535,11 +517,9 @@ class ModuleCache:
         if len(miss) == batch:
             out = forward(*args, **kwargs)
         else:
-            index = {name: t[miss.to(t.device)] for name, t in inputs}
-            out = forward(*[index.get(i, a) for i, a in enumerate(args)],
-                          **{k: index.get(k, v) for k, v in kwargs.items()})
-        leaves: List[torch.Tensor] = []
-        spec = _flatten(out, leaves, "")
+            sub_args, sub_kwargs = index_inputs(args, kwargs, lambda t: t[miss.to(t.device)])
+            out = forward(*sub_args, **sub_kwargs)
+        spec, leaves = flatten_output(out)
         for j, leaf in enumerate(leaves):
             if leaf.dim() == 0 or leaf.shape[0] != len(miss):
                 raise ValueError(
@@ -562,13 +542,11 @@ class ModuleCache:
 
     def _write_layout(self, ctx_hex: str, layout: dict) -> None:
         path = self.cache_dir / f"layout-{ctx_hex}.json"
-        if path.exists():
+        if read_json_validated(str(path), _layout_is_valid) is not None:
             return
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"format": _LAYOUT_FORMAT, **layout}))
-            os.replace(tmp, path)
+            write_json_atomic(str(path), {"format": _LAYOUT_FORMAT, **layout})
         except OSError as exc:
             self._log_once("layout", "could not write %s (%s); other processes will "
                            "recompute these outputs once", path, exc)

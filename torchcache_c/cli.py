@@ -34,7 +34,9 @@ from .compact import COMPACT_TMP, compact_module, many_segments_warning, summary
 _SEGMENT = re.compile(r"seg-.+\.tcs\Z", re.DOTALL)
 # cache.py: layout sidecars, and the temporary files they are written through.
 _LAYOUT = re.compile(r"layout-.+\.json\Z", re.DOTALL)
-_LAYOUT_TMP = re.compile(r"\.layout-.+\.json\.\d+\.\d+\.tmp\Z", re.DOTALL)
+# Temporary files: ".layout-X.json.<pid>.<thread id>.tmp" (torchcache_c 0.1) and
+# ".layout-X.json.<pid>.<16 hex>.tmp" (sidecar.write_json_atomic).
+_LAYOUT_TMP = re.compile(r"\.layout-.+\.json\.\d+\.[0-9a-f]+\.tmp\Z", re.DOTALL)
 
 EXIT_OK, EXIT_CORRUPT, EXIT_ERROR = 0, 1, 2
 

@@ -256,7 +256,7 @@ class _Walk:
                 contents = cell.cell_contents
             except ValueError:
                 contents = None
-            parts.append(f"free {name}={self.value(contents, 1)}")
+            parts.append(f"free {name}={self._mutable_aware(cell, name, contents)}")
         names = sorted(_names_of(code))
         namespace = fn.__globals__
         for name in names:
@@ -271,9 +271,15 @@ class _Walk:
         an in-place change is seen by revalidate() (docs/keys.md, section 3)."""
         value = namespace[name]
         self.bindings.append((namespace, name, value))
+        return self._mutable_aware(namespace, name, value, names)
+
+    def _mutable_aware(self, holder: Any, name: str, value: Any,
+                       names: Iterable[str] = ()) -> str:
+        """A value held by a namespace or a closure cell; a mutable one by its contents
+        as first read in this process (see _binding)."""
         if not _is_mutable(value):
             return self.value(value, 1, names)
-        memo_key = (id(namespace), name, id(value))
+        memo_key = (id(holder), name, id(value))
         known = _mutable_texts.get(memo_key)
         if known is None or self.fresh:
             known = (value, self.value(value, 1, names))
@@ -488,7 +494,14 @@ def instance_state(walk: _Walk, root: torch.nn.Module,
                 attributes[path] = text
             if path not in excluded:
                 attrs.append(f"{name}={text}")
-        hooks = ",".join(f"{k}={walk.value(h, 1)}" for k, h in _hooks(m))
+        hook_texts = []
+        for hook_name, hook in _hooks(m):
+            text = walk.value(hook, 1)
+            if attributes is not None:
+                attributes[f"{prefix}.<{hook_name}>"] = _HOOK + text
+            if _HOOK + text not in excluded:
+                hook_texts.append(f"{hook_name}={text}")
+        hooks = ",".join(hook_texts)
         parts.append(f"[{prefix}] {walk.code_token(type(m))} training={m.training} "
                      f"params={sorted(m._parameters)} buffers={sorted(m._buffers)} "
                      f"hooks={hooks} " + " ".join(attrs))
@@ -620,8 +633,12 @@ class KeyTracker:
                 return False
             now: Dict[str, str] = {}
             instance_state(_Walk(), module, attributes=now)
+            # An attribute forward changed or added counts by its path; a hook it installed
+            # (transformers adds output-capturing hooks at the first forward) by its code.
             written = {path for path, text in now.items()
-                       if path in self._attributes and self._attributes[path] != text}
+                       if self._attributes.get(path) != text and not text.startswith(_HOOK)}
+            written |= {text for path, text in now.items()
+                        if text.startswith(_HOOK) and path not in self._attributes}
             new = written - self.forward_written
             if new:
                 logger.info("attributes assigned by forward are left out of the key: %s",
@@ -740,6 +757,7 @@ class KeyTracker:
 
 
 _MISSING = object()
+_HOOK = "<hook>"
 # How many forward runs of an instance compare every attribute's contents afterwards.
 _LEARNING_FORWARDS = 4
 _forward_written: "weakref.WeakKeyDictionary[type, Set[str]]" = weakref.WeakKeyDictionary()

@@ -277,7 +277,8 @@ def _flatten(obj: Any, leaves: List[torch.Tensor], path: str) -> Spec:
         else:
             raise _unsupported_output(obj, path)
         return {kind: _ref(t), "fields": list(names),
-                "items": [_flatten(v, leaves, f"{path}.{n}") for n, v in zip(names, obj)]}
+                "items": [_flatten(v, leaves, f"{path}.{n}")
+                          for n, v in zip(names, obj, strict=False)]}
     if isinstance(obj, (dict, _UserDict)):
         _str_keys(obj, path)
         node: Dict[str, Any] = {
@@ -397,10 +398,10 @@ def _construct(cls: type, make: Callable[..., Any], *args: Any) -> Any:
 
 
 def _make_dataclass(cls: type, fields: Tuple[dataclasses.Field, ...], values: list) -> Any:
-    kwargs = {f.name: v for f, v in zip(fields, values) if f.init}
+    kwargs = {f.name: v for f, v in zip(fields, values, strict=False) if f.init}
     try:
         obj = cls(**kwargs)
-        for f, v in zip(fields, values):
+        for f, v in zip(fields, values, strict=False):
             if not f.init:
                 object.__setattr__(obj, f.name, v)
     except Exception as exc:
@@ -430,7 +431,7 @@ def leaf_paths(spec: Spec) -> List[str]:
                         walk(s, f"{path}[{k!r}]")
             for key in ("dataclass", "namedtuple", "structseq"):
                 if key in node:
-                    for name, s in zip(node["fields"], node["items"]):
+                    for name, s in zip(node["fields"], node["items"], strict=False):
                         walk(s, f"{path}.{name}")
 
     walk(spec, "output")
@@ -526,7 +527,7 @@ def _walk(obj: Any, path: str, inputs: List[Tuple[str, torch.Tensor]]) -> str:
                  t.__match_args__ if _is_structseq(t) else None)
         if names is not None:
             inner = ",".join([f"{n}={_walk(v, f'{path}.{n}', inputs)}"
-                              for n, v in zip(names, obj)])
+                              for n, v in zip(names, obj, strict=False)])
             return f"{_type_name(t)}({inner})"
     if isinstance(obj, Mapping):
         return f"{_type_name(t)}{{{_walk_items(obj, path, inputs)}}}"
@@ -575,7 +576,7 @@ def _pick(obj: Any, select: Callable[[torch.Tensor], torch.Tensor], path: str) -
         return {k: changed.get(k, v) for k, v in obj.items()} if changed else obj
     if t is tuple or t is list:
         values = [_pick(v, select, f"{path}[{i}]") for i, v in enumerate(obj)]
-        return obj if all(a is b for a, b in zip(values, obj)) else t(values)
+        return obj if all(a is b for a, b in zip(values, obj, strict=False)) else t(values)
     if dataclasses.is_dataclass(t):
         fields = _fields(t)[0]
         changed = _changed([(f.name, getattr(obj, f.name)) for f in fields], select, path, ".")
@@ -590,8 +591,8 @@ def _pick(obj: Any, select: Callable[[torch.Tensor], torch.Tensor], path: str) -
     if isinstance(obj, tuple):
         if _is_namedtuple(t) or _is_structseq(t):
             names = t._fields if _is_namedtuple(t) else t.__match_args__
-            values = [_pick(v, select, f"{path}.{n}") for n, v in zip(names, obj)]
-            if all(a is b for a, b in zip(values, obj)):
+            values = [_pick(v, select, f"{path}.{n}") for n, v in zip(names, obj, strict=False)]
+            if all(a is b for a, b in zip(values, obj, strict=False)):
                 return obj
             return _rebuild(obj, path, lambda: t._make(values) if _is_namedtuple(t)
                             else t(values))
