@@ -234,13 +234,17 @@ class _Walk:
                 break
             if "_torchcache_c_wrapper" in vars(klass):
                 continue
-            parts.append(class_source(klass))
+            source = class_source(klass)
+            parts.append(source)
             for attr_name, fn in _functions_of(klass):
                 parts.append(f"def {attr_name}: {self._function_body(fn)}")
-            for attr_name, value in sorted(vars(klass).items()):
-                if attr_name.startswith("__") or _is_function_like(value):
-                    continue
-                parts.append(f"attr {attr_name}={self.value(value, 1)}")
+            if source.endswith("<no source>"):
+                # The source text holds the class attributes' values; without it they
+                # count as first read (a counter that forward bumps must not re-key).
+                for attr_name, value in sorted(vars(klass).items()):
+                    if not attr_name.startswith("__") and not _is_function_like(value):
+                        parts.append(f"attr {attr_name}="
+                                     f"{self._mutable_aware(klass, attr_name, value)}")
         return "\n".join(parts)
 
     def _function_body(self, fn: Any) -> str:
