@@ -20,7 +20,10 @@ microseconds, is not counted per item).
 XXH3-128 is python-xxhash's own XXH3_128bits called from a small C loop (built
 with the system C compiler at run time) so no Python call overhead is counted;
 without a compiler it falls back to a Python loop minus the measured cost of
-hashing empty items, and says so.  Target: items of 128 B .. 3 KB at <= 2x XXH3-128.
+hashing empty items, and says so.  Both run on the calling thread, so they are timed in
+that thread's CPU time: on a shared machine a call that the OS preempts would otherwise
+be charged a whole time slice, which penalises the longer call of the two.  Target:
+items of 128 B .. 3 KB at <= 2x XXH3-128.
 
 Prints the CPU as /proc/cpuinfo names it and the load average before and after.
 """
@@ -71,16 +74,16 @@ def loadavg() -> str:
         return "?"
 
 
-def round_robin(fns: dict, repeats: int) -> dict:
+def round_robin(fns: dict, repeats: int, clock=time.perf_counter) -> dict:
     """Median seconds of each function; every repeat runs all of them once."""
     for fn in fns.values():
         fn()
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -167,7 +170,8 @@ def items(item_sizes, repeats: int) -> None:
     torch.set_num_threads(1)
     xxh_c = xxh3_items_c()
     how = xxh_c[1] if xxh_c else "python loop minus the cost of hashing empty items"
-    print(f"\n## Items: ns per item, one thread, median of {repeats} (XXH3-128: {how})")
+    print(f"\n## Items: ns per item, one thread, median of {repeats} in CPU time of this "
+          f"thread (XXH3-128: {how})")
     print(f"{'item':>9} {'working set':>11} {'hash_tensor':>12} {'XXH3-128':>9} {'hash/XXH3':>10}")
     for item in item_sizes:
         for label, total in (("memory", 128 << 20), ("in cache", 4 << 20)):
@@ -176,14 +180,16 @@ def items(item_sizes, repeats: int) -> None:
             flat = x.numpy().reshape(-1)
             if xxh_c:
                 t = round_robin({"hash": partial(hash_tensor, x),
-                                 "xxh3": partial(xxh_c[0], x.data_ptr(), item, n)}, repeats)
+                                 "xxh3": partial(xxh_c[0], x.data_ptr(), item, n)}, repeats,
+                                clock=time.thread_time)
             else:
                 mv = memoryview(flat)
                 views = [mv[i * item:(i + 1) * item] for i in range(n)]
                 f = xxhash.xxh3_128_intdigest
                 t = round_robin({"hash": partial(hash_tensor, x),
                                  "xxh3": partial(_python_loop, f, views),
-                                 "empty": partial(_python_loop, f, [mv[0:0]] * n)}, repeats)
+                                 "empty": partial(_python_loop, f, [mv[0:0]] * n)}, repeats,
+                                clock=time.thread_time)
                 t["xxh3"] = max(t["xxh3"] - t["empty"], 1e-12)
             ratio = t["hash"] / t["xxh3"]
             target = ""

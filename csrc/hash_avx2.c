@@ -1,8 +1,9 @@
-/* hash_avx2.c -- the tch128-v1 kernels with AVX2 (hash_internal.h): the 32 lanes
- * are eight ymm registers per accumulator; the block finish runs four lanes per
- * register and the item finish four items per register.  Compiled with -mavx2
- * only (setup.py, SIMD_SOURCES); called only when the CPU reports AVX2
- * (hash_dispatch.c).  Must give exactly the results of hash_portable.c. */
+/* hash_avx2.c -- the tch128-v1 kernels with AVX2 (hash_internal.h): in the stripe
+ * loop the 32 lanes are eight ymm registers per accumulator; the block finish and
+ * the item finish run half their lanes (items) four to a register and half in
+ * scalars.  Compiled with -mavx2 only (setup.py, SIMD_SOURCES); called only when
+ * the CPU reports AVX2 (hash_dispatch.c).  Must give exactly the results of
+ * hash_portable.c. */
 #include "hash_internal.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -64,8 +65,11 @@ static inline __m256i mul64(__m256i z, __m256i m_lo, __m256i m_hi)
 /* docs/hash.md, section 2: fmix64 on four lanes. */
 static inline __m256i fmix4(__m256i z)
 {
-    const __m256i m1_lo = _mm256_set1_epi64x(0xed558ccdLL), m1_hi = _mm256_set1_epi64x(0xff51afd7LL);
-    const __m256i m2_lo = _mm256_set1_epi64x(0x1a85ec53LL), m2_hi = _mm256_set1_epi64x(0xc4ceb9feLL);
+    /* The halves of 0xff51afd7ed558ccd and 0xc4ceb9fe1a85ec53. */
+    const __m256i m1_lo = _mm256_set1_epi64x(0xed558ccdLL);
+    const __m256i m1_hi = _mm256_set1_epi64x(0xff51afd7LL);
+    const __m256i m2_lo = _mm256_set1_epi64x(0x1a85ec53LL);
+    const __m256i m2_hi = _mm256_set1_epi64x(0xc4ceb9feLL);
     z = _mm256_xor_si256(z, _mm256_srli_epi64(z, 33));
     z = mul64(z, m1_lo, m1_hi);
     z = _mm256_xor_si256(z, _mm256_srli_epi64(z, 33));
