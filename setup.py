@@ -26,7 +26,10 @@ VERSION = re.search(
     r'__version__ = "([^"]+)"', (ROOT / "torchcache_c" / "_version.py").read_text()
 ).group(1)
 
-# file -> flags; compiled only on x86-64 and called only when the CPU has them.
+# The one list of which C file needs which instruction-set flags: file -> flags.
+# Compiled only on x86-64 with these flags, called only when the CPU has them
+# (csrc/hash_dispatch.c).  fuzz/build.sh and .ci/aarch64.sh read this dict
+# through .ci/simd_sources.py.
 SIMD_SOURCES = {
     "hash_avx2.c": ["-mavx2"],
     "hash_avx512.c": ["-mavx512f", "-mavx512dq"],

@@ -1,58 +1,231 @@
-"""Hash throughput against reading the same bytes (x.sum()) and copying them.
+"""CPU hash speed against reading the same bytes and against two other hashes, in one run.
 
-    python benchmarks/bench_hash.py [--batch 256] [--repeats 7]
+    python benchmarks/bench_hash.py [--repeats 7] [--threads 1,2] [--sizes 154,1233]
+                                    [--simd avx2] [--quick]
 
-Single thread by default (--threads sets torch.set_num_threads, which
-hash_tensor follows too); prints GB/s of each and the ratios
-hash / sum and hash / memcpy, medians of --repeats runs, all in this one run.
+Part 1, bulk: for each working set (default 154 MB = 256x3x224x224 float32, and 1.2 GB =
+2048 such items) and each thread count (1 .. nproc; torch.set_num_threads, which
+hash_tensor follows too), the median time of
+  - hash_tensor(x)                                 (tch128-v1, this package)
+  - x.sum()                                        (reads every byte once: the floor)
+  - XXH3-128 of the same buffer (python-xxhash)    (one thread: xxhash has none)
+  - BLAKE3 of the same buffer (blake3 wheel, max_threads = threads)
+The methods run round-robin in every repeat, so drift on a shared machine hits all
+of them alike.  Target: hash / sum >= 0.85 at every size and thread count.
+
+Part 2, items: ns per item for hash_tensor on an (N, item) batch (one thread) and
+for XXH3-128 of each item, from memory (128 MiB of items) and in cache (4 MiB: more than
+L2, within L3 on most machines; enough items that hash_tensor's per-call cost, a few
+microseconds, is not counted per item).
+XXH3-128 is python-xxhash's own XXH3_128bits called from a small C loop (built
+with the system C compiler at run time) so no Python call overhead is counted;
+without a compiler it falls back to a Python loop minus the measured cost of
+hashing empty items, and says so.  Both run on the calling thread, so they are timed in
+that thread's CPU time: on a shared machine a call that the OS preempts would otherwise
+be charged a whole time slice, which penalises the longer call of the two.  Target:
+items of 128 B .. 3 KB at <= 2x XXH3-128.
+
+Prints the CPU as /proc/cpuinfo names it and the load average before and after.
 """
 
-import argparse
-import statistics
-import time
+from __future__ import annotations
 
+import argparse
+import ctypes
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import blake3
 import torch
+import xxhash
 
 import torchcache_c
 from torchcache_c import _C, hash_tensor
 
+ITEM_SHAPE = (3, 224, 224)
 
-def _median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+
+def cpu_description() -> str:
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    simd = ",".join(f for f in ("avx2", "avx512f", "avx512dq") if f in flags) or "none"
+    return (f"{fields.get('model name', '?')} (vendor {fields.get('vendor_id', '?')}, "
+            f"family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}, "
+            f"cache size {fields.get('cache size', '?')}, {os.cpu_count()} CPUs, simd {simd})")
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def round_robin(fns: dict, repeats: int, clock=time.perf_counter) -> dict:
+    """Median seconds of each function; every repeat runs all of them once."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = clock()
+            fn()
+            times[name].append(clock() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def _blake3(data, threads: int) -> bytes:
+    return blake3.blake3(data, max_threads=threads).digest()
+
+
+def _python_loop(fn, views) -> None:
+    for v in views:
+        fn(v)
+
+
+def bulk(sizes_mb, thread_counts, repeats: int) -> None:
+    print("\n## Bulk: GB/s (median of %d), ratio to x.sum() at the same thread count" % repeats)
+    item_bytes = 4 * ITEM_SHAPE[0] * ITEM_SHAPE[1] * ITEM_SHAPE[2]
+    for mb in sizes_mb:
+        batch = max(1, round(mb * 1e6 / item_bytes))
+        x = torch.randn(batch, *ITEM_SHAPE)
+        nbytes = x.numel() * x.element_size()
+        flat = x.numpy().reshape(-1).view("uint8")
+        print(f"\n{tuple(x.shape)} float32, {nbytes / 1e6:.0f} MB")
+        print(f"{'threads':>7} {'hash_tensor':>12} {'x.sum()':>9} {'XXH3-128':>9} {'BLAKE3':>8}"
+              f" {'hash/sum':>9} {'hash/XXH3':>10} {'XXH3/sum':>9}")
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
+            t = round_robin({
+                "hash": partial(hash_tensor, x),
+                "sum": x.sum,
+                "xxh3": partial(xxhash.xxh3_128_intdigest, flat),
+                "blake3": partial(_blake3, flat, threads),
+            }, repeats)
+            gbs = {k: nbytes / v / 1e9 for k, v in t.items()}
+            hash_sum = t["sum"] / t["hash"]
+            print(f"{threads:>7} {gbs['hash']:>12.2f} {gbs['sum']:>9.2f} {gbs['xxh3']:>9.2f}"
+                  f" {gbs['blake3']:>8.2f} {hash_sum:>9.2f} {t['xxh3'] / t['hash']:>10.2f}"
+                  f" {t['sum'] / t['xxh3']:>9.2f}   {'met' if hash_sum >= 0.85 else 'MISSED'}"
+                  " (>= 0.85)")
+
+
+_XXH_LOOP_C = r"""
+#include <stddef.h>
+#include <stdint.h>
+/* XXH128_hash_t of xxhash.h, returned by value. */
+typedef struct { uint64_t low64, high64; } xxh128;
+typedef xxh128 (*xxh3_128_fn)(const void *, size_t);
+uint64_t xxh3_items(void *fn, const unsigned char *base, size_t item, size_t n)
+{
+    uint64_t acc = 0;
+    for (size_t i = 0; i < n; i++) {
+        xxh128 h = ((xxh3_128_fn)fn)(base + i * item, item);
+        acc += h.low64 ^ h.high64;
+    }
+    return acc;
+}
+"""
+
+
+def xxh3_items_c():
+    """(fn(base_ptr, item, n), label) calling python-xxhash's XXH3_128bits from C, or None."""
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if cc is None:
+        return None
+    try:
+        xxlib = ctypes.CDLL(xxhash._xxhash.__file__)
+        fn = ctypes.cast(xxlib.XXH3_128bits, ctypes.c_void_p).value
+    except (AttributeError, OSError):
+        return None
+    tmp = Path(tempfile.mkdtemp(prefix="bench_hash_"))
+    (tmp / "loop.c").write_text(_XXH_LOOP_C)
+    try:
+        subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(tmp / "loop.so"),
+                        str(tmp / "loop.c")], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    lib = ctypes.CDLL(str(tmp / "loop.so"))
+    lib.xxh3_items.restype = ctypes.c_uint64
+    lib.xxh3_items.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
+                               ctypes.c_size_t]
+    return (lambda base, item, n: lib.xxh3_items(fn, base, item, n),
+            "python-xxhash's XXH3_128bits in a C loop")
+
+
+def items(item_sizes, repeats: int) -> None:
+    torch.set_num_threads(1)
+    xxh_c = xxh3_items_c()
+    how = xxh_c[1] if xxh_c else "python loop minus the cost of hashing empty items"
+    print(f"\n## Items: ns per item, one thread, median of {repeats} in CPU time of this "
+          f"thread (XXH3-128: {how})")
+    print(f"{'item':>9} {'working set':>11} {'hash_tensor':>12} {'XXH3-128':>9} {'hash/XXH3':>10}")
+    for item in item_sizes:
+        for label, total in (("memory", 128 << 20), ("in cache", 4 << 20)):
+            n = max(1, total // item)
+            x = torch.randint(0, 256, (n, item), dtype=torch.uint8)
+            flat = x.numpy().reshape(-1)
+            if xxh_c:
+                t = round_robin({"hash": partial(hash_tensor, x),
+                                 "xxh3": partial(xxh_c[0], x.data_ptr(), item, n)}, repeats,
+                                clock=time.thread_time)
+            else:
+                mv = memoryview(flat)
+                views = [mv[i * item:(i + 1) * item] for i in range(n)]
+                f = xxhash.xxh3_128_intdigest
+                t = round_robin({"hash": partial(hash_tensor, x),
+                                 "xxh3": partial(_python_loop, f, views),
+                                 "empty": partial(_python_loop, f, [mv[0:0]] * n)}, repeats,
+                                clock=time.thread_time)
+                t["xxh3"] = max(t["xxh3"] - t["empty"], 1e-12)
+            ratio = t["hash"] / t["xxh3"]
+            target = ""
+            if 128 <= item <= 3072:
+                target = f"   {'met' if ratio <= 2.0 else 'MISSED'} (<= 2.0)"
+            print(f"{item:>9} {label:>11} {t['hash'] / n * 1e9:>12.1f} "
+                  f"{t['xxh3'] / n * 1e9:>9.1f} {ratio:>10.2f}{target}")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--batch", type=int, default=256)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", default=None,
+                    help="comma-separated thread counts (default 1..nproc)")
+    ap.add_argument("--sizes", default="154,1233", help="bulk working sets in MB")
+    ap.add_argument("--items", default="128,256,512,1024,3072,16384,65536,602112",
+                    help="item sizes in bytes for the per-item sweep")
     ap.add_argument("--simd", choices=["portable", "avx2", "avx512"], default=None)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads, also used by hash_tensor (default 1)")
+    ap.add_argument("--quick", action="store_true", help="3 repeats, 154 MB only")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.repeats, args.sizes = 3, "154"
     if args.simd:
         _C._set_simd(args.simd)
-    x = torch.randn(args.batch, 3, 224, 224)
-    nbytes = x.numel() * x.element_size()
-    dst = torch.empty_like(x)
-    t_hash = _median_seconds(lambda: hash_tensor(x), args.repeats)
-    t_sum = _median_seconds(lambda: x.sum(), args.repeats)
-    t_copy = _median_seconds(lambda: dst.copy_(x), args.repeats)
-    t_sub = _median_seconds(lambda: hash_tensor(x, subsample_count=10000), args.repeats)
+    nproc = os.cpu_count() or 1
+    threads = ([int(t) for t in args.threads.split(",")] if args.threads
+               else list(range(1, nproc + 1)))
     info = torchcache_c.build_info()
-    print(f"batch {tuple(x.shape)} float32, {nbytes / 1e6:.1f} MB, {args.threads} thread(s), "
-          f"simd={info['simd']}, median of {args.repeats}")
-    for name, t in [("hash_tensor (full)", t_hash), ("x.sum()", t_sum),
-                    ("memcpy (copy_)", t_copy), ("hash_tensor (subsample 10000)", t_sub)]:
-        print(f"  {name:32s} {t * 1e3:8.2f} ms  {nbytes / t / 1e9:6.2f} GB/s read")
-    print(f"ratio hash/sum    = {t_sum / t_hash:.2f}  (target >= 0.8)")
-    print(f"ratio hash/memcpy = {t_copy / t_hash:.2f}")
+    print(f"CPU: {cpu_description()}")
+    print(f"torch {torch.__version__}, torchcache_c {info['version']} ({info['hash']}, "
+          f"simd {info['simd']}), python-xxhash {xxhash.VERSION}, blake3 {blake3.__version__}")
+    print(f"load average before: {loadavg()}")
+    bulk([float(s) for s in args.sizes.split(",")], threads, args.repeats)
+    items([int(s) for s in args.items.split(",")], args.repeats)
+    print(f"\nload average after: {loadavg()}")
 
 
 if __name__ == "__main__":

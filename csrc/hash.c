@@ -1,105 +1,43 @@
-/* hash.c -- the portable reference of tch128-v1 (docs/hash.md) and the item
- * driver shared by every SIMD level: keys, block finish, the streaming state,
- * metadata finish, strided traversal and subsampling.
- *
- * This file is the definition the other engines (hash_avx2.c, hash_avx512.c,
- * hash_cuda.cu) are tested against.  It never allocates and never touches
- * Python. */
+/* hash.c -- the item driver of tch128-v1 (docs/hash.md), the same for every SIMD
+ * level: cuts an item's byte stream into blocks, walks strided items and
+ * samples, and finishes items with their metadata.  The arithmetic is done by
+ * the kernels in use (hash_dispatch.c); this file never names an instruction
+ * set.  It never allocates and never touches Python. */
 #include "hash_internal.h"
 
-#include <pthread.h>
 #include <string.h>
 
-#define TC_GAMMA 0x9E3779B97F4A7C15ULL
-#define TC_KEY_SEED 0x7463683132387631ULL /* "tch128v1" */
-
-uint64_t tc_keys[TC_K_COUNT];
-
-static inline uint64_t rotl64(uint64_t x, unsigned r)
+void tc_block_digest(const tc_hash_kernels *k, const uint8_t *p, size_t n, uint64_t h[2])
 {
-    return (x << r) | (x >> (64 - r));
-}
-
-static inline uint64_t load_le64(const uint8_t *p)
-{
-    uint64_t w;
-    memcpy(&w, p, 8);
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    w = __builtin_bswap64(w);
-#endif
-    return w;
-}
-
-/* docs/hash.md, section 2: the 64-bit finalizer of MurmurHash3. */
-uint64_t tc_fmix64(uint64_t z)
-{
-    z ^= z >> 33;
-    z *= 0xff51afd7ed558ccdULL;
-    z ^= z >> 33;
-    z *= 0xc4ceb9fe1a85ec53ULL;
-    z ^= z >> 33;
-    return z;
-}
-
-/* docs/hash.md, section 2: key(i) is the i-th output of SplitMix64. */
-uint64_t tc_hash_key(uint64_t index)
-{
-    uint64_t z = TC_KEY_SEED + (index + 1) * TC_GAMMA;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-}
-
-void tc_stripes_portable(const uint8_t *p, size_t nstripes, size_t s0,
-                         uint64_t a[TC_HASH_LANES], uint64_t c[TC_HASH_LANES])
-{
-    for (size_t s = 0; s < nstripes; s++) {
-        uint64_t ks1 = tc_keys[TC_K_STRIPE1 + s0 + s];
-        uint64_t ks2 = tc_keys[TC_K_STRIPE2 + s0 + s];
-        const uint8_t *stripe = p + s * TC_HASH_STRIPE_BYTES;
-        for (int j = 0; j < TC_HASH_LANES; j++) {
-            uint64_t w = load_le64(stripe + 8 * j);
-            uint64_t k1 = w ^ tc_keys[TC_K_LANE1 + j] ^ ks1;
-            uint64_t k2 = w ^ tc_keys[TC_K_LANE2 + j] ^ ks2;
-            a[j] += w + (k1 & 0xffffffffULL) * (k1 >> 32);
-            c[j] += (k2 & 0xffffffffULL) * (k2 >> 32);
-        }
+    uint8_t pad[TC_HASH_STRIPE_BYTES];
+    if (n <= TC_HASH_STRIPE_BYTES) {
+        /* One stripe: the lanes past the data read zeros and are constants.  A
+         * kernel reads whole steps of eight lanes (64 bytes), so only those are
+         * padded. */
+        size_t padded = (n + 63) & ~(size_t)63;
+        memcpy(pad, p, n);
+        memset(pad + n, 0, padded - n);
+        k->block1(pad, (n + 7) / 8, h);
+        return;
     }
-}
-
-void tc_finish_portable(const uint64_t a[TC_HASH_LANES], const uint64_t c[TC_HASH_LANES],
-                        uint64_t h[2])
-{
-    uint64_t h1 = 0, h2 = 0;
-    for (int j = 0; j < TC_HASH_LANES; j++) {
-        h1 += tc_fmix64(a[j] + tc_fmix64(c[j] ^ tc_keys[TC_K_FIN1 + j]));
-        h2 += tc_fmix64(c[j] + tc_fmix64(a[j] ^ tc_keys[TC_K_FIN2 + j]));
-    }
-    h[0] = h1;
-    h[1] = h2;
-}
-
-tc_stripes_fn tc_stripes_active = tc_stripes_portable;
-tc_finish_fn tc_finish_active = tc_finish_portable;
-
-void tc_hash_block(const uint8_t *p, size_t n, uint64_t h[2])
-{
     uint64_t a[TC_HASH_LANES], c[TC_HASH_LANES];
-    for (int j = 0; j < TC_HASH_LANES; j++) {
-        a[j] = tc_keys[TC_K_IV1 + j];
-        c[j] = tc_keys[TC_K_IV2 + j];
-    }
+    memcpy(a, tc_keys + TC_K_IV1, sizeof(a));
+    memcpy(c, tc_keys + TC_K_IV2, sizeof(c));
     size_t full = n / TC_HASH_STRIPE_BYTES;
-    tc_stripes_active(p, full, 0, a, c);
+    k->stripes(p, full, 0, a, c);
     size_t rest = n - full * TC_HASH_STRIPE_BYTES;
     if (rest) {
         /* The last stripe is zero-padded (docs/hash.md, section 3). */
-        uint8_t pad[TC_HASH_STRIPE_BYTES];
         memcpy(pad, p + full * TC_HASH_STRIPE_BYTES, rest);
         memset(pad + rest, 0, sizeof(pad) - rest);
-        tc_stripes_active(pad, 1, full, a, c);
+        k->stripes(pad, 1, full, a, c);
     }
-    tc_finish_active(a, c, h);
+    k->finish(a, c, h);
+}
+
+void tc_hash_block(const uint8_t *p, size_t n, uint64_t h[2])
+{
+    tc_block_digest(tc_hash_kernels_active(), p, n, h);
 }
 
 void tc_block_terms(const uint8_t *p, size_t n, uint64_t b, uint64_t t[2])
@@ -152,30 +90,31 @@ void tc_stream_update(tc_hash_stream *s, const uint8_t *p, size_t n)
     s->fill = n;
 }
 
-static inline void meta_absorb(uint64_t *s1, uint64_t *s2, uint64_t m)
+size_t tc_item_meta(const tc_item *item, uint64_t sample_count, uint64_t nblocks,
+                    uint64_t *meta)
 {
-    *s1 = tc_fmix64(*s1 ^ m) + TC_GAMMA;
-    *s2 = tc_fmix64(*s2 ^ rotl64(m, 32)) + TC_GAMMA;
+    uint64_t numel = 1;
+    for (int d = 0; d < item->ndim; d++)
+        numel *= (uint64_t)item->shape[d];
+    size_t m = 0;
+    meta[m++] = sample_count;
+    meta[m++] = item->dtype_word;
+    meta[m++] = numel * item->itemsize;
+    meta[m++] = nblocks;
+    meta[m++] = (uint64_t)item->ndim;
+    for (int d = 0; d < item->ndim; d++)
+        meta[m++] = (uint64_t)item->shape[d];
+    return m;
 }
 
 tc_digest tc_finish_item(uint64_t t1, uint64_t t2, uint64_t nblocks, uint64_t sample_count,
                          const tc_item *item)
 {
-    uint64_t numel = 1;
-    for (int d = 0; d < item->ndim; d++)
-        numel *= (uint64_t)item->shape[d];
-    uint64_t s1 = t1 ^ tc_keys[TC_K_SEED1];
-    uint64_t s2 = t2 ^ tc_keys[TC_K_SEED2];
-    meta_absorb(&s1, &s2, sample_count);
-    meta_absorb(&s1, &s2, item->dtype_word);
-    meta_absorb(&s1, &s2, numel * item->itemsize);
-    meta_absorb(&s1, &s2, nblocks);
-    meta_absorb(&s1, &s2, (uint64_t)item->ndim);
-    for (int d = 0; d < item->ndim; d++)
-        meta_absorb(&s1, &s2, (uint64_t)item->shape[d]);
-    tc_digest out;
-    out.d1 = tc_fmix64(s1 + rotl64(s2, 29));
-    out.d2 = tc_fmix64(s2 ^ out.d1);
+    uint64_t meta[TC_HASH_META_MAX];
+    size_t nmeta = tc_item_meta(item, sample_count, nblocks, meta);
+    uint64_t t[2] = {t1, t2};
+    tc_items_final_portable(1, t, NULL, meta, nmeta, t);
+    tc_digest out = {t[0], t[1]};
     return out;
 }
 
@@ -279,25 +218,4 @@ tc_digest tc_hash_item(const tc_item *item, uint64_t sample_count, tc_hash_strea
         feed_strided(s, item);
     }
     return tc_stream_final(s, sample_count, item);
-}
-
-static pthread_once_t keys_once = PTHREAD_ONCE_INIT;
-
-static void init_keys(void)
-{
-    for (uint64_t i = 0; i < TC_K_COUNT; i++)
-        tc_keys[i] = tc_hash_key(i);
-}
-
-void tc_hash_select_best(void); /* hash_dispatch.c */
-
-static void init_all(void)
-{
-    init_keys();
-    tc_hash_select_best();
-}
-
-void tc_hash_init(void)
-{
-    pthread_once(&keys_once, init_all);
 }

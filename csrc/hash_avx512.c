@@ -1,15 +1,16 @@
 /* hash_avx512.c -- the tch128-v1 stripe loop and block finish with AVX-512F/DQ:
- * the 32 lanes are four zmm registers per accumulator.  Compiled with
- * -mavx512f -mavx512dq only; called only when the CPU reports both
- * (hash_dispatch.c).  Must give exactly the
- * results of tc_stripes_portable (tests/test_hash_vectors.py checks). */
+ * the 32 lanes are four zmm registers per accumulator.  The one-stripe block
+ * and the item finish are the AVX2 kernels (an AVX-512 CPU has AVX2).
+ * Compiled with -mavx512f -mavx512dq only (setup.py, SIMD_SOURCES); called only
+ * when the CPU reports both (hash_dispatch.c).  Must give exactly the results
+ * of hash_portable.c. */
 #include "hash_internal.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 
-void tc_stripes_avx512(const uint8_t *p, size_t nstripes, size_t s0,
-                       uint64_t a[TC_HASH_LANES], uint64_t c[TC_HASH_LANES])
+static void stripes_avx512(const uint8_t *p, size_t nstripes, size_t s0,
+                           uint64_t a[TC_HASH_LANES], uint64_t c[TC_HASH_LANES])
 {
     __m512i acc_a[4], acc_c[4], lane1[4], lane2[4];
     for (int v = 0; v < 4; v++) {
@@ -54,8 +55,8 @@ static inline __m512i fmix64x8(__m512i z)
     return _mm512_xor_si512(z, _mm512_srli_epi64(z, 33));
 }
 
-void tc_finish_avx512(const uint64_t a[TC_HASH_LANES], const uint64_t c[TC_HASH_LANES],
-                      uint64_t h[2])
+static void finish_avx512(const uint64_t a[TC_HASH_LANES], const uint64_t c[TC_HASH_LANES],
+                          uint64_t h[2])
 {
     __m512i h1 = _mm512_setzero_si512(), h2 = _mm512_setzero_si512();
     for (int v = 0; v < 4; v++) {
@@ -69,4 +70,8 @@ void tc_finish_avx512(const uint64_t a[TC_HASH_LANES], const uint64_t c[TC_HASH_
     h[0] = (uint64_t)_mm512_reduce_add_epi64(h1);
     h[1] = (uint64_t)_mm512_reduce_add_epi64(h2);
 }
+
+const tc_hash_kernels tc_kernels_avx512 = {
+    TC_SIMD_AVX512, stripes_avx512, finish_avx512, tc_block1_avx2, tc_items_final_avx2,
+};
 #endif

@@ -2,66 +2,142 @@
  *
  * Full-content items that are compact are split by *blocks*, not by items:
  * block terms are summed (docs/hash.md, section 4), so each thread adds the
- * terms of its share of all blocks of all items into private per-item sums and
- * the caller adds those up.  One huge item is thus hashed by every thread, and
- * a batch of many small items is balanced too.  Strided or sampled items are
- * split by items.  Owns its threads for the duration of one call only; holds
- * no global state, so it is fork-safe by construction. */
-#include "hash.h"
+ * terms of the blocks it takes into private per-item sums and the caller adds
+ * those up.  One huge item is thus hashed by every thread, and a batch of many
+ * small ones is balanced too.  Items of one block (16 KiB or less) skip the sums:
+ * a thread writes each item's block digest into the output and finishes its
+ * items there, many at a time (the kernels' items_final).  Strided or sampled
+ * items are split by items.
+ *
+ * Work is handed out in chunks from a shared counter rather than in fixed
+ * shares, so a thread that the OS delays does not hold up the call.  Threads live
+ * for the duration of one call only; no global state, so fork-safe by
+ * construction.  Never names an instruction set: the kernels come from
+ * hash_dispatch.c, loaded once per call. */
+#include "hash_internal.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* Below this many bytes a second thread costs more than it saves. */
 #define TC_THREAD_MIN_BYTES (4u << 20)
 #define TC_MAX_THREADS 64
+/* Bytes of work a thread claims at a time: large against the cost of one atomic
+ * add, small against a call that is worth threads. */
+#define TC_CHUNK_BYTES (256u << 10)
+
+typedef enum { MODE_ONE_BLOCK, MODE_BLOCKS, MODE_ITEMS } tc_mode;
 
 typedef struct {
     const tc_batch *x;
+    const tc_hash_kernels *k;
+    tc_mode mode;
     uint64_t sample_count;
-    uint64_t blocks_per_item; /* block mode: ceil(item bytes / block) */
+    uint64_t blocks_per_item;
     size_t item_bytes;
-    uint64_t begin, end;      /* units: blocks (block mode) or items */
-    uint64_t *sums;           /* block mode: 2 per item, this thread's share */
-    uint64_t *digests;        /* item mode: written directly */
+    uint64_t units;           /* items (ONE_BLOCK, ITEMS) or blocks of all items (BLOCKS) */
+    uint64_t chunk;           /* units claimed at a time */
+    _Atomic uint64_t next;    /* first unit not yet claimed */
+    const uint64_t *meta;
+    size_t nmeta;
+    uint64_t *digests;
+} tc_job;
+
+typedef struct {
+    tc_job *job;
+    uint64_t *sums;           /* BLOCKS: 2 per item, this thread's terms */
     int ok;
-} tc_share;
+} tc_worker;
 
 static const uint8_t *item_base(const tc_batch *x, int64_t i)
 {
     return x->base + i * x->batch_stride;
 }
 
-static void *run_blocks(void *arg)
+static int claim(tc_job *job, uint64_t *begin, uint64_t *end)
 {
-    tc_share *w = arg;
-    for (uint64_t u = w->begin; u < w->end; u++) {
-        uint64_t i = u / w->blocks_per_item, b = u % w->blocks_per_item;
+    uint64_t b = atomic_fetch_add_explicit(&job->next, job->chunk, memory_order_relaxed);
+    if (b >= job->units)
+        return 0;
+    *begin = b;
+    *end = b + job->chunk < job->units ? b + job->chunk : job->units;
+    return 1;
+}
+
+static void one_block_items(tc_job *job, uint64_t begin, uint64_t end)
+{
+    uint64_t *out = job->digests + 2 * begin;
+    for (uint64_t i = begin; i < end; i++)
+        tc_block_digest(job->k, item_base(job->x, (int64_t)i), job->item_bytes,
+                        job->digests + 2 * i);
+    job->k->items_final((size_t)(end - begin), out, tc_block0_key, job->meta, job->nmeta, out);
+}
+
+static void block_terms(tc_job *job, uint64_t *sums, uint64_t begin, uint64_t end)
+{
+    uint64_t i = begin / job->blocks_per_item, b = begin % job->blocks_per_item;
+    for (uint64_t u = begin; u < end; u++) {
         size_t off = (size_t)b * TC_HASH_BLOCK_BYTES;
-        size_t n = w->item_bytes - off < TC_HASH_BLOCK_BYTES ? w->item_bytes - off
-                                                             : TC_HASH_BLOCK_BYTES;
-        tc_block_terms(item_base(w->x, (int64_t)i) + off, n, b, w->sums + 2 * i);
+        size_t n = job->item_bytes - off < TC_HASH_BLOCK_BYTES ? job->item_bytes - off
+                                                               : TC_HASH_BLOCK_BYTES;
+        uint64_t h[2];
+        tc_block_digest(job->k, item_base(job->x, (int64_t)i) + off, n, h);
+        /* docs/hash.md, section 4: the term of block b. */
+        sums[2 * i] += tc_fmix64(h[0] ^ tc_fmix64(b + tc_keys[TC_K_BLOCK1]));
+        sums[2 * i + 1] += tc_fmix64(h[1] ^ tc_fmix64(b + tc_keys[TC_K_BLOCK2]));
+        if (++b == job->blocks_per_item) {
+            b = 0;
+            i++;
+        }
     }
+}
+
+static int strided_items(tc_job *job, tc_hash_stream **scratch, uint64_t begin, uint64_t end)
+{
+    if (*scratch == NULL && (*scratch = malloc(sizeof(**scratch))) == NULL)
+        return -1;
+    for (uint64_t i = begin; i < end; i++) {
+        tc_item item = job->x->item;
+        item.base = item_base(job->x, (int64_t)i);
+        tc_digest d = tc_hash_item(&item, job->sample_count, *scratch);
+        job->digests[2 * i] = d.d1;
+        job->digests[2 * i + 1] = d.d2;
+    }
+    return 0;
+}
+
+static void *work(void *arg)
+{
+    tc_worker *w = arg;
+    tc_job *job = w->job;
+    tc_hash_stream *scratch = NULL;
+    uint64_t begin, end;
+    while (claim(job, &begin, &end)) {
+        if (job->mode == MODE_ONE_BLOCK)
+            one_block_items(job, begin, end);
+        else if (job->mode == MODE_BLOCKS)
+            block_terms(job, w->sums, begin, end);
+        else if (strided_items(job, &scratch, begin, end) != 0)
+            w->ok = 0;
+    }
+    free(scratch);
     return NULL;
 }
 
-static void *run_items(void *arg)
+/* Runs work() on workers[0..n-1]: 1.. on new threads, 0 on this one.  A thread
+ * that cannot be started just leaves its share to the others. */
+static void run_workers(tc_worker *workers, int n)
 {
-    tc_share *w = arg;
-    tc_hash_stream *scratch = malloc(sizeof(*scratch));
-    if (scratch == NULL)
-        return NULL;
-    for (uint64_t i = w->begin; i < w->end; i++) {
-        tc_item item = w->x->item;
-        item.base = item_base(w->x, (int64_t)i);
-        tc_digest d = tc_hash_item(&item, w->sample_count, scratch);
-        w->digests[2 * i] = d.d1;
-        w->digests[2 * i + 1] = d.d2;
-    }
-    free(scratch);
-    w->ok = 1;
-    return NULL;
+    pthread_t tid[TC_MAX_THREADS];
+    int started = 1;
+    for (; started < n; started++)
+        if (pthread_create(&tid[started], NULL, work, &workers[started]) != 0)
+            break;
+    work(&workers[0]);
+    for (int k = 1; k < started; k++)
+        pthread_join(tid[k], NULL);
 }
 
 static int item_is_compact(const tc_item *item, uint64_t *numel)
@@ -78,22 +154,6 @@ static int item_is_compact(const tc_item *item, uint64_t *numel)
     return compact || *numel == 0;
 }
 
-/* Runs fn on shares[0..n-1]: shares 1.. on new threads, share 0 on this one. */
-static void run_shares(void *(*fn)(void *), tc_share *shares, int n)
-{
-    pthread_t tid[TC_MAX_THREADS];
-    int started = 1;
-    for (; started < n; started++)
-        if (pthread_create(&tid[started], NULL, fn, &shares[started]) != 0)
-            break;
-    /* A thread that could not start is done here instead. */
-    for (int k = started; k < n; k++)
-        fn(&shares[k]);
-    fn(&shares[0]);
-    for (int k = 1; k < started; k++)
-        pthread_join(tid[k], NULL);
-}
-
 int tc_hash_batch(const tc_batch *x, uint64_t sample_count, int threads, uint64_t *digests)
 {
     uint64_t numel;
@@ -101,51 +161,71 @@ int tc_hash_batch(const tc_batch *x, uint64_t sample_count, int threads, uint64_
     if (sample_count >= numel)
         sample_count = 0;
     size_t item_bytes = (size_t)numel * x->item.itemsize;
+    uint64_t blocks_per_item = (item_bytes + TC_HASH_BLOCK_BYTES - 1) / TC_HASH_BLOCK_BYTES;
+    uint64_t meta[TC_HASH_META_MAX];
+    tc_job job = {
+        .x = x, .k = tc_hash_kernels_active(), .sample_count = sample_count,
+        .blocks_per_item = blocks_per_item, .item_bytes = item_bytes,
+        .meta = meta, .digests = digests,
+    };
+    atomic_init(&job.next, 0);
+    if (x->batch <= 0)
+        return 0;
+    if (!compact || sample_count) {
+        job.mode = MODE_ITEMS;
+        job.units = (uint64_t)x->batch;
+    } else if (item_bytes == 0) {
+        /* No blocks: every item is the finish of zero sums. */
+        job.nmeta = tc_item_meta(&x->item, 0, 0, meta);
+        memset(digests, 0, 2 * sizeof(uint64_t) * (size_t)x->batch);
+        job.k->items_final((size_t)x->batch, digests, NULL, meta, job.nmeta, digests);
+        return 0;
+    } else {
+        job.mode = blocks_per_item == 1 ? MODE_ONE_BLOCK : MODE_BLOCKS;
+        job.units = job.mode == MODE_ONE_BLOCK ? (uint64_t)x->batch
+                                               : blocks_per_item * (uint64_t)x->batch;
+        job.nmeta = tc_item_meta(&x->item, 0, blocks_per_item, meta);
+    }
+    uint64_t unit_bytes = job.mode == MODE_BLOCKS ? TC_HASH_BLOCK_BYTES : item_bytes;
+    job.chunk = unit_bytes ? TC_CHUNK_BYTES / unit_bytes : 1;
+    if (job.chunk < 1)
+        job.chunk = 1;
+
     uint64_t total = item_bytes * (uint64_t)x->batch;
     if (threads > TC_MAX_THREADS)
         threads = TC_MAX_THREADS;
     if (threads < 1 || total < TC_THREAD_MIN_BYTES)
         threads = 1;
-    int block_mode = compact && sample_count == 0;
-    uint64_t blocks_per_item = (item_bytes + TC_HASH_BLOCK_BYTES - 1) / TC_HASH_BLOCK_BYTES;
-    uint64_t units = block_mode ? blocks_per_item * (uint64_t)x->batch : (uint64_t)x->batch;
-    if ((uint64_t)threads > units)
-        threads = units ? (int)units : 1;
+    uint64_t chunks = (job.units + job.chunk - 1) / job.chunk;
+    if ((uint64_t)threads > chunks)
+        threads = (int)chunks;
 
-    tc_share shares[TC_MAX_THREADS];
+    tc_worker workers[TC_MAX_THREADS];
     uint64_t *sums = NULL;
-    if (block_mode) {
-        sums = calloc((size_t)threads * 2 * (size_t)x->batch + 2, sizeof(uint64_t));
+    if (job.mode == MODE_BLOCKS) {
+        sums = calloc((size_t)threads * 2 * (size_t)x->batch, sizeof(uint64_t));
         if (sums == NULL)
             return -1;
     }
-    for (int k = 0; k < threads; k++) {
-        shares[k] = (tc_share){
-            .x = x, .sample_count = sample_count, .blocks_per_item = blocks_per_item,
-            .item_bytes = item_bytes, .begin = units * (uint64_t)k / (uint64_t)threads,
-            .end = units * (uint64_t)(k + 1) / (uint64_t)threads,
-            .sums = block_mode ? sums + (size_t)k * 2 * (size_t)x->batch : NULL,
-            .digests = digests, .ok = 0,
+    for (int k = 0; k < threads; k++)
+        workers[k] = (tc_worker){
+            .job = &job, .sums = sums ? sums + (size_t)k * 2 * (size_t)x->batch : NULL,
+            .ok = 1,
         };
-    }
-    if (!block_mode) {
-        run_shares(run_items, shares, threads);
-        for (int k = 0; k < threads; k++)
-            if (!shares[k].ok)
-                return -1;
-        return 0;
-    }
-    run_shares(run_blocks, shares, threads);
-    for (int64_t i = 0; i < x->batch; i++) {
-        uint64_t t1 = 0, t2 = 0;
-        for (int k = 0; k < threads; k++) {
-            t1 += shares[k].sums[2 * i];
-            t2 += shares[k].sums[2 * i + 1];
+    run_workers(workers, threads);
+    int rc = 0;
+    for (int k = 0; k < threads; k++)
+        if (!workers[k].ok)
+            rc = -1;
+    if (job.mode == MODE_BLOCKS) {
+        for (size_t j = 0; j < 2 * (size_t)x->batch; j++) {
+            uint64_t t = 0;
+            for (int k = 0; k < threads; k++)
+                t += workers[k].sums[j];
+            digests[j] = t;
         }
-        tc_digest d = tc_finish_item(t1, t2, blocks_per_item, 0, &x->item);
-        digests[2 * i] = d.d1;
-        digests[2 * i + 1] = d.d2;
+        job.k->items_final((size_t)x->batch, digests, NULL, meta, job.nmeta, digests);
+        free(sums);
     }
-    free(sums);
-    return 0;
+    return rc;
 }

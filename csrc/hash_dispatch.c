@@ -1,13 +1,17 @@
-/* hash_dispatch.c -- picks the stripe loop for this CPU at run time, once.
- * TORCHCACHE_C_SIMD=portable|avx2|avx512 caps the level (for tests, benchmarks
- * and for users who need bit-for-bit the reference code path). */
+/* hash_dispatch.c -- the one owner of SIMD dispatch for the item hash: it detects
+ * what the CPU has, holds the kernels in use (one atomic pointer, the only
+ * mutable global of the hash) and switches them.  Nothing else names a level's
+ * kernels.  TORCHCACHE_C_SIMD=portable|avx2|avx512 caps the level (for tests,
+ * benchmarks and for users who need bit-for-bit the reference code path). */
 #include "hash_internal.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 static int simd_best = TC_SIMD_PORTABLE;
-static int simd_active = TC_SIMD_PORTABLE;
+static _Atomic(const tc_hash_kernels *) active = &tc_kernels_portable;
 
 static const char *const simd_names[] = {"portable", "avx2", "avx512"};
 
@@ -28,31 +32,47 @@ static int detect(void)
     return TC_SIMD_PORTABLE;
 }
 
-static tc_stripes_fn fn_for(int level)
+static const tc_hash_kernels *kernels_for(int level)
 {
 #ifdef TC_HAVE_X86_VARIANTS
     if (level == TC_SIMD_AVX512)
-        return tc_stripes_avx512;
+        return &tc_kernels_avx512;
     if (level == TC_SIMD_AVX2)
-        return tc_stripes_avx2;
+        return &tc_kernels_avx2;
 #endif
-    return tc_stripes_portable;
+    return &tc_kernels_portable;
+}
+
+const tc_hash_kernels *tc_hash_kernels_active(void)
+{
+    /* The tables are constant; acquire pairs with the release below only so
+     * that a reader never sees a pointer before the keys it implies. */
+    return atomic_load_explicit(&active, memory_order_acquire);
 }
 
 int tc_hash_simd_force(int level)
 {
     if (level < TC_SIMD_PORTABLE || level > simd_best)
         return -1;
-    simd_active = level;
-    tc_stripes_active = fn_for(level);
-#ifdef TC_HAVE_X86_VARIANTS
-    tc_finish_active = level == TC_SIMD_AVX512 ? tc_finish_avx512 : tc_finish_portable;
-#endif
+    atomic_store_explicit(&active, kernels_for(level), memory_order_release);
     return 0;
 }
 
-void tc_hash_select_best(void)
+int tc_hash_simd_best(void)
 {
+    return simd_best;
+}
+
+int tc_hash_simd_active(void)
+{
+    return tc_hash_kernels_active()->level;
+}
+
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+
+static void init_all(void)
+{
+    tc_hash_tables_init();
     simd_best = detect();
     int level = simd_best;
     const char *cap = getenv("TORCHCACHE_C_SIMD");
@@ -64,12 +84,7 @@ void tc_hash_select_best(void)
     tc_hash_simd_force(level);
 }
 
-int tc_hash_simd_best(void)
+void tc_hash_init(void)
 {
-    return simd_best;
-}
-
-int tc_hash_simd_active(void)
-{
-    return simd_active;
+    pthread_once(&init_once, init_all);
 }

@@ -1,9 +1,16 @@
-/* hash_internal.h -- what the SIMD variants of the stripe loop share with hash.c.
- * Not installed, not part of any interface. */
+/* hash_internal.h -- what the tch128-v1 kernels (hash_portable.c and one file per
+ * instruction set) share with the item driver (hash.c, hash_batch.c) and the
+ * dispatcher (hash_dispatch.c).  Not installed, not part of any interface.
+ *
+ * Every kernel of every level must give exactly the results of the portable one
+ * (tests/test_hash_vectors.py, tests/test_hash_dispatch.py and fuzz/fuzz_hash.c
+ * check). */
 #ifndef TC_HASH_INTERNAL_H
 #define TC_HASH_INTERNAL_H
 
 #include "hash.h"
+
+#define TC_GAMMA 0x9E3779B97F4A7C15ULL
 
 /* Key layout (docs/hash.md, section 2): key(i) for i in these ranges. */
 #define TC_K_LANE1 0
@@ -20,35 +27,99 @@
 #define TC_K_SEED2 323
 #define TC_K_COUNT 324
 
+/* Filled once by tc_hash_tables_init() (hash_portable.c), read-only after. */
 extern uint64_t tc_keys[TC_K_COUNT];
+/* tc_lane_tail[L] = the (h1, h2) contributions of lanes L..31 of a block of one
+ * stripe in which those lanes read only zero padding: such a lane's
+ * accumulators depend on the keys alone, so its share of the block finish is a
+ * constant (docs/hash.md, section 4). */
+extern uint64_t tc_lane_tail[TC_HASH_LANES + 1][2];
+/* fmix64(0 + CB1), fmix64(0 + CB2): block 0's term keys. */
+extern uint64_t tc_block0_key[2];
+void tc_hash_tables_init(void);
 
-/* Absorbs `nstripes` whole stripes starting at stripe index `s0` of the block
- * into the lane accumulators a[32] and c[32]. */
-typedef void (*tc_stripes_fn)(const uint8_t *p, size_t nstripes, size_t s0,
-                              uint64_t a[TC_HASH_LANES], uint64_t c[TC_HASH_LANES]);
+/* The kernels of one SIMD level.  hash.c and hash_batch.c call only these (through
+ * tc_hash_kernels_active()) and never name an instruction set. */
+typedef struct {
+    int level;
+    /* Absorbs `nstripes` whole stripes starting at stripe index `s0` of the block
+     * into the lane accumulators a[32] and c[32]. */
+    void (*stripes)(const uint8_t *p, size_t nstripes, size_t s0, uint64_t a[TC_HASH_LANES],
+                    uint64_t c[TC_HASH_LANES]);
+    /* Reduces the lane accumulators to the block digest (h1, h2). */
+    void (*finish)(const uint64_t a[TC_HASH_LANES], const uint64_t c[TC_HASH_LANES],
+                   uint64_t h[2]);
+    /* Block digest of a block of one stripe (at most 256 bytes): `stripe` holds
+     * that stripe's first `lanes` words, zero-padded up to a multiple of eight
+     * words; the lanes after those are added from tc_lane_tail. */
+    void (*block1)(const uint8_t *stripe, size_t lanes, uint64_t h[2]);
+    /* Finishes n items (docs/hash.md, section 5).  in[2i], in[2i+1] are item i's
+     * term sums (T1, T2), or, when kb is not NULL, the digest (h1, h2) of its only
+     * block, whose term fmix64(h ^ kb[k]) is formed first.  meta[0..nmeta-1] are
+     * the metadata words, the same for every item.  Writes out[2i], out[2i+1];
+     * out may be in. */
+    void (*items_final)(size_t n, const uint64_t *in, const uint64_t *kb, const uint64_t *meta,
+                        size_t nmeta, uint64_t *out);
+} tc_hash_kernels;
 
-void tc_stripes_portable(const uint8_t *p, size_t nstripes, size_t s0,
-                         uint64_t a[TC_HASH_LANES], uint64_t c[TC_HASH_LANES]);
+extern const tc_hash_kernels tc_kernels_portable;
 #if defined(__x86_64__) || defined(_M_X64)
-void tc_stripes_avx2(const uint8_t *p, size_t nstripes, size_t s0,
-                     uint64_t a[TC_HASH_LANES], uint64_t c[TC_HASH_LANES]);
-void tc_stripes_avx512(const uint8_t *p, size_t nstripes, size_t s0,
-                       uint64_t a[TC_HASH_LANES], uint64_t c[TC_HASH_LANES]);
 #define TC_HAVE_X86_VARIANTS 1
+extern const tc_hash_kernels tc_kernels_avx2;
+extern const tc_hash_kernels tc_kernels_avx512;
+/* Shared by the AVX-512 table (hash_avx2.c). */
+void tc_block1_avx2(const uint8_t *stripe, size_t lanes, uint64_t h[2]);
+void tc_items_final_avx2(size_t n, const uint64_t *in, const uint64_t *kb, const uint64_t *meta,
+                         size_t nmeta, uint64_t *out);
 #endif
 
-/* Reduces the lane accumulators to the block digest (h1, h2). */
-typedef void (*tc_finish_fn)(const uint64_t a[TC_HASH_LANES], const uint64_t c[TC_HASH_LANES],
-                             uint64_t h[2]);
+/* The kernels in use (hash_dispatch.c); one atomic load.  A caller loads them
+ * once per batch: every level gives the same digests, so a switch while a batch
+ * runs changes nothing but speed. */
+const tc_hash_kernels *tc_hash_kernels_active(void);
 
-void tc_finish_portable(const uint64_t a[TC_HASH_LANES], const uint64_t c[TC_HASH_LANES],
-                        uint64_t h[2]);
-#ifdef TC_HAVE_X86_VARIANTS
-void tc_finish_avx512(const uint64_t a[TC_HASH_LANES], const uint64_t c[TC_HASH_LANES],
-                      uint64_t h[2]);
-#endif
+/* The item driver's pieces that hash_batch.c shares (hash.c). */
+/* Block digest of n bytes, 0 < n <= TC_HASH_BLOCK_BYTES, with kernels k. */
+void tc_block_digest(const tc_hash_kernels *k, const uint8_t *p, size_t n, uint64_t h[2]);
+/* An item's metadata words (docs/hash.md, section 5) into meta; returns their
+ * count, at most TC_HASH_META_MAX (items have at most 64 dimensions). */
+#define TC_HASH_META_MAX (5 + 64)
+size_t tc_item_meta(const tc_item *item, uint64_t sample_count, uint64_t nblocks,
+                    uint64_t *meta);
 
-extern tc_stripes_fn tc_stripes_active;
-extern tc_finish_fn tc_finish_active;
+/* The portable scalar pieces, for the SIMD files' remainders. */
+void tc_items_final_portable(size_t n, const uint64_t *in, const uint64_t *kb,
+                             const uint64_t *meta, size_t nmeta, uint64_t *out);
+
+static inline uint64_t tc_rotl64(uint64_t x, unsigned r)
+{
+    return (x << r) | (x >> (64 - r));
+}
+
+/* docs/hash.md, section 2: the 64-bit finalizer of MurmurHash3 (tc_fmix64 is the
+ * same, out of line, for the other engines). */
+static inline uint64_t tc_fmix(uint64_t z)
+{
+    z ^= z >> 33;
+    z *= 0xff51afd7ed558ccdULL;
+    z ^= z >> 33;
+    z *= 0xc4ceb9fe1a85ec53ULL;
+    z ^= z >> 33;
+    return z;
+}
+
+/* One lane's share of the block finish (docs/hash.md, section 4), added to h1, h2. */
+static inline void tc_lane_finish(uint64_t a, uint64_t c, int j, uint64_t *h1, uint64_t *h2)
+{
+    *h1 += tc_fmix(a + tc_fmix(c ^ tc_keys[TC_K_FIN1 + j]));
+    *h2 += tc_fmix(c + tc_fmix(a ^ tc_keys[TC_K_FIN2 + j]));
+}
+
+/* One step of the item finish (docs/hash.md, section 5). */
+static inline void tc_meta_absorb(uint64_t *s1, uint64_t *s2, uint64_t m)
+{
+    *s1 = tc_fmix(*s1 ^ m) + TC_GAMMA;
+    *s2 = tc_fmix(*s2 ^ tc_rotl64(m, 32)) + TC_GAMMA;
+}
 
 #endif

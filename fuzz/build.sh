@@ -9,7 +9,11 @@ CC="${CC:-clang}"
 mkdir -p "$OUT"
 CFLAGS=(-g -O1 -std=c11 -D_GNU_SOURCE -Icsrc -Wall -Wextra
         -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
-ENGINE=(csrc/hash.c csrc/hash_dispatch.c csrc/hash_batch.c csrc/store.c csrc/zstd_dl.c)
+# Every engine file (no Python.h) except the SIMD ones, which setup.py's
+# SIMD_SOURCES lists with their instruction-set flags.
+SIMD="$(python3 .ci/simd_sources.py)"
+ENGINE=(csrc/hash.c csrc/hash_portable.c csrc/hash_dispatch.c csrc/hash_batch.c csrc/store.c
+        csrc/zstd_dl.c)
 objs=()
 for src in "${ENGINE[@]}"; do
     obj="$OUT/$(basename "${src%.c}").o"
@@ -17,12 +21,12 @@ for src in "${ENGINE[@]}"; do
     objs+=("$obj")
 done
 if [ "$(uname -m)" = x86_64 ]; then
-    # As in setup.py: each SIMD variant with its own instruction-set flags.
-    "$CC" "${CFLAGS[@]}" -fsanitize=fuzzer-no-link,address,undefined -mavx2 \
-        -c csrc/hash_avx2.c -o "$OUT/hash_avx2.o"
-    "$CC" "${CFLAGS[@]}" -fsanitize=fuzzer-no-link,address,undefined -mavx512f -mavx512dq \
-        -c csrc/hash_avx512.c -o "$OUT/hash_avx512.o"
-    objs+=("$OUT/hash_avx2.o" "$OUT/hash_avx512.o")
+    while read -r src flags; do
+        obj="$OUT/$(basename "${src%.c}").o"
+        # shellcheck disable=SC2086  # flags are words
+        "$CC" "${CFLAGS[@]}" -fsanitize=fuzzer-no-link,address,undefined $flags -c "$src" -o "$obj"
+        objs+=("$obj")
+    done <<<"$SIMD"
 fi
 for harness in fuzz_segment fuzz_hash; do
     "$CC" "${CFLAGS[@]}" -fsanitize=fuzzer,address,undefined "fuzz/$harness.c" "${objs[@]}" \

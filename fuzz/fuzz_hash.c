@@ -8,7 +8,9 @@
  *     tc_hash_block over every tail length);
  *   - the digest depends on the logical elements only: the strided item and a
  *     compact row-major copy of it hash alike (docs/hash.md, section 1);
- *   - tc_hash_batch (one and two threads) gives each item's tc_hash_item digest. */
+ *   - tc_hash_batch (one and two threads, at every level) gives each item's
+ *     portable tc_hash_item digest; its batch of NITEMS items is enough for the
+ *     kernels that finish eight items at a time. */
 #include "hash.h"
 
 #include <stdint.h>
@@ -17,6 +19,7 @@
 #include <string.h>
 
 #define MAX_DIMS 4
+#define NITEMS 9
 /* Bytes of the physical buffer an input may ask for (keeps each run fast). */
 #define MAX_BUFFER_BYTES (1u << 18)
 
@@ -145,11 +148,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!read_layout(&p, &n, &l))
         return 0;
     size_t bytes = (size_t)(l.buffer_elems * l.itemsize);
-    /* Three items back to back for the batch check, each exactly sized so the
+    /* NITEMS items back to back for the batch check, each exactly sized so the
      * sanitizer sees any read past an item. */
-    uint8_t *buf = malloc(3 * bytes + 1);
+    uint8_t *buf = malloc(NITEMS * bytes + 1);
     check(buf != NULL, "out of memory");
-    for (size_t i = 0; i < 3 * bytes; i++)
+    for (size_t i = 0; i < NITEMS * bytes; i++)
         buf[i] = n ? p[i % n] ^ (uint8_t)(i / (n ? n : 1)) : (uint8_t)i;
 
     tc_item item = {buf, l.itemsize, l.ndim, l.shape, l.strides, l.dtype_word};
@@ -174,16 +177,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check(same(hash_at(&compact, l.sample_count, best), ref),
           "a strided item and its compact copy hash differently");
 
-    tc_batch batch = {buf, (int64_t)bytes, 3, item};
-    uint64_t digests[6];
-    for (int threads = 1; threads <= 2; threads++) {
-        check(tc_hash_batch(&batch, l.sample_count, threads, digests) == 0, "batch failed");
-        for (int i = 0; i < 3; i++) {
-            tc_item one = item;
-            one.base = buf + (size_t)i * bytes;
-            tc_digest d = hash_at(&one, l.sample_count, best);
-            check(d.d1 == digests[2 * i] && d.d2 == digests[2 * i + 1],
-                  "tc_hash_batch differs from tc_hash_item");
+    tc_batch batch = {buf, (int64_t)bytes, NITEMS, item};
+    uint64_t want[2 * NITEMS], digests[2 * NITEMS];
+    for (int i = 0; i < NITEMS; i++) {
+        tc_item one = item;
+        one.base = buf + (size_t)i * bytes;
+        tc_digest d = hash_at(&one, l.sample_count, TC_SIMD_PORTABLE);
+        want[2 * i] = d.d1;
+        want[2 * i + 1] = d.d2;
+    }
+    for (int level = TC_SIMD_PORTABLE; level <= best; level++) {
+        check(tc_hash_simd_force(level) == 0, "cannot force a level below the best");
+        for (int threads = 1; threads <= 2; threads++) {
+            check(tc_hash_batch(&batch, l.sample_count, threads, digests) == 0, "batch failed");
+            check(memcmp(digests, want, sizeof(want)) == 0,
+                  "tc_hash_batch differs from the portable tc_hash_item");
         }
     }
     free(flat);

@@ -1,0 +1,116 @@
+"""SIMD dispatch: every level this CPU has gives the portable digests on the batch
+paths (many items finished together, one-stripe blocks, block sums over threads),
+and switching levels is safe while other threads hash."""
+
+import threading
+
+import pytest
+import torch
+
+from conftest import SIMD_LEVELS
+from torchcache_c import _C, build_info, hash_tensor
+
+# Item sizes in bytes around every boundary of the driver and the kernels: one
+# word, one step of eight lanes (64 B), one stripe (256 B), one block (16 KiB).
+ITEM_BYTES = [0, 1, 7, 8, 9, 63, 64, 65, 120, 128, 129, 192, 255, 256, 257, 511, 3072,
+              16383, 16384, 16385, 40000]
+# Batch sizes around the kernels' groups of 4 and 8 items.
+BATCHES = [1, 3, 7, 8, 9, 17, 33]
+
+
+def _items(batch: int, nbytes: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, nbytes), generator=g, dtype=torch.uint8)
+
+
+def _portable_one_by_one(x: torch.Tensor, level: str) -> torch.Tensor:
+    """Each item alone, at the portable level (the reference driver and kernels);
+    leaves `level` active."""
+    _C._set_simd("portable")
+    try:
+        return torch.cat([hash_tensor(x[i:i + 1]) for i in range(x.shape[0])])
+    finally:
+        _C._set_simd(level)
+
+
+@pytest.mark.parametrize("nbytes", ITEM_BYTES)
+def test_batches_match_portable_items_at_every_level(simd, nbytes):
+    for seed, batch in enumerate(BATCHES):
+        x = _items(batch, nbytes, seed)
+        got = hash_tensor(x)
+        assert torch.equal(got, _portable_one_by_one(x, simd)), (simd, nbytes, batch)
+
+
+def test_zero_padding_lanes_are_data_when_not_zero(simd):
+    # One-stripe blocks take the zero lanes from a table; an item whose last
+    # words are zero must still differ from a shorter item (the length is hashed)
+    # and equal the portable digest.
+    x = torch.zeros(9, 256, dtype=torch.uint8)
+    for i in range(9):
+        x[i, : 28 * i] = 1
+    got = hash_tensor(x)
+    assert torch.equal(got, _portable_one_by_one(x, simd))
+    assert len({tuple(r) for r in got.tolist()}) == 9
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_threaded_batches_match_portable(simd, threads):
+    # 4 MiB or more is split over threads: one-block items and multi-block items.
+    for shape in [(1100, 4096), (70, 65536), (1, 5 << 20)]:
+        x = _items(shape[0], shape[1], threads)
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            got = hash_tensor(x)
+        finally:
+            torch.set_num_threads(before)
+        _C._set_simd("portable")
+        try:
+            want = hash_tensor(x)
+        finally:
+            _C._set_simd(simd)
+        assert torch.equal(got, want), (simd, threads, shape)
+
+
+def test_set_simd_switches_the_active_level():
+    for level in SIMD_LEVELS:
+        _C._set_simd(level)
+        assert build_info()["simd"] == level
+    _C._set_simd(build_info()["simd_best"])
+    assert build_info()["simd"] == build_info()["simd_best"]
+
+
+def test_unsupported_level_is_refused_and_changes_nothing():
+    levels = ["portable", "avx2", "avx512"]
+    missing = levels[len(SIMD_LEVELS):]
+    for level in missing:
+        with pytest.raises(ValueError, match="does not support"):
+            _C._set_simd(level)
+        assert build_info()["simd"] == build_info()["simd_best"]
+
+
+def test_switching_levels_while_other_threads_hash_gives_the_same_digests():
+    x = _items(64, 3000, 7)
+    want = hash_tensor(x)
+    errors = []
+    stop = threading.Event()
+
+    def hasher():
+        while not stop.is_set():
+            if not torch.equal(hash_tensor(x), want):
+                errors.append("digest changed")
+                return
+
+    workers = [threading.Thread(target=hasher) for _ in range(2)]
+    for w in workers:
+        w.start()
+    try:
+        for _ in range(300):
+            for level in SIMD_LEVELS:
+                _C._set_simd(level)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+        _C._set_simd(build_info()["simd_best"])
+    assert not errors
