@@ -18,3 +18,17 @@ def simd(request):
     _C._set_simd(request.param)
     yield request.param
     _C._set_simd(build_info()["simd_best"])
+
+
+@pytest.fixture(autouse=True)
+def _restore_library_logger():
+    """set_logger_config changes the torchcache_c logger (level, handlers, propagate);
+    every test starts and ends with it as it was, so caplog keeps capturing."""
+    import logging
+
+    logger = logging.getLogger("torchcache_c")
+    saved = (logger.level, list(logger.handlers), logger.propagate, logger.disabled)
+    yield
+    logger.setLevel(saved[0])
+    logger.handlers[:] = saved[1]
+    logger.propagate, logger.disabled = saved[2], saved[3]
