@@ -100,17 +100,15 @@ def test_an_edited_instruction_under_a_valid_stamp_fails_the_regenerate_check(tm
     assert "or.b64" in result.stderr
 
 
-@pytest.fixture(scope="module")
-def ptx_only_build(tmp_path_factory):
-    """The extension built from a copy of the tree as on a machine without nvcc."""
-    if not (ROOT / "setup.py").exists() or CC is None:
-        pytest.skip("needs the source tree and a C compiler")
-    tree = tmp_path_factory.mktemp("ptx_only")
+def _build_without_nvcc(tree: Path, edit=None) -> subprocess.CompletedProcess:
+    """Builds the extension in place in a copy of the tree, with nvcc hidden."""
     for name in ("setup.py", "pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, tree / name)
     for name in ("csrc", "tools", "torchcache_c"):
         shutil.copytree(ROOT / name, tree / name,
                         ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    if edit:
+        edit(tree)
     env = {k: v for k, v in os.environ.items() if k not in ("CUDA_HOME", "CUDA_PATH")}
     env["TORCHCACHE_C_NO_CUDA"] = "1"
     if NVCC:  # hide it from PATH too, not only through the switch
@@ -119,8 +117,39 @@ def ptx_only_build(tmp_path_factory):
     result = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tree,
                             env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _build_info_of(tree: Path) -> dict:
+    code = "import json, torchcache_c; print(json.dumps(torchcache_c.build_info()))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tree, capture_output=True,
+                         text=True, check=True).stdout
+    return json.loads(out)
+
+
+@pytest.fixture(scope="module")
+def ptx_only_build(tmp_path_factory):
+    """The extension built from a copy of the tree as on a machine without nvcc."""
+    if not (ROOT / "setup.py").exists() or CC is None:
+        pytest.skip("needs the source tree and a C compiler")
+    tree = tmp_path_factory.mktemp("ptx_only")
+    result = _build_without_nvcc(tree)
     assert "embedding the PTX only" in result.stderr
     return tree
+
+
+@needs_source
+@needs_cc
+@pytest.mark.slow
+def test_a_build_without_nvcc_never_embeds_a_stale_ptx(tmp_path):
+    def change_the_kernel_source(tree):
+        source = tree / "csrc" / "hash_cuda.cu"
+        source.write_text(source.read_text() + "\n#define TC_STALE_TEST 1\n")
+
+    result = _build_without_nvcc(tmp_path, change_the_kernel_source)
+    assert "does not match the sources" in result.stderr
+    info = _build_info_of(tmp_path)
+    assert info["cuda_kernels"] is False and info["cuda_kernel_kinds"] == []
 
 
 def _probe(tmp_path: Path, tree=None):
