@@ -1,10 +1,12 @@
 """Build of torchcache_c._C: plain C against the CPython API, no torch at build time.
 
 The SIMD stripe loops are compiled with their own instruction-set flags (the rest
-of the extension stays portable), and when nvcc is found the CUDA kernels are
-compiled to a fatbin that is embedded in the extension as bytes.  Environment:
+of the extension stays portable).  The CUDA kernels are always embedded: the PTX
+committed as csrc/hash_cuda.ptx (tools/gen_ptx.py), which the driver JIT-compiles,
+and, when nvcc is found, a fatbin with SASS for the common GPUs plus that same PTX.
+Environment:
 
-  TORCHCACHE_C_NO_CUDA=1   do not look for nvcc
+  TORCHCACHE_C_NO_CUDA=1   do not look for nvcc (the PTX is still embedded)
   TORCHCACHE_C_WERROR=1    add -Werror (CI only; a user's build never fails on a warning)
   TORCHCACHE_C_SANITIZE=1  build with AddressSanitizer and UBSan (CI's sanitizer step)
 """
@@ -34,8 +36,13 @@ SIMD_SOURCES = {
     "hash_avx2.c": ["-mavx2"],
     "hash_avx512.c": ["-mavx512f", "-mavx512dq"],
 }
-# SASS for these, plus PTX of the newest for GPUs that come later.
+# SASS for these when nvcc is found; every other GPU JIT-compiles the compute_75 PTX.
 CUDA_ARCHS = ["75", "80", "86", "89", "90"]
+# Kinds of kernel image, as csrc/cuda.h numbers them.
+TC_CUDA_KIND_SASS, TC_CUDA_KIND_PTX = 1, 2
+
+sys.path.insert(0, str(ROOT / "tools"))
+import gen_ptx  # noqa: E402  (tools/gen_ptx.py: generates and stamps csrc/hash_cuda.ptx)
 
 
 def _is_x86_64() -> bool:
@@ -81,18 +88,7 @@ class BuildExt(build_ext):
                     macros=ext.define_macros,
                     extra_postargs=ext.extra_compile_args + flags,
                 )
-        nvcc = _find_nvcc()
-        embed_c = None
-        if nvcc:
-            try:
-                embed_c = self._build_fatbin(nvcc, build_temp)
-            except (OSError, subprocess.CalledProcessError) as exc:
-                # A broken CUDA toolkit must not break a user's install: CUDA
-                # tensors are then hashed on the host.  CI (WERROR) wants to know.
-                if os.environ.get("TORCHCACHE_C_WERROR") == "1":
-                    raise
-                print(f"torchcache_c: nvcc failed ({exc}); building without CUDA kernels",
-                      file=sys.stderr)
+        embed_c = self._embed_kernels(build_temp)
         if embed_c:
             objects += self.compiler.compile(
                 [str(embed_c)],
@@ -100,37 +96,77 @@ class BuildExt(build_ext):
                 include_dirs=ext.include_dirs,
                 extra_postargs=ext.extra_compile_args,
             )
-            ext.define_macros = ext.define_macros + [("TC_HAVE_CUDA_FATBIN", "1")]
-        elif not nvcc:
-            print("torchcache_c: nvcc not found; building without CUDA kernels", file=sys.stderr)
+            ext.define_macros = ext.define_macros + [("TC_HAVE_CUDA_IMAGE", "1")]
         ext.extra_objects = ext.extra_objects + objects
         super().build_extension(ext)
 
-    def _build_fatbin(self, nvcc, build_temp: Path) -> Path:
-        """Compile csrc/hash_cuda.cu to a fatbin and write it as a C byte array."""
-        fatbin = build_temp / "hash_cuda.fatbin"
-        archs = _nvcc_supported_archs(nvcc)
-        gencode = []
-        for arch in archs:
-            gencode += [f"-gencode=arch=compute_{arch},code=sm_{arch}"]
-        gencode += [f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
-        cmd = [nvcc, "--fatbin", "-O3", "-I", str(CSRC), *gencode,
-               "-o", str(fatbin), str(CSRC / "hash_cuda.cu")]
-        print(" ".join(cmd), file=sys.stderr)
-        subprocess.run(cmd, check=True)
-        data = fatbin.read_bytes()
-        embed_c = build_temp / "hash_cuda_fatbin.c"
-        lines = [", ".join(str(b) for b in data[i:i + 24]) for i in range(0, len(data), 24)]
+    def _embed_kernels(self, build_temp: Path):
+        """Write the kernel image as a C byte array; None if there is none to embed.
+
+        The image is the committed PTX when its stamp matches the sources (always, for
+        a user: sdists and wheels ship it fresh), else PTX generated here by nvcc.
+        With nvcc it becomes a fatbin holding SASS for CUDA_ARCHS and the PTX, all
+        compiled from that one PTX, and the driver picks SASS when the GPU has it.
+        """
+        nvcc = _find_nvcc()
+        if gen_ptx.is_fresh(CSRC):
+            ptx = (CSRC / gen_ptx.PTX_NAME).read_text()
+        elif nvcc:
+            print("torchcache_c: csrc/hash_cuda.ptx is stale; using PTX generated from the "
+                  "sources (run python tools/gen_ptx.py and commit it)", file=sys.stderr)
+            try:
+                ptx = gen_ptx.generate(nvcc, CSRC)
+            except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
+                if os.environ.get("TORCHCACHE_C_WERROR") == "1":
+                    raise
+                print(f"torchcache_c: nvcc failed ({exc}); building without CUDA kernels",
+                      file=sys.stderr)
+                return None
+        else:
+            # PTX of other sources could hash differently from the CPU: embed none.
+            print("torchcache_c: csrc/hash_cuda.ptx does not match the sources and nvcc was "
+                  "not found; building without CUDA kernels", file=sys.stderr)
+            return None
+        ptx_file = build_temp / gen_ptx.PTX_NAME
+        ptx_file.write_text(ptx)
+        image, kinds = ptx.encode() + b"\0", TC_CUDA_KIND_PTX
+        if nvcc:
+            try:
+                image = self._build_fatbin(nvcc, ptx_file)
+                kinds |= TC_CUDA_KIND_SASS
+            except (OSError, subprocess.CalledProcessError) as exc:
+                # A broken CUDA toolkit must not break a user's install: the PTX
+                # is still embedded.  CI (WERROR) wants to know.
+                if os.environ.get("TORCHCACHE_C_WERROR") == "1":
+                    raise
+                print(f"torchcache_c: nvcc failed ({exc}); embedding the PTX only",
+                      file=sys.stderr)
+        else:
+            print("torchcache_c: nvcc not found; embedding the PTX only (the driver compiles it "
+                  "on first use)", file=sys.stderr)
+        embed_c = build_temp / "hash_cuda_image.c"
+        lines = [", ".join(str(b) for b in image[i:i + 24]) for i in range(0, len(image), 24)]
         embed_c.write_text(
-            "/* Generated by setup.py from csrc/hash_cuda.cu; do not edit. */\n"
+            "/* Generated by setup.py from csrc/hash_cuda.ptx; do not edit. */\n"
             "#include <stddef.h>\n"
-            "/* 8-byte alignment: the driver reads the fatbin header in place. */\n"
-            "const unsigned char tc_hash_cuda_fatbin[] __attribute__((aligned(8))) = {\n"
+            "/* 8-byte alignment: the driver reads a fatbin header in place. */\n"
+            "const unsigned char tc_hash_cuda_image[] __attribute__((aligned(8))) = {\n"
             + ",\n".join(lines)
             + "\n};\n"
-            f"const size_t tc_hash_cuda_fatbin_len = {len(data)};\n"
+            f"const size_t tc_hash_cuda_image_len = {len(image)};\n"
+            f"const int tc_hash_cuda_image_kinds = {kinds};\n"
         )
         return embed_c
+
+    def _build_fatbin(self, nvcc, ptx_file: Path) -> bytes:
+        """SASS for every arch of CUDA_ARCHS that nvcc knows, plus the PTX itself."""
+        fatbin = ptx_file.with_suffix(".fatbin")
+        codes = [f"sm_{a}" for a in _nvcc_supported_archs(nvcc)] + [f"compute_{gen_ptx.ARCH}"]
+        cmd = [nvcc, "--fatbin", f"-arch=compute_{gen_ptx.ARCH}", f"-code={','.join(codes)}",
+               "-o", str(fatbin), str(ptx_file)]
+        print(" ".join(cmd), file=sys.stderr)
+        subprocess.run(cmd, check=True)
+        return fatbin.read_bytes()
 
 
 def _extension() -> Extension:

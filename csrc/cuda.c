@@ -1,6 +1,7 @@
 /* cuda.c -- the CUDA engine's host side (docs/cuda.md): reaches the driver
- * API through dlopen("libcuda.so.1"), loads the kernels embedded by setup.py
- * once per context, and hashes a batch on the caller's stream.
+ * API through dlopen("libcuda.so.1"), loads the kernel image embedded by
+ * setup.py (a fatbin with SASS and PTX, or the PTX alone, which the driver
+ * JIT-compiles) once per context, and hashes a batch on the caller's stream.
  *
  * Plain C without CUDA headers: the few driver types and entry points used are
  * declared here (their ABI is stable across driver versions).  It links
@@ -17,9 +18,9 @@
 
 _Static_assert(TC_CU_MAX_DIMS == TC_MAX_NDIM, "kernel arguments hold every dimension");
 
-#ifndef TC_HAVE_CUDA_FATBIN
+#ifndef TC_HAVE_CUDA_IMAGE
 
-int tc_cuda_kernels_embedded(void)
+int tc_cuda_kernel_kinds(void)
 {
     return 0;
 }
@@ -31,18 +32,22 @@ int tc_cuda_hash_batch(const tc_view *x, uint64_t sample_count, void *stream,
     (void)sample_count;
     (void)stream;
     (void)digests_host;
-    snprintf(err, err_len, "this build has no CUDA kernels (built without nvcc)");
+    snprintf(err, err_len,
+             "this build has no CUDA kernels (csrc/hash_cuda.ptx did not match the sources "
+             "and nvcc was not found; see build_info())");
     return TC_CUDA_UNAVAILABLE;
 }
 
 #else
 
-extern const unsigned char tc_hash_cuda_fatbin[];
-extern const size_t tc_hash_cuda_fatbin_len;
+/* Written by setup.py: a fatbin (kinds SASS|PTX) or NUL-terminated PTX text. */
+extern const unsigned char tc_hash_cuda_image[];
+extern const size_t tc_hash_cuda_image_len;
+extern const int tc_hash_cuda_image_kinds;
 
-int tc_cuda_kernels_embedded(void)
+int tc_cuda_kernel_kinds(void)
 {
-    return 1;
+    return tc_hash_cuda_image_kinds;
 }
 
 /* ---- the driver API, declared by hand (cuda.h of the CUDA toolkit) ---- */
@@ -54,9 +59,14 @@ typedef struct CUmod_st *CUmodule;
 typedef struct CUfunc_st *CUfunction;
 typedef struct CUstream_st *CUstream;
 typedef unsigned long long CUdeviceptr;
+typedef int CUjit_option;
 
 #define CUDA_SUCCESS 0
 #define CUDA_ERROR_NOT_SUPPORTED 801
+#define CU_JIT_INFO_LOG_BUFFER 3
+#define CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES 4
+#define CU_JIT_ERROR_LOG_BUFFER 5
+#define CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES 6
 
 static struct {
     CUresult (*Init)(unsigned);
@@ -65,7 +75,7 @@ static struct {
     CUresult (*DevicePrimaryCtxRetain)(CUcontext *, CUdevice);
     CUresult (*CtxGetCurrent)(CUcontext *);
     CUresult (*CtxSetCurrent)(CUcontext);
-    CUresult (*ModuleLoadData)(CUmodule *, const void *);
+    CUresult (*ModuleLoadDataEx)(CUmodule *, const void *, unsigned, CUjit_option *, void **);
     CUresult (*ModuleGetFunction)(CUfunction *, CUmodule, const char *);
     CUresult (*LaunchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned,
                              unsigned, unsigned, CUstream, void **, void **);
@@ -105,7 +115,7 @@ static void drv_load(void)
     SYM(DevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain", 1);
     SYM(CtxGetCurrent, "cuCtxGetCurrent", 1);
     SYM(CtxSetCurrent, "cuCtxSetCurrent", 1);
-    SYM(ModuleLoadData, "cuModuleLoadData", 1);
+    SYM(ModuleLoadDataEx, "cuModuleLoadDataEx", 1);
     SYM(ModuleGetFunction, "cuModuleGetFunction", 1);
     SYM(LaunchKernel, "cuLaunchKernel", 1);
     SYM(MemAlloc, "cuMemAlloc_v2", 1);
@@ -130,9 +140,12 @@ static void drv_load(void)
 
 /* ---- the kernels of each context ---- */
 
+/* A context's kernels, or why they did not load there (failure != NULL): a
+ * failed JIT is not retried on every batch, and each call reports the same log. */
 typedef struct {
     CUcontext ctx;
     CUfunction hash_blocks, gather, finish;
+    char *failure;
 } tc_cuda_module;
 
 #define TC_MAX_CONTEXTS 64
@@ -160,6 +173,47 @@ static int cu_fail(CUresult rc, const char *call, char *err, size_t err_len)
             return cu_fail(rc_, call, err, err_len);          \
     } while (0)
 
+#define TC_JIT_LOG_LEN 1536
+
+static void trim_log(char *log)
+{
+    size_t n = strnlen(log, TC_JIT_LOG_LEN - 1);
+    log[n] = 0;
+    while (n > 0 && (log[n - 1] == '\n' || log[n - 1] == ' '))
+        log[--n] = 0;
+}
+
+/* Loads the embedded image into the current context.  The driver takes SASS
+ * for this GPU from a fatbin when it has it and otherwise JIT-compiles the PTX
+ * (cached across processes in ~/.nv/ComputeCache); a failed JIT leaves its
+ * reason in the error log, which goes into err. */
+static int load_image(CUmodule *mod, char *err, size_t err_len)
+{
+    char error_log[TC_JIT_LOG_LEN] = "", info_log[TC_JIT_LOG_LEN] = "";
+    CUjit_option options[4] = {CU_JIT_ERROR_LOG_BUFFER, CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES,
+                               CU_JIT_INFO_LOG_BUFFER, CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES};
+    void *values[4] = {error_log, (void *)(uintptr_t)sizeof(error_log), info_log,
+                       (void *)(uintptr_t)sizeof(info_log)};
+    CUresult cr = drv.ModuleLoadDataEx(mod, tc_hash_cuda_image, 4, options, values);
+    (void)tc_hash_cuda_image_len;
+    if (cr == CUDA_SUCCESS)
+        return 0;
+    const char *name = NULL;
+    if (drv.GetErrorName(cr, &name) != CUDA_SUCCESS || name == NULL)
+        name = "CUDA_ERROR_UNKNOWN";
+    trim_log(error_log);
+    trim_log(info_log);
+    const char *log = error_log[0] ? error_log : info_log[0] ? info_log : "(empty)";
+    /* The host path still gives the right digest: this is TC_CUDA_UNAVAILABLE. */
+    snprintf(err, err_len,
+             "CUDA error %s in cuModuleLoadDataEx: the embedded kernels (%s) do not load on "
+             "this GPU and driver; JIT log: %s",
+             name,
+             (tc_hash_cuda_image_kinds & TC_CUDA_KIND_SASS) ? "SASS and PTX" : "PTX only",
+             log);
+    return TC_CUDA_UNAVAILABLE;
+}
+
 /* The kernels in the current context `ctx`, loaded on first use. */
 static int module_for(CUcontext ctx, tc_cuda_module *out, char *err, size_t err_len)
 {
@@ -167,6 +221,10 @@ static int module_for(CUcontext ctx, tc_cuda_module *out, char *err, size_t err_
     pthread_mutex_lock(&modules_lock);
     for (int i = 0; i < nmodules; i++) {
         if (modules[i].ctx == ctx) {
+            if (modules[i].failure) {
+                snprintf(err, err_len, "%s", modules[i].failure);
+                rc = TC_CUDA_UNAVAILABLE;
+            }
             *out = modules[i];
             goto done;
         }
@@ -177,25 +235,22 @@ static int module_for(CUcontext ctx, tc_cuda_module *out, char *err, size_t err_
         rc = TC_CUDA_UNAVAILABLE;
         goto done;
     }
+    tc_cuda_module m;
+    memset(&m, 0, sizeof(m));
+    m.ctx = ctx;
     CUmodule mod;
-    CUresult cr = drv.ModuleLoadData(&mod, tc_hash_cuda_fatbin);
-    if (cr != CUDA_SUCCESS) {
-        /* No SASS for this GPU and a PTX newer than the driver can compile:
-         * the host path still gives the right digest. */
-        const char *name = NULL;
-        drv.GetErrorName(cr, &name);
-        snprintf(err, err_len,
-                 "CUDA error %s in cuModuleLoadData: the embedded kernels do not run on this "
-                 "GPU and driver", name ? name : "CUDA_ERROR_UNKNOWN");
-        rc = TC_CUDA_UNAVAILABLE;
+    rc = load_image(&mod, err, err_len);
+    if (rc) {
+        /* Remembered for this context; if strdup fails the next call retries. */
+        m.failure = strdup(err);
+        if (m.failure)
+            modules[nmodules++] = m;
         goto done;
     }
-    tc_cuda_module m;
-    m.ctx = ctx;
     const char *names[3] = {"tc_hash_blocks", "tc_gather", "tc_finish"};
     CUfunction *fns[3] = {&m.hash_blocks, &m.gather, &m.finish};
     for (int i = 0; i < 3; i++) {
-        cr = drv.ModuleGetFunction(fns[i], mod, names[i]);
+        CUresult cr = drv.ModuleGetFunction(fns[i], mod, names[i]);
         if (cr != CUDA_SUCCESS) {
             rc = cu_fail(cr, "cuModuleGetFunction", err, err_len);
             goto done;
@@ -205,7 +260,6 @@ static int module_for(CUcontext ctx, tc_cuda_module *out, char *err, size_t err_
     *out = m;
 done:
     pthread_mutex_unlock(&modules_lock);
-    (void)tc_hash_cuda_fatbin_len;
     return rc;
 }
 
@@ -375,4 +429,4 @@ int tc_cuda_hash_batch(const tc_view *x, uint64_t sample_count, void *stream,
     return rc;
 }
 
-#endif /* TC_HAVE_CUDA_FATBIN */
+#endif /* TC_HAVE_CUDA_IMAGE */

@@ -94,7 +94,7 @@ static PyObject *py_hash_into(PyObject *self, PyObject *args, PyObject *kwargs)
     uint64_t *digests = (uint64_t *)out.data;
     int dev = x.t->device.device_type;
     if (dev == TC_DL_CUDA || dev == TC_DL_CUDA_MANAGED) {
-        char err[256];
+        char err[TC_CUDA_ERR_LEN];
         int rc;
         Py_BEGIN_ALLOW_THREADS
         rc = tc_cuda_hash_batch(&x, (uint64_t)sample_count, (void *)(uintptr_t)stream,
@@ -142,8 +142,27 @@ static PyObject *py_build_info(PyObject *self, PyObject *unused)
 {
     char zstd_version[32];
     int have_zstd = tc_zstd_available(zstd_version, sizeof(zstd_version));
+    int kinds = tc_cuda_kernel_kinds();
+    PyObject *kind_names = Py_BuildValue("[]");
+    if (kind_names == NULL)
+        return NULL;
+    static const struct { int bit; const char *name; } kind_table[] = {
+        {TC_CUDA_KIND_SASS, "sass"},
+        {TC_CUDA_KIND_PTX, "ptx"},
+    };
+    for (size_t i = 0; i < sizeof(kind_table) / sizeof(kind_table[0]); i++) {
+        if (!(kinds & kind_table[i].bit))
+            continue;
+        PyObject *name = PyUnicode_FromString(kind_table[i].name);
+        if (name == NULL || PyList_Append(kind_names, name) < 0) {
+            Py_XDECREF(name);
+            Py_DECREF(kind_names);
+            return NULL;
+        }
+        Py_DECREF(name);
+    }
     return Py_BuildValue(
-        "{s:s,s:s,s:s,s:s,s:O,s:O,s:s,s:s}",
+        "{s:s,s:s,s:s,s:s,s:O,s:N,s:O,s:s,s:s}",
         "version", TC_VERSION,
         "compiler",
 #if defined(__clang__)
@@ -155,7 +174,8 @@ static PyObject *py_build_info(PyObject *self, PyObject *unused)
 #endif
         "simd", tc_hash_simd_name(tc_hash_simd_active()),
         "simd_best", tc_hash_simd_name(tc_hash_simd_best()),
-        "cuda_kernels", tc_cuda_kernels_embedded() ? Py_True : Py_False,
+        "cuda_kernels", kinds ? Py_True : Py_False,
+        "cuda_kernel_kinds", kind_names,
         "zstd", have_zstd ? Py_True : Py_False,
         "zstd_version", have_zstd ? zstd_version : "",
         "hash", "tch128-v1");

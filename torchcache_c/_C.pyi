@@ -16,6 +16,7 @@ class _BuildInfo(TypedDict):
     simd: str
     simd_best: str
     cuda_kernels: bool
+    cuda_kernel_kinds: List[str]
     zstd: bool
     zstd_version: str
     hash: str
