@@ -8,6 +8,10 @@ Printed side by side, in one run:
   check+grad the same with grad enabled (every parameter's requires_grad is read too)
   py-check   the check main did before this change, in Python: version counter, data
              pointer and shape of every parameter and buffer, and requires_grad
+  id loop    [id(t) for t in tensors] over the same 320 tensors: the cheapest Python
+             loop that touches each tensor once, to read the check's cost on a loaded
+             machine (the check reads each tensor's version counter through torch's
+             getter, which costs about what one such loop step does)
   forward    one uncached forward of a 1-item 64x64 batch, for scale
 
     python benchmarks/bench_keys.py [--repeat 20000]
@@ -112,6 +116,7 @@ def main() -> None:
         check = best(lambda: keys.current(False), args.repeat)
         check_grad = best(lambda: keys.current(True), args.repeat)
         py = best(py_check, max(1, args.repeat // 20))
+        id_loop = best(lambda: [id(t) for t in tensors], args.repeat)
         plain = ResNet50.__mro__[1]().eval()   # the undecorated class
         fwd = best(lambda: plain(x), 5)
     print(f"CPU: {cpu_model()}; torch {torch.__version__}; 1 thread")
@@ -119,6 +124,8 @@ def main() -> None:
     print(f"{'check (no grad)':<22}{check:10.2f} us")
     print(f"{'check (grad enabled)':<22}{check_grad:10.2f} us")
     print(f"{'python check (main)':<22}{py:10.2f} us   ratio check/py: {check / py:.3f}")
+    print(f"{'id() loop, 320 tensors':<22}{id_loop:10.2f} us   ratio check/id loop: "
+          f"{check / id_loop:.2f}")
     print(f"{'uncached forward':<22}{fwd:10.2f} us   check/forward: {check / fwd:.4f}")
     print(f"target: check <= 10 us -> {'met' if check <= 10 else 'NOT met'}")
 
