@@ -6,7 +6,7 @@ import torch.nn as nn
 
 from torchcache_c import cache as cache_module
 from torchcache_c import hash_tensor, torchcache
-from torchcache_c.device_tier import DeviceTier
+from torchcache_c.tiers import DeviceTier
 
 
 def _keys(n, offset=0):
@@ -20,7 +20,7 @@ def test_rows_round_trip_and_present_keys_are_skipped():
     assert tier.put(keys[10:20], torch.zeros(10, 3, 4)) == 0
     assert bytes(tier.lookup(keys)) == b"\x01" * 50
     order = torch.randperm(50)
-    assert torch.equal(tier.fetch(keys[order].contiguous()), src[order])
+    assert torch.equal(tier.rows(keys[order].contiguous()), src[order])
 
 
 def test_slabs_grow_and_keep_earlier_rows():
@@ -28,7 +28,7 @@ def test_slabs_grow_and_keep_earlier_rows():
     chunks = [torch.randn(37, 5) for _ in range(20)]
     for i, chunk in enumerate(chunks):
         tier.put(_keys(37, 37 * i), chunk)
-    assert torch.equal(tier.fetch(_keys(740)), torch.cat(chunks))
+    assert torch.equal(tier.rows(_keys(740)), torch.cat(chunks))
 
 
 def test_items_of_other_shapes_and_dtypes_get_their_own_slab():
@@ -36,8 +36,8 @@ def test_items_of_other_shapes_and_dtypes_get_their_own_slab():
     a, b = torch.randn(4, 3), torch.arange(8, dtype=torch.int16).reshape(4, 2)
     tier.put(_keys(4), a)
     tier.put(_keys(4, 100), b)
-    assert torch.equal(tier.fetch(_keys(4)), a)
-    assert torch.equal(tier.fetch(_keys(4, 100)), b)
+    assert torch.equal(tier.rows(_keys(4)), a)
+    assert torch.equal(tier.rows(_keys(4, 100)), b)
     assert tier.stats()["slabs"] == 2
 
 

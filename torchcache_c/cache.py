@@ -29,7 +29,7 @@ import torch
 
 from . import _C
 from ._compat import autocast_state
-from .device_tier import DeviceTier
+from .tiers import DeviceTier, HostTier
 from .hashing import hash_tensor
 from .keys import KeyTracker
 from .meta import touch_module_dir
@@ -455,15 +455,16 @@ class ModuleCache:
                 path = self.cache_dir
                 level = opts["zstd_compression_level"] if opts["zstd_compression"] else None
                 limit = int(opts["max_persistent_cache_size"])
-                self._handle = _open_store(("dir", str(path), level, limit), lambda: _C.Store(
-                    str(path), max_bytes=limit, zstd_level=level,
-                    zstd_threads=int(opts["zstd_compression_threads"]), refresh_ms=_REFRESH_MS))
+                self._handle = _open_store(("dir", str(path), level, limit), lambda: HostTier(
+                    _C.Store(str(path), max_bytes=limit, zstd_level=level,
+                             zstd_threads=int(opts["zstd_compression_threads"]),
+                             refresh_ms=_REFRESH_MS), _dtype_from_word))
             else:
                 limit = int(opts["max_memory_cache_size"])
                 tier = _tier_device(opts["memory_cache_device"], device)
                 if tier is None:
-                    self._handle = _open_store(("mem", mhash, limit), lambda: _C.Store(
-                        None, max_bytes=limit))
+                    self._handle = _open_store(("mem", mhash, limit), lambda: HostTier(
+                        _C.Store(None, max_bytes=limit), _dtype_from_word))
                 else:
                     self._handle = _open_store(("dev", mhash, limit, str(tier)),
                                                lambda: DeviceTier(tier, limit))
@@ -573,11 +574,8 @@ class ModuleCache:
             return
         stored_now = []
         for j, leaf in enumerate(leaves):
-            src = self._stored(leaf)
-            if not isinstance(handle.store, DeviceTier):
-                src = src.to("cpu").contiguous()
             with handle.lock:
-                stored_now.append(handle.store.put(self._leaf_keys(keys, j), src))
+                stored_now.append(handle.store.put(self._leaf_keys(keys, j), self._stored(leaf)))
         with self._lock:
             self._counts["items_stored"] += min(stored_now)
         if handle.store.is_full:
@@ -590,33 +588,23 @@ class ModuleCache:
 
     def _gather(self, store: Any, keys: torch.Tensor, layout: dict,
                 device) -> Tuple[List[torch.Tensor], torch.Tensor]:
-        """The hit rows' leaves and which rows every leaf served (Store.gather
-        never raises for a fault; an unserved row is recomputed by the caller)."""
+        """The hit rows' leaves and which rows every leaf served (a tier never raises
+        for a fault; an unserved row is recomputed by the caller)."""
         leaves = []
         served = torch.ones(len(keys), dtype=torch.bool)
-        pin = device.type == "cuda"
         for j, name in enumerate(layout["dtypes"]):
-            leaf_keys = self._leaf_keys(keys, j)
-            if isinstance(store, DeviceTier):
-                leaves.append(store.fetch(leaf_keys).to(device=device, dtype=_DTYPE_NAMES[name]))
-                continue
-            try:
-                word, shape = store.entry_info(leaf_keys, 0)
-            except KeyError:  # row 0's record went away since the lookup
-                return leaves, torch.zeros(len(keys), dtype=torch.bool)
-            dest = torch.empty((len(keys), *shape), dtype=_dtype_from_word(word), pin_memory=pin)
-            mask = store.gather(leaf_keys, dest)
-            served &= torch.frombuffer(bytearray(mask), dtype=torch.uint8).bool()
-            leaves.append(dest.to(device=device, dtype=_DTYPE_NAMES[name], non_blocking=pin))
+            leaf, leaf_served = store.fetch(self._leaf_keys(keys, j), _DTYPE_NAMES[name],
+                                            device)
+            if leaf is None:
+                return leaves, leaf_served
+            served &= leaf_served
+            leaves.append(leaf)
         return leaves, served
 
     def _report_faults(self, store: Any) -> None:
         """One WARNING per kind of store fault (I/O error, truncated or removed
         segment, descriptor limit...): the rows it hit were computed instead."""
-        take = getattr(store, "take_faults", None)
-        if take is None:
-            return
-        for kind, message in take().items():
+        for kind, message in store.take_faults().items():
             self._log_once(f"fault:{kind}", "cache store fault (%s): %s; the affected items "
                            "are computed instead of read, and later faults of this kind are "
                            "counted in stats()['store']['faults']", kind, message)

@@ -1,23 +1,80 @@
-"""The memory tier on a device (``memory_cache_device="cuda"``).
+"""The tiers behind one interface: where a module key's outputs are kept.
 
-Outputs stay on the device in one growing *slab* tensor per (dtype, item shape); the
-C arena store maps each key to a (slab, row) pair of int64s.  A hit batch is then one
-C gather of the small index records plus one ``index_select`` on the device: no
-host round trip and no Python loop over items.  Only device-agnostic torch calls are
-used, so the class is tested on the CPU as well.
+``HostTier`` is the C store (csrc/store.c): a persistent directory of segments, or an
+anonymous arena in host memory.  ``DeviceTier`` is the memory tier on a device
+(``memory_cache_device="cuda"``).  cache.py sees only the interface they share:
+
+    lookup(keys) -> bytes            one byte per row: 1 if the key is present
+    put(keys, src) -> int            store row i of src under keys[i]; rows stored
+    fetch(keys, dtype, device)       (rows as one tensor on `device` in `dtype`, or None;
+        -> (tensor, served)          bool mask of the rows it could serve)
+    is_full, io_error, stats(), take_faults(), close()
+
+A fault is a row not served, never an exception: the caller recomputes those rows.
+
+In the DeviceTier, outputs stay on the device in one growing *slab* tensor per (dtype,
+item shape); the C arena store maps each key to a (slab, row) pair of int64s.  A hit
+batch is then one C gather of the small index records plus one ``index_select`` on the
+device: no host round trip and no Python loop over items.  Only device-agnostic torch
+calls are used, so the class is tested on the CPU as well.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
 from . import _C
 
 
+class HostTier:
+    """The C store (directory or arena) behind the tier interface."""
+
+    def __init__(self, store: Any, dtype_of_word: Callable[[int], torch.dtype]):
+        self.store = store
+        self._dtype_of_word = dtype_of_word
+
+    @property
+    def is_full(self) -> bool:
+        return bool(self.store.is_full)
+
+    @property
+    def io_error(self) -> Optional[str]:
+        return self.store.io_error
+
+    def lookup(self, keys: torch.Tensor) -> bytes:
+        return self.store.lookup(keys)
+
+    def put(self, keys: torch.Tensor, src: torch.Tensor) -> int:
+        return self.store.put(keys, src.to("cpu").contiguous())
+
+    def fetch(self, keys: torch.Tensor, dtype: torch.dtype,
+              device: torch.device) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+        try:
+            word, shape = self.store.entry_info(keys, 0)
+        except KeyError:  # row 0's record went away since the lookup
+            return None, torch.zeros(len(keys), dtype=torch.bool)
+        # Hits for a GPU go through pinned memory and one non-blocking copy.
+        pin = device.type == "cuda"
+        dest = torch.empty((len(keys), *shape), dtype=self._dtype_of_word(word),
+                           pin_memory=pin)
+        served = torch.frombuffer(bytearray(self.store.gather(keys, dest)),
+                                  dtype=torch.uint8).bool()
+        return dest.to(device=device, dtype=dtype, non_blocking=pin), served
+
+    def stats(self) -> dict:
+        return self.store.stats()
+
+    def take_faults(self) -> Dict[str, str]:
+        return self.store.take_faults()
+
+    def close(self) -> None:
+        self.store.close()
+
+
 class DeviceTier:
-    """Same surface as the parts of ``_C.Store`` that cache.py uses, plus ``fetch``."""
+    """The memory tier on a device: slabs there, the C arena as the (slab, row) index."""
 
     def __init__(self, device: torch.device, max_bytes: int):
         self.device = torch.device(device)
@@ -60,7 +117,17 @@ class DeviceTier:
         self.records += stored
         return stored
 
-    def fetch(self, keys: torch.Tensor) -> torch.Tensor:
+    def fetch(self, keys: torch.Tensor, dtype: torch.dtype,
+              device: torch.device) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+        """The stored rows for keys (all present) on `device` in `dtype`; every row is
+        served (the slabs live in this process: no fault can take them away)."""
+        return (self.rows(keys).to(device=device, dtype=dtype),
+                torch.ones(len(keys), dtype=torch.bool))
+
+    def take_faults(self) -> Dict[str, str]:
+        return {}
+
+    def rows(self, keys: torch.Tensor) -> torch.Tensor:
         """The stored rows for keys (all present), as one tensor on the tier's device."""
         records = torch.empty((len(keys), 2), dtype=torch.int64)
         self.index.gather(keys, records)
