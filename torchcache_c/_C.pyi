@@ -5,7 +5,7 @@ it is accepted; ``torch.Tensor`` is what the shim passes.
 """
 
 from types import TracebackType
-from typing import Any, Dict, List, Optional, Tuple, Type, TypedDict, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypedDict, Union
 import os
 
 _Tensor = Any  # a torch.Tensor, or any object with __dlpack__
@@ -111,3 +111,10 @@ class Store:
     def path(self) -> Optional[str]: ...
     @property
     def closed(self) -> bool: ...
+
+class Watch:
+    """The per-call check of a module key (csrc/watch_module.c, docs/keys.md section 4)."""
+    def __init__(self) -> None: ...
+    def reset(self, dicts: Sequence[dict], tensors: Sequence[Any], grad_tensors: Sequence[Any],
+              version_descr: Any, requires_grad_descr: Any) -> None: ...
+    def changed(self, check_grad: bool) -> int: ...

@@ -1,12 +1,16 @@
 """torchcache_c: a per-item output cache for frozen PyTorch modules, with a C core."""
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from ._C import build_info as _c_build_info
 from ._C import (StoreClosedError, StoreCorruptError, StoreError, StoreKeyError,
                  StoreMismatchError, StoreZstdError)
 from ._logging import _configure_from_env, set_logger_config
+
+if TYPE_CHECKING:  # type checkers see the real signatures; at run time they load lazily
+    from .decorator import torchcache
+    from .hashing import hash_tensor
 
 # torch is imported on first use of these names, so `python -m torchcache_c info DIR`
 # starts in a fraction of a second.
