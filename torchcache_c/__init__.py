@@ -5,7 +5,7 @@ from typing import Any
 from ._version import __version__
 from ._C import build_info as _c_build_info
 from ._C import (StoreClosedError, StoreCorruptError, StoreError, StoreKeyError,
-                 StoreMismatchError, StoreZstdError)
+                 StoreMismatchError, StorePermissionError, StoreZstdError)
 from ._logging import _configure_from_env, set_logger_config
 
 # torch is imported on first use of these names, so `python -m torchcache_c info DIR`
@@ -32,4 +32,4 @@ _configure_from_env()
 
 __all__ = ["__version__", "build_info", "hash_tensor", "set_logger_config", "torchcache",
            "StoreError", "StoreClosedError", "StoreKeyError", "StoreCorruptError",
-           "StoreMismatchError", "StoreZstdError"]
+           "StoreMismatchError", "StorePermissionError", "StoreZstdError"]
