@@ -1245,20 +1245,19 @@ static int segment_discover(tc_store *s, const char *name, unsigned char d_type,
     /* hand the descriptor to the cache so the scan reuses it */
     pthread_mutex_lock(&s->fd_lock);
     int cached = 0;
-    if (s->nopen < s->cap_open || s->cap_open == 0) {
-        if (s->nopen == s->cap_open) {
-            size_t *p = realloc(s->open_segs, 8 * sizeof(*p));
-            if (p != NULL) {
-                s->open_segs = p;
-                s->cap_open = 8;
-            }
+    if (s->nopen == s->cap_open) {
+        size_t cap = s->cap_open ? 2 * s->cap_open : 8;
+        size_t *p = realloc(s->open_segs, cap * sizeof(*p));
+        if (p != NULL) {
+            s->open_segs = p;
+            s->cap_open = cap;
         }
-        if (s->nopen < s->cap_open) {
-            g->fd = fd;
-            g->last_use = ++s->fd_clock;
-            s->open_segs[s->nopen++] = (size_t)si;
-            cached = 1;
-        }
+    }
+    if (s->nopen < s->cap_open) { /* else the scan opens it again through the cache */
+        g->fd = fd;
+        g->last_use = ++s->fd_clock;
+        s->open_segs[s->nopen++] = (size_t)si;
+        cached = 1;
     }
     pthread_mutex_unlock(&s->fd_lock);
     if (!cached)
@@ -1474,17 +1473,17 @@ static void fork_check(tc_store *s)
         s->own = -1;
         /* its descriptor joins the cache (which may go over its cap until the next release) */
         size_t si = (size_t)(g - s->segs);
-        size_t *p = s->nopen < s->cap_open ? s->open_segs
-                                           : realloc(s->open_segs, (s->cap_open + 8) * sizeof(*p));
-        if (p == NULL) {
-            close(g->fd);
-            g->fd = -1;
-            return;
-        }
-        if (p != s->open_segs || s->cap_open == 0) {
+        if (s->nopen == s->cap_open) {
+            size_t *p = realloc(s->open_segs, (s->cap_open + 8) * sizeof(*p));
+            if (p == NULL) {
+                close(g->fd);
+                g->fd = -1;
+                return;
+            }
             s->open_segs = p;
             s->cap_open += 8;
         }
+        assert(s->nopen < s->cap_open);
         s->open_segs[s->nopen++] = si;
     }
 }
