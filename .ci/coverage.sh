@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # CI: branch coverage of csrc/store.c by the C harnesses (fault injection,
-# threads and forks), measured with gcov and gated: COVERAGE_MIN (percent of
+# threads and forks, the less travelled paths), measured with gcov and gated: COVERAGE_MIN (percent of
 # branches taken at least once) fails the run when not reached.  The gate
-# stands at what the harnesses reach today (58.9% on 2026-11-27), so coverage
-# cannot fall; issue 12 asks for 95%, which needs harness cases for the
-# resync, truncation, zstd and verify-problem paths that today only the Python
-# tests and the fuzzer reach.
+# stands just under what the harnesses reach today (68.2% of 1,232 branches on
+# 2026-11-27), so coverage cannot fall; issue 12 asks for 95%, which needs more
+# harness cases (allocation failures inside compaction and resync, NFS-like
+# late bytes, fd-cache eviction under pins) than are written yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MIN="${COVERAGE_MIN:-58}"
+MIN="${COVERAGE_MIN:-67}"
 W="$(mktemp -d)"
 CFLAGS=(-g -O0 -std=c11 -D_GNU_SOURCE -Icsrc -Wall -Wextra --coverage)
 for src in csrc/store.c csrc/hash.c csrc/hash_dispatch.c csrc/hash_batch.c csrc/zstd_dl.c; do
@@ -28,8 +28,10 @@ done
 gcc "${CFLAGS[@]}" tests/c/store_faults.c "${objs[@]}" "${WRAP[@]}" -ldl -lpthread \
     -o "$W/store_faults"
 gcc "${CFLAGS[@]}" tests/c/store_stress.c "${objs[@]}" -ldl -lpthread -o "$W/store_stress"
+gcc "${CFLAGS[@]}" tests/c/store_paths.c "${objs[@]}" -ldl -lpthread -o "$W/store_paths"
 "$W/store_faults" > "$W/faults.log"
 "$W/store_stress" 60 > "$W/stress.log"
+"$W/store_paths" > "$W/paths.log"
 (cd "$W" && gcov -b -c store.o > gcov.txt 2>&1)
 line="$(grep -A4 "File 'csrc/store.c'" "$W/gcov.txt" | grep 'Taken at least once' || true)"
 echo "coverage: csrc/store.c ${line:-no gcov data}"
