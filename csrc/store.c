@@ -1658,10 +1658,8 @@ int tc_store_open(const char *dir, const tc_store_options *opt, tc_store **out, 
         size_t added = 0;
         if (rc == TC_STORE_OK)
             rc = refresh_locked(s, &added, 1, err, err_len);
-        if (rc == TC_STORE_OK && s->faults[TC_FAULT_DIRECTORY] != 0) {
-            set_err(err, err_len, "%s", s->fault_msg[TC_FAULT_DIRECTORY]);
-            rc = TC_STORE_EIO;
-        }
+        /* A listing that failed (EMFILE, EIO) is a fault like any other: the
+         * store opens empty-handed and the next refresh lists again. */
         if (rc != TC_STORE_OK) {
             tc_store_free(s);
             return rc;
