@@ -235,6 +235,8 @@ static const char *const fault_names[TC_FAULT_KINDS] = {
     [TC_FAULT_MISMATCH] = "mismatch",
     [TC_FAULT_ZSTD] = "zstd",
     [TC_FAULT_WRITE] = "write",
+    [TC_FAULT_INSECURE] = "insecure",
+    [TC_FAULT_FOREIGN] = "foreign_owner",
 };
 
 const char *tc_store_fault_name(int kind)
@@ -1215,6 +1217,19 @@ static int segment_discover(tc_store *s, const char *name, unsigned char d_type,
         return -1;
     }
     segment *g = &s->segs[si];
+    if (fd >= 0 && st.st_uid != geteuid() && !s->opt.allow_other_owners) {
+        /* Checksums stop accidents, not other users: anyone who can write here
+         * can plant records that verify.  Another user's segment is read only
+         * when the store was told to (a team cache). */
+        fault(s, TC_FAULT_FOREIGN,
+              "ignoring segment %s owned by uid %ld (not this user); pass "
+              "allow_other_owners=True to read a cache shared between users", path,
+              (long)st.st_uid);
+        close(fd);
+        fd = -1;
+        g->ignored = 1;
+        return 0;
+    }
     if (fd < 0) {
         /* a FIFO, socket, device, directory or link under a segment's name */
         g->ignored = 1;
@@ -1230,20 +1245,19 @@ static int segment_discover(tc_store *s, const char *name, unsigned char d_type,
     /* hand the descriptor to the cache so the scan reuses it */
     pthread_mutex_lock(&s->fd_lock);
     int cached = 0;
-    if (s->nopen < s->cap_open || s->cap_open == 0) {
-        if (s->nopen == s->cap_open) {
-            size_t *p = realloc(s->open_segs, 8 * sizeof(*p));
-            if (p != NULL) {
-                s->open_segs = p;
-                s->cap_open = 8;
-            }
+    if (s->nopen == s->cap_open) {
+        size_t cap = s->cap_open ? 2 * s->cap_open : 8;
+        size_t *p = realloc(s->open_segs, cap * sizeof(*p));
+        if (p != NULL) {
+            s->open_segs = p;
+            s->cap_open = cap;
         }
-        if (s->nopen < s->cap_open) {
-            g->fd = fd;
-            g->last_use = ++s->fd_clock;
-            s->open_segs[s->nopen++] = (size_t)si;
-            cached = 1;
-        }
+    }
+    if (s->nopen < s->cap_open) { /* else the scan opens it again through the cache */
+        g->fd = fd;
+        g->last_use = ++s->fd_clock;
+        s->open_segs[s->nopen++] = (size_t)si;
+        cached = 1;
     }
     pthread_mutex_unlock(&s->fd_lock);
     if (!cached)
@@ -1459,17 +1473,17 @@ static void fork_check(tc_store *s)
         s->own = -1;
         /* its descriptor joins the cache (which may go over its cap until the next release) */
         size_t si = (size_t)(g - s->segs);
-        size_t *p = s->nopen < s->cap_open ? s->open_segs
-                                           : realloc(s->open_segs, (s->cap_open + 8) * sizeof(*p));
-        if (p == NULL) {
-            close(g->fd);
-            g->fd = -1;
-            return;
-        }
-        if (p != s->open_segs || s->cap_open == 0) {
+        if (s->nopen == s->cap_open) {
+            size_t *p = realloc(s->open_segs, (s->cap_open + 8) * sizeof(*p));
+            if (p == NULL) {
+                close(g->fd);
+                g->fd = -1;
+                return;
+            }
             s->open_segs = p;
             s->cap_open += 8;
         }
+        assert(s->nopen < s->cap_open);
         s->open_segs[s->nopen++] = si;
     }
 }
@@ -1497,7 +1511,8 @@ static int open_own_segment(tc_store *s)
         fault(s, TC_FAULT_NOMEM, "out of memory creating a segment");
         return -1;
     }
-    int fd = fd_above_stdio(open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666));
+    int fd = fd_above_stdio(open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                                 s->opt.file_mode ? (mode_t)s->opt.file_mode : 0666));
     struct stat st;
     if (fd < 0 || fstat(fd, &st) < 0) {
         snprintf(s->io_error, sizeof(s->io_error), "cannot create segment %s: %s", path,
@@ -1528,7 +1543,17 @@ static int open_own_segment(tc_store *s)
 
 /* ---- open / close ----------------------------------------------------------- */
 
-static int make_dirs(const char *dir, char *err, size_t err_len)
+/* Writable by users other than the owner and the group, without the sticky
+ * bit that would stop them replacing others' files. */
+static int others_may_write(const struct stat *st)
+{
+    return (st->st_mode & S_IWOTH) && !(st->st_mode & S_ISVTX);
+}
+
+/* Creates dir and its missing parents with `mode`.  *insecure names the first
+ * of dir and the parents made here that others may write (or stays ""). */
+static int make_dirs(const char *dir, unsigned mode, char *insecure, size_t insecure_len,
+                     char *err, size_t err_len)
 {
     char *p = strdup(dir);
     if (p == NULL) {
@@ -1539,12 +1564,17 @@ static int make_dirs(const char *dir, char *err, size_t err_len)
         if (*c == '/' || *c == '\0') {
             char was = *c;
             *c = '\0';
-            if (mkdir(p, 0777) < 0 && errno != EEXIST) {
+            int made = mkdir(p, mode ? (mode_t)mode : 0777) == 0;
+            if (!made && errno != EEXIST) {
                 set_err(err, err_len, "cannot create cache directory %s: %s", p,
                         strerror(errno));
                 free(p);
                 return TC_STORE_EIO;
             }
+            struct stat st;
+            if ((made || was == '\0') && insecure[0] == '\0' && stat(p, &st) == 0 &&
+                S_ISDIR(st.st_mode) && others_may_write(&st))
+                snprintf(insecure, insecure_len, "%s", p);
             *c = was;
             if (was == '\0')
                 break;
@@ -1600,7 +1630,23 @@ int tc_store_open(const char *dir, const tc_store_options *opt, tc_store **out, 
     s->fd_cap = fd_cache_cap();
     host_name(s->host);
     if (dir != NULL) {
-        int rc = make_dirs(dir, err, err_len);
+        char insecure[PATH_MAX] = "";
+        int rc = make_dirs(dir, opt->dir_mode, insecure, sizeof(insecure), err, err_len);
+        if (rc == TC_STORE_OK && insecure[0] != '\0') {
+            if (opt->strict) {
+                set_err(err, err_len,
+                        "cache directory %s is writable by other users (mode %s without the "
+                        "sticky bit), who could plant records that verify; chmod o-w it or "
+                        "use a private directory (strict mode refuses it)", insecure,
+                        "o+w");
+                rc = TC_STORE_EPERM;
+            } else {
+                fault(s, TC_FAULT_INSECURE,
+                      "cache directory %s is writable by other users without the sticky "
+                      "bit: they could plant records that verify; chmod o-w it, or set "
+                      "strict to refuse such directories", insecure);
+            }
+        }
         if (rc == TC_STORE_OK) {
             s->dir = strdup(dir);
             s->scan_buf = malloc(SCAN_WINDOW_BYTES);
@@ -1612,10 +1658,8 @@ int tc_store_open(const char *dir, const tc_store_options *opt, tc_store **out, 
         size_t added = 0;
         if (rc == TC_STORE_OK)
             rc = refresh_locked(s, &added, 1, err, err_len);
-        if (rc == TC_STORE_OK && s->faults[TC_FAULT_DIRECTORY] != 0) {
-            set_err(err, err_len, "%s", s->fault_msg[TC_FAULT_DIRECTORY]);
-            rc = TC_STORE_EIO;
-        }
+        /* A listing that failed (EMFILE, EIO) is a fault like any other: the
+         * store opens empty-handed and the next refresh lists again. */
         if (rc != TC_STORE_OK) {
             tc_store_free(s);
             return rc;

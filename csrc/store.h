@@ -25,6 +25,7 @@ enum {
     TC_STORE_ECORRUPT = -6,  /* a record failed its payload checksum; it is now dropped */
     TC_STORE_EZSTD = -7,     /* libzstd is missing or failed */
     TC_STORE_ECLOSED = -8,
+    TC_STORE_EPERM = -9,     /* strict: the directory is writable by others (no sticky bit) */
 };
 
 /* Faults: things that went wrong while serving or storing and that cost the
@@ -40,6 +41,8 @@ enum {
     TC_FAULT_MISMATCH,  /* a stored record's dtype or item shape differs from dest's */
     TC_FAULT_ZSTD,      /* a record could not be decompressed */
     TC_FAULT_WRITE,     /* storing stopped after a write error (see tc_store_io_error) */
+    TC_FAULT_INSECURE,  /* the directory or a parent we made is writable by others */
+    TC_FAULT_FOREIGN,   /* a segment owned by another user was ignored */
     TC_FAULT_KINDS
 };
 
@@ -54,6 +57,11 @@ typedef struct {
     int zstd_level;
     int zstd_threads;
     uint64_t refresh_ms;   /* least time between two refreshes triggered by misses */
+    /* Who may write what this store reads (docs/format.md, section 1). */
+    int strict;            /* refuse (TC_STORE_EPERM) a directory that others may write */
+    int allow_other_owners; /* read segments owned by other users (a team cache) */
+    unsigned file_mode;    /* new segments (before the umask); 0 means 0666 */
+    unsigned dir_mode;     /* directories created (before the umask); 0 means 0777 */
 } tc_store_options;
 
 typedef struct {

@@ -26,7 +26,7 @@ typedef struct {
  * interpreter, so plain globals).  Each is a StoreError, which is an OSError, and
  * also the built-in type that callers caught before the hierarchy existed. */
 static PyObject *StoreError, *StoreClosedError, *StoreKeyError, *StoreCorruptError,
-    *StoreMismatchError, *StoreZstdError;
+    *StoreMismatchError, *StoreZstdError, *StorePermissionError;
 
 typedef struct {
     const char *name; /* torchcache_c._C.<name>, re-exported by torchcache_c */
@@ -47,6 +47,8 @@ static const store_exception store_exceptions[] = {
      "The stored record has another dtype or item shape than the destination."},
     {"StoreZstdError", &StoreZstdError, &PyExc_RuntimeError,
      "libzstd is missing or failed."},
+    {"StorePermissionError", &StorePermissionError, &PyExc_PermissionError,
+     "strict: the cache directory is writable by other users."},
 };
 
 /* Engine code -> exception type: the one table the binding raises from
@@ -63,6 +65,7 @@ static const struct {
     {TC_STORE_ECORRUPT, &StoreCorruptError},
     {TC_STORE_EZSTD, &StoreZstdError},
     {TC_STORE_ECLOSED, &StoreClosedError},
+    {TC_STORE_EPERM, &StorePermissionError},
 };
 
 /* Raises the exception of an engine error code (engine_errors). */
@@ -162,13 +165,21 @@ static int batch_view(PyObject *obj, const char *what, int64_t rows, tc_view *v)
 static PyObject *Store_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"path", "max_bytes", "zstd_level", "zstd_threads", "refresh_ms",
-                             NULL};
+                             "strict", "allow_other_owners", "file_mode", "dir_mode", NULL};
     PyObject *path_obj = Py_None, *level_obj = Py_None;
     long long max_bytes = 0, refresh_ms = TC_DEFAULT_REFRESH_MS;
-    int zstd_threads = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O$LOiL:Store", kwlist, &path_obj,
-                                     &max_bytes, &level_obj, &zstd_threads, &refresh_ms))
+    int zstd_threads = 0, strict = 0, allow_other_owners = 0, file_mode = 0666,
+        dir_mode = 0777;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O$LOiLppii:Store", kwlist, &path_obj,
+                                     &max_bytes, &level_obj, &zstd_threads, &refresh_ms,
+                                     &strict, &allow_other_owners, &file_mode, &dir_mode))
         return NULL;
+    if (file_mode <= 0 || file_mode > 07777 || dir_mode <= 0 || dir_mode > 07777) {
+        PyErr_Format(PyExc_ValueError,
+                     "file_mode and dir_mode are permission bits (e.g. 0o660, 0o770), not "
+                     "%o and %o", file_mode, dir_mode);
+        return NULL;
+    }
     if (max_bytes < 0) {
         PyErr_Format(PyExc_ValueError, "max_bytes must be >= 0 (0 means no limit), not %lld",
                      max_bytes);
@@ -186,6 +197,10 @@ static PyObject *Store_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     opt.max_bytes = (uint64_t)max_bytes;
     opt.zstd_threads = zstd_threads;
     opt.refresh_ms = (uint64_t)refresh_ms;
+    opt.strict = strict;
+    opt.allow_other_owners = allow_other_owners;
+    opt.file_mode = (unsigned)file_mode;
+    opt.dir_mode = (unsigned)dir_mode;
     if (level_obj != Py_None) {
         if (PyBool_Check(level_obj) || !PyLong_Check(level_obj)) {
             PyErr_Format(PyExc_TypeError, "zstd_level must be an int or None, not %.100s",
@@ -762,13 +777,19 @@ static PyGetSetDef Store_getset[] = {
 };
 
 PyDoc_STRVAR(Store_doc,
-"Store(path=None, *, max_bytes=0, zstd_level=None, zstd_threads=0, refresh_ms=100)\n--\n\n"
+"Store(path=None, *, max_bytes=0, zstd_level=None, zstd_threads=0, refresh_ms=100, "
+"strict=False, allow_other_owners=False, file_mode=0o666, dir_mode=0o777)\n--\n\n"
 "An append-only store of per-item records keyed by 128-bit keys\n"
 "(docs/format.md).  path=None keeps records in memory; otherwise path is the\n"
 "cache directory (created with its parents), shared safely by any number of\n"
 "processes.  max_bytes limits the bytes this store writes (0: no limit);\n"
 "zstd_level compresses records that shrink; refresh_ms bounds how often a\n"
-"miss rescans the directory for other writers' records.");
+"miss rescans the directory for other writers' records.  A directory (or a\n"
+"parent it creates) writable by other users without the sticky bit is a fault\n"
+"of kind 'insecure' (take_faults), or StorePermissionError with strict=True;\n"
+"segments owned by other users are ignored (fault 'foreign_owner') unless\n"
+"allow_other_owners=True.  file_mode and dir_mode (before the umask) are the\n"
+"modes of new segments and directories.");
 
 static PyTypeObject StoreType = {
     PyVarObject_HEAD_INIT(NULL, 0)

@@ -162,6 +162,28 @@ print(stored, check_served(s, keys, 48), *faults)
     assert run_python(code).split() == ["0", "3", "write"]
 
 
+def test_store_opened_without_descriptors_left_works_once_they_are_back(tmp_path):
+    write_records(tmp_path, range(3))
+    code = f"""
+import os
+from store_helpers import keys_for, check_served
+from torchcache_c._C import Store
+held = []
+try:
+    while True:
+        held.append(os.open("/dev/null", os.O_RDONLY))
+except OSError:
+    pass
+s = Store({str(tmp_path)!r}, refresh_ms=0)  # the listing fails: EMFILE
+first = sum(s.lookup(keys_for(range(3))))
+kinds = sorted(s.take_faults())
+for fd in held:
+    os.close(fd)
+print(first, check_served(s, keys_for(range(3)), 48), *kinds)
+"""
+    assert run_python(code).split() == ["0", "3", "directory"]
+
+
 def test_segment_descriptors_are_never_stdio(tmp_path):
     # With stdin, stdout and stderr closed, a segment used to become fd 0-2 and a
     # stray write to stderr landed in the cache.

@@ -33,7 +33,9 @@ class _StoreStats(TypedDict):
     skipped: int
     gone: int
     open_fds: int
-    faults: Dict[str, int]  # io, short_read, open, directory, nomem, changed, mismatch, zstd, write
+    # io, short_read, open, directory, nomem, changed, mismatch, zstd, write, insecure,
+    # foreign_owner
+    faults: Dict[str, int]
     full: bool
     io_error: Optional[str]
 
@@ -62,6 +64,7 @@ class StoreKeyError(StoreError, KeyError): ...
 class StoreCorruptError(StoreError, KeyError): ...
 class StoreMismatchError(StoreError, ValueError): ...
 class StoreZstdError(StoreError, RuntimeError): ...
+class StorePermissionError(StoreError, PermissionError): ...
 
 def hash_into(
     x: _Tensor,
@@ -85,6 +88,10 @@ class Store:
         zstd_level: Optional[int] = None,
         zstd_threads: int = 0,
         refresh_ms: int = 100,
+        strict: bool = False,
+        allow_other_owners: bool = False,
+        file_mode: int = 0o666,
+        dir_mode: int = 0o777,
     ) -> "Store": ...
     def lookup(self, keys: _Tensor, /) -> bytes: ...
     def entry_info(self, keys: _Tensor, i: int, /) -> Tuple[int, Tuple[int, ...]]: ...

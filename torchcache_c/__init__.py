@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 from ._C import build_info as _c_build_info
 from ._C import (StoreClosedError, StoreCorruptError, StoreError, StoreKeyError,
-                 StoreMismatchError, StoreZstdError)
+                 StoreMismatchError, StorePermissionError, StoreZstdError)
 from ._logging import _configure_from_env, set_logger_config
 
 if TYPE_CHECKING:  # type checkers see the real signatures; at run time they load lazily
@@ -36,4 +36,4 @@ _configure_from_env()
 
 __all__ = ["__version__", "build_info", "hash_tensor", "set_logger_config", "torchcache",
            "StoreError", "StoreClosedError", "StoreKeyError", "StoreCorruptError",
-           "StoreMismatchError", "StoreZstdError"]
+           "StoreMismatchError", "StorePermissionError", "StoreZstdError"]
