@@ -171,7 +171,8 @@ def equivalent(committed: str, regenerated: str) -> Optional[str]:
     if same_nvcc:
         a, b = _module_lines(committed), _module_lines(regenerated)
         if a != b:
-            diff = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+            diff = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+                        min(len(a), len(b)))
             return (f"the PTX differs from a fresh nvcc build at instruction line {diff + 1} "
                     f"({a[diff] if diff < len(a) else 'end'!r} vs "
                     f"{b[diff] if diff < len(b) else 'end'!r})")
