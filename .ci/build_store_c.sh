@@ -18,7 +18,8 @@ if ! "$CC" -fsanitize=thread -x c - -o /dev/null <<<'int main(void){return 0;}' 
     apt-get install -y -qq gcc libasan8 libubsan1 libtsan2 >/dev/null
 fi
 CFLAGS=(-g -std=c11 -D_GNU_SOURCE -Icsrc -Wall -Wextra "$@")
-SRC=(csrc/store.c csrc/hash.c csrc/hash_dispatch.c csrc/hash_batch.c csrc/zstd_dl.c)
+SRC=(csrc/store.c csrc/hash.c csrc/hash_portable.c csrc/hash_dispatch.c csrc/hash_batch.c
+     csrc/zstd_dl.c)
 objs=()
 work="$(mktemp -d)"
 for src in "${SRC[@]}"; do
@@ -27,9 +28,13 @@ for src in "${SRC[@]}"; do
     objs+=("$obj")
 done
 if [ "$(uname -m)" = x86_64 ]; then
-    "$CC" "${CFLAGS[@]}" -mavx2 -c csrc/hash_avx2.c -o "$work/hash_avx2.o"
-    "$CC" "${CFLAGS[@]}" -mavx512f -mavx512dq -c csrc/hash_avx512.c -o "$work/hash_avx512.o"
-    objs+=("$work/hash_avx2.o" "$work/hash_avx512.o")
+    # The SIMD files and their flags: setup.py's one list (.ci/simd_sources.py).
+    while read -r src flags; do
+        obj="$work/$(basename "${src%.c}").o"
+        # shellcheck disable=SC2086
+        "$CC" "${CFLAGS[@]}" $flags -c "$src" -o "$obj"
+        objs+=("$obj")
+    done < <(python3 .ci/simd_sources.py)
 fi
 "$CC" "${CFLAGS[@]}" "$PROGRAM" "${objs[@]}" -ldl -lpthread -o "$OUT"
 rm -rf "$work"

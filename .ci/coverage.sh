@@ -11,14 +11,19 @@ cd "$(dirname "$0")/.."
 MIN="${COVERAGE_MIN:-67}"
 W="$(mktemp -d)"
 CFLAGS=(-g -O0 -std=c11 -D_GNU_SOURCE -Icsrc -Wall -Wextra --coverage)
-for src in csrc/store.c csrc/hash.c csrc/hash_dispatch.c csrc/hash_batch.c csrc/zstd_dl.c; do
+objs=()
+for src in csrc/store.c csrc/hash.c csrc/hash_portable.c csrc/hash_dispatch.c \
+           csrc/hash_batch.c csrc/zstd_dl.c; do
     gcc "${CFLAGS[@]}" -c "$src" -o "$W/$(basename "${src%.c}").o"
+    objs+=("$W/$(basename "${src%.c}").o")
 done
-objs=("$W"/store.o "$W"/hash.o "$W"/hash_dispatch.o "$W"/hash_batch.o "$W"/zstd_dl.o)
 if [ "$(uname -m)" = x86_64 ]; then
-    gcc "${CFLAGS[@]}" -mavx2 -c csrc/hash_avx2.c -o "$W/hash_avx2.o"
-    gcc "${CFLAGS[@]}" -mavx512f -mavx512dq -c csrc/hash_avx512.c -o "$W/hash_avx512.o"
-    objs+=("$W/hash_avx2.o" "$W/hash_avx512.o")
+    # The SIMD files and their flags: setup.py's one list (.ci/simd_sources.py).
+    while read -r src flags; do
+        # shellcheck disable=SC2086
+        gcc "${CFLAGS[@]}" $flags -c "$src" -o "$W/$(basename "${src%.c}").o"
+        objs+=("$W/$(basename "${src%.c}").o")
+    done < <(python3 .ci/simd_sources.py)
 fi
 WRAP=()
 for f in malloc calloc realloc strdup open fstat fstatat pread preadv pwritev pwrite \
