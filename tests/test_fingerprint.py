@@ -29,8 +29,8 @@ def test_init_args_change_key():
     Lin = _linear_net()
     a, b = Lin(3), Lin(d=3)
     c = Lin(4)
-    assert len({a.cache_instance._structural, b.cache_instance._structural,
-                c.cache_instance._structural}) == 3
+    assert len({a.cache_instance.keys.structural, b.cache_instance.keys.structural,
+                c.cache_instance.keys.structural}) == 3
 
 
 def test_weights_loaded_after_init_change_key():

@@ -8,6 +8,19 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
+# The decorated cell: run, then run again after the submodule's cell was edited.
+DECORATED = (
+    "@torchcache(persistent=True, persistent_cache_dir={cache!r})\n"
+    "class Encoder(nn.Module):\n"
+    "    def __init__(self):\n"
+    "        super().__init__()\n"
+    "        self.backbone = Backbone()\n"
+    "    def forward(self, x):\n"
+    "        calls.append(len(x))\n"
+    "        return self.backbone(x)\n"
+    "enc = Encoder()"
+)
+
 CELLS = [
     "import torch, torch.nn as nn\nfrom torchcache_c import torchcache\ncalls = []",
     # the submodule's cell, first version
@@ -15,15 +28,7 @@ CELLS = [
     "    def forward(self, x):\n"
     "        return torch.relu(x) * 2",
     # the decorated cell
-    "@torchcache(persistent=True, persistent_cache_dir={cache!r})\n"
-    "class Encoder(nn.Module):\n"
-    "    def __init__(self):\n"
-    "        super().__init__()\n"
-    "        self.backbone = Backbone()\n"
-    "    def forward(self, x):\n"
-    "        calls.append(len(x))\n"
-    "        return self.backbone(x)\n"
-    "enc = Encoder()",
+    DECORATED,
     "x = torch.linspace(-1, 1, 8).reshape(4, 2)\n"
     "first = enc(x); again = enc(x)\n"
     "assert torch.equal(first, again) and calls == [4]",
@@ -31,15 +36,7 @@ CELLS = [
     "class Backbone(nn.Module):\n"
     "    def forward(self, x):\n"
     "        return torch.tanh(x) * 2",
-    "@torchcache(persistent=True, persistent_cache_dir={cache!r})\n"
-    "class Encoder(nn.Module):\n"
-    "    def __init__(self):\n"
-    "        super().__init__()\n"
-    "        self.backbone = Backbone()\n"
-    "    def forward(self, x):\n"
-    "        calls.append(len(x))\n"
-    "        return self.backbone(x)\n"
-    "enc = Encoder()",
+    DECORATED,
     "out = enc(x)\n"
     "import json\n"
     "print(json.dumps({{'calls': calls, 'equal': bool(torch.equal(out, torch.tanh(x) * 2)),"

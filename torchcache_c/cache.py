@@ -144,19 +144,6 @@ def _remove_private_dir(path: Path, owner_pid: int) -> None:
     logger.info("removed temporary cache directory %s", path)
 
 
-def _remove_own_files(path: Path) -> None:
-    """Remove the files a store and this shim write (cli.py's rule), never others."""
-    from .cli import _is_ours
-
-    with os.scandir(path) as it:
-        for entry in it:
-            if entry.is_file(follow_symlinks=False) and _is_ours(entry.name, path):
-                try:
-                    os.unlink(entry.path)
-                except FileNotFoundError:
-                    pass
-
-
 def _open_store(key: tuple, opener: Callable[[], Any]) -> _StoreHandle:
     with _registry_lock:
         handle = _open_stores.get(key)
@@ -198,11 +185,10 @@ class ModuleCache:
     """Per-instance cache state; exposed as ``module.cache_instance``."""
 
     def __init__(self, options: Dict[str, Any], keys: KeyTracker, *, qualname: str,
-                 structural: str, private_dir: Optional[str] = None):
+                 private_dir: Optional[str] = None):
         self.options = options
         self.keys = keys
         self.qualname = qualname
-        self._structural = structural
         self._private_dir = Path(private_dir) if private_dir else None
         self.enabled: bool = bool(options["enabled"])
         self.persistent: bool = bool(options["persistent"])
@@ -229,7 +215,7 @@ class ModuleCache:
         private = None
         if self.persistent and self.options["persistent_cache_dir"] is None:
             private = str(self._private_dir or _private_cache_dir())
-        return {"options": dict(self.options), "structural": self._structural,
+        return {"options": dict(self.options), "structural": self.keys.structural,
                 "private_dir": private}
 
     # -- public surface (torchcache 0.4.1 names) --
@@ -293,7 +279,10 @@ class ModuleCache:
             if self.persistent:
                 path = self.cache_dir
                 if path is not None and path.is_dir():
-                    _remove_own_files(path)
+                    # The CLI's clear: only our files, through a no-follow directory fd.
+                    from .cli import _remove_module, _scan_module
+
+                    _remove_module(_scan_module(path))
 
     def hash_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Per-item digests (B, 2) of ``x`` with this cache's subsample_count."""

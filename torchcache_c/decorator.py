@@ -27,8 +27,7 @@ import torch
 from . import _C
 from ._compat import compiler_disable
 from .cache import ModuleCache
-from .keys import (KeyTracker, TrainableParametersError, named_state_tensors, structural_key,
-                   tensor_digest)
+from .keys import KeyTracker, TrainableParametersError, named_state_tensors, structural_key
 
 T = TypeVar("T")
 
@@ -256,7 +255,7 @@ def _attach_cache(module: torch.nn.Module, options: Dict[str, Any], structural: 
     qualname = f"{type(module).__module__}.{type(module).__qualname__}"
     # Plain attribute (not a submodule): bypass nn.Module.__setattr__'s bookkeeping.
     module.__dict__["cache_instance"] = ModuleCache(
-        options, keys, qualname=qualname, private_dir=private_dir, structural=structural)
+        options, keys, qualname=qualname, private_dir=private_dir)
 
 
 def frozen_check(module: torch.nn.Module) -> None:
@@ -276,8 +275,7 @@ def _wrap_function(fn: types.FunctionType, options: Dict[str, Any]) -> Callable:
     structural = structural_key((), {}, _settings(options))
     keys = KeyTracker(structural, function=fn,
                       state_tensors=functools.partial(_closure_tensors, fn))
-    cache = ModuleCache(dict(options), keys, qualname=f"{fn.__module__}.{fn.__qualname__}",
-                        structural=structural)
+    cache = ModuleCache(dict(options), keys, qualname=f"{fn.__module__}.{fn.__qualname__}")
 
     @functools.wraps(fn)
     @compiler_disable
@@ -311,4 +309,4 @@ def _closure_tensors(fn: types.FunctionType) -> List[Tuple[str, torch.Tensor]]:
     return out
 
 
-__all__ = ["torchcache", "TrainableParametersError", "tensor_digest"]
+__all__ = ["torchcache", "TrainableParametersError"]

@@ -575,7 +575,7 @@ class KeyTracker:
     def __init__(self, structural: str, *, module: Optional[Callable[[], torch.nn.Module]] = None,
                  function: Optional[types.FunctionType] = None,
                  state_tensors: Optional[Callable[[], List[Tuple[str, torch.Tensor]]]] = None):
-        self._structural = structural
+        self.structural = structural
         self._module = module
         self._function = function
         self._function_tensors = state_tensors or (lambda: [])
@@ -583,7 +583,6 @@ class KeyTracker:
         self._state_watch = _C.Watch()
         self._globals_watch = _C.Watch()
         self._bindings: List[Tuple[dict, str, Any]] = []
-
         self._cells: Tuple[int, ...] = ()
         self._code = self._instance = self._weights = ""
         self._tensor_cache: Dict[str, Tuple[tuple, str]] = {}
@@ -599,8 +598,8 @@ class KeyTracker:
         self.unseen_changes = 0
 
     def current(self, grad_enabled: bool) -> str:
-        """The key for this call.  Raises ValueError if a weight requires grad while
-        grad is enabled (a cached output cannot carry gradients)."""
+        """The key for this call.  Raises TrainableParametersError if a parameter
+        requires grad while grad is enabled (a cached output cannot carry gradients)."""
         with self._lock:
             if self._key is None:
                 self._recompute(full=True)
@@ -682,7 +681,7 @@ class KeyTracker:
     @property
     def parts(self) -> Dict[str, str]:
         """Digests of the key's parts (for tests and bug reports)."""
-        return {"structural": self._structural, "code": _digest(self._code),
+        return {"structural": self.structural, "code": _digest(self._code),
                 "instance": _digest(self._instance), "weights": self._weights}
 
     # -- internals --
@@ -707,6 +706,10 @@ class KeyTracker:
             if namespace.get(name, _MISSING) is not value:
                 self._dirty = True
                 return
+        self._watch_globals()
+
+    def _watch_globals(self) -> None:
+        """Snapshot the module namespaces the bindings were read from."""
         self._globals_watch.reset(_unique(n for n, _, _ in self._bindings), [], [],
                                   _VERSION_DESCR, _REQUIRES_GRAD_DESCR)
 
@@ -737,15 +740,14 @@ class KeyTracker:
         self._bindings = walk.bindings
         self._cells = self._cell_ids()
         self.dropout = active_dropout(module) if module is not None else None
-        self._key = _digest(self._structural, code, instance, weights)
+        self._key = _digest(self.structural, code, instance, weights)
         self._dirty = False
         # Parameters are what requires_grad_() turns on; buffers and attributes are
         # version-watched only.
         params = [t for _, t in tensors if module is None or isinstance(t, torch.nn.Parameter)]
         self._state_watch.reset(_unique(walk.dicts), [t.detach() for _, t in tensors], params,
                                 _VERSION_DESCR, _REQUIRES_GRAD_DESCR)
-        self._globals_watch.reset(_unique(n for n, _, _ in walk.bindings), [], [],
-                                  _VERSION_DESCR, _REQUIRES_GRAD_DESCR)
+        self._watch_globals()
         if full:
             self.full_checks += 1
             self._last_full = time.monotonic()
