@@ -15,6 +15,11 @@ void tc_block_digest(const tc_hash_kernels *k, const uint8_t *p, size_t n, uint6
          * kernel reads whole steps of eight lanes (64 bytes), so only those are
          * padded. */
         size_t padded = (n + 63) & ~(size_t)63;
+        if (padded == n) {
+            /* Whole steps already (64, 128, 192 or 256 bytes): no copy. */
+            k->block1(p, n / 8, h);
+            return;
+        }
         memcpy(pad, p, n);
         memset(pad + n, 0, padded - n);
         k->block1(pad, (n + 7) / 8, h);

@@ -77,27 +77,41 @@ static inline __m256i fmix4(__m256i z)
     return _mm256_xor_si256(z, _mm256_srli_epi64(z, 33));
 }
 
+/* fmix64 of a lane that is meant to run in general registers: the empty asm
+ * keeps the compiler from vectorising these lanes back into ymm registers,
+ * which would undo the split below (gcc -O3 does so otherwise). */
+static inline uint64_t fmix_gpr(uint64_t z)
+{
+    __asm__("" : "+r"(z));
+    return tc_fmix(z);
+}
+
 static inline uint64_t hsum4(__m256i v)
 {
     __m128i s = _mm_add_epi64(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     return (uint64_t)_mm_cvtsi128_si64(s) + (uint64_t)_mm_extract_epi64(s, 1);
 }
 
-/* The finishes below run half of their lanes (or items) in ymm registers and
- * half in general registers.  AVX2 has no 64-bit multiply and builds one from
- * three 32-bit ones, so on a Zen 3 core a four-lane fmix64 costs about what four
- * scalar ones do; the two kinds run on separate execution units.  The lane
- * finish is done in two passes over all lanes (first the inner fmix64 of every
- * lane, then the outer ones) so that what is in flight at once is independent
- * work rather than one lane's chain of dependent multiplies. */
+/* The finishes below run most of their lanes (items) four to a ymm register and
+ * a few in general registers.  AVX2 has no 64-bit multiply and builds one from
+ * three 32-bit ones; even so, on a Zen 3 core (2026-11-27, a tight loop of
+ * independent fmix64) a four-lane fmix64 cost 0.64 ns per lane and a scalar one
+ * 1.25 ns, and the two kinds run on separate execution units, so the block
+ * finish puts 28 of 32 lanes in registers and 4 in scalars (12 and 4 for a
+ * 16-lane block).  The even split that was here before was bound by its scalar
+ * half.  The lane finish is done in two passes over all lanes (first the inner
+ * fmix64 of every lane, then the outer ones) so that what is in flight at once
+ * is independent work rather than one lane's chain of dependent multiplies. */
 
-/* Block finish of lanes 0..n-1 (n a multiple of 8): lanes below n/2 in
- * registers, the rest in scalars. */
-static inline void finish_lanes(const uint64_t *a, const uint64_t *c, int n, uint64_t h[2])
+/* Block finish of lanes 0 .. 4 * nv + ns - 1: the first 4 * nv in registers, the
+ * last ns in scalars.  Inlined with constant nv and ns, so fully unrolled. */
+static inline __attribute__((always_inline)) void finish_lanes(const uint64_t *a,
+                                                               const uint64_t *c, int nv,
+                                                               int ns, uint64_t h[2])
 {
-    int nv = n / 8; /* registers of four lanes; lanes 4 * nv .. n - 1 are scalar */
-    __m256i x1[4], x2[4];
-    uint64_t y1[16], y2[16];
+    __m256i x1[8], x2[8];
+    uint64_t y1[8], y2[8];
+    int j0 = 4 * nv; /* first scalar lane */
     for (int v = 0; v < nv; v++) {
         __m256i av = _mm256_loadu_si256((const __m256i *)(a + 4 * v));
         __m256i cv = _mm256_loadu_si256((const __m256i *)(c + 4 * v));
@@ -105,10 +119,10 @@ static inline void finish_lanes(const uint64_t *a, const uint64_t *c, int n, uin
         __m256i f2 = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_FIN2 + 4 * v));
         x1[v] = fmix4(_mm256_xor_si256(cv, f1));
         x2[v] = fmix4(_mm256_xor_si256(av, f2));
-        for (int j = 4 * nv + 4 * v; j < 4 * nv + 4 * v + 4; j++) {
-            y1[j - 4 * nv] = tc_fmix(c[j] ^ tc_keys[TC_K_FIN1 + j]);
-            y2[j - 4 * nv] = tc_fmix(a[j] ^ tc_keys[TC_K_FIN2 + j]);
-        }
+    }
+    for (int j = 0; j < ns; j++) {
+        y1[j] = fmix_gpr(c[j0 + j] ^ tc_keys[TC_K_FIN1 + j0 + j]);
+        y2[j] = fmix_gpr(a[j0 + j] ^ tc_keys[TC_K_FIN2 + j0 + j]);
     }
     __m256i h1 = _mm256_setzero_si256(), h2 = _mm256_setzero_si256();
     uint64_t g1 = 0, g2 = 0;
@@ -117,10 +131,10 @@ static inline void finish_lanes(const uint64_t *a, const uint64_t *c, int n, uin
         __m256i cv = _mm256_loadu_si256((const __m256i *)(c + 4 * v));
         h1 = _mm256_add_epi64(h1, fmix4(_mm256_add_epi64(av, x1[v])));
         h2 = _mm256_add_epi64(h2, fmix4(_mm256_add_epi64(cv, x2[v])));
-        for (int j = 4 * nv + 4 * v; j < 4 * nv + 4 * v + 4; j++) {
-            g1 += tc_fmix(a[j] + y1[j - 4 * nv]);
-            g2 += tc_fmix(c[j] + y2[j - 4 * nv]);
-        }
+    }
+    for (int j = 0; j < ns; j++) {
+        g1 += fmix_gpr(a[j0 + j] + y1[j]);
+        g2 += fmix_gpr(c[j0 + j] + y2[j]);
     }
     h[0] += hsum4(h1) + g1;
     h[1] += hsum4(h2) + g2;
@@ -130,7 +144,7 @@ static void finish_avx2(const uint64_t a[TC_HASH_LANES], const uint64_t c[TC_HAS
                         uint64_t h[2])
 {
     h[0] = h[1] = 0;
-    finish_lanes(a, c, TC_HASH_LANES, h);
+    finish_lanes(a, c, 7, 4, h);
 }
 
 void tc_block1_avx2(const uint8_t *stripe, size_t lanes, uint64_t h[2])
@@ -157,7 +171,21 @@ void tc_block1_avx2(const uint8_t *stripe, size_t lanes, uint64_t h[2])
     }
     h[0] = tc_lane_tail[n][0];
     h[1] = tc_lane_tail[n][1];
-    finish_lanes(a, c, n, h);
+    /* Most lanes in registers, a few in scalars (above). */
+    switch (n) {
+    case 8:
+        finish_lanes(a, c, 2, 0, h);
+        break;
+    case 16:
+        finish_lanes(a, c, 3, 4, h);
+        break;
+    case 24:
+        finish_lanes(a, c, 5, 4, h);
+        break;
+    default:
+        finish_lanes(a, c, 7, 4, h);
+        break;
+    }
 }
 
 static inline __m256i rotl4(__m256i x, int r)
@@ -165,59 +193,88 @@ static inline __m256i rotl4(__m256i x, int r)
     return _mm256_or_si256(_mm256_slli_epi64(x, r), _mm256_srli_epi64(x, 64 - r));
 }
 
-/* Items i .. i+7: 0..3 in registers, 4..7 in scalars. */
-static void items8(const uint64_t *in, const uint64_t *kb, const uint64_t *meta, size_t nmeta,
-                   uint64_t *out)
+/* Items 0 .. 4 * nv + ns - 1 of in/out: the first 4 * nv four to a register,
+ * the last ns in scalars (the ratio of the block finish, above).  Inlined with
+ * constant nv and ns. */
+static inline __attribute__((always_inline)) void items_group(const uint64_t *in,
+                                                              const uint64_t *kb,
+                                                              const uint64_t *meta,
+                                                              size_t nmeta, uint64_t *out,
+                                                              int nv, int ns)
 {
-    /* [t1 t2 t1 t2] x 2 -> [t1 of items 0 2 1 3], [t2 ...]; undone at the store. */
-    __m256i x0 = _mm256_loadu_si256((const __m256i *)in);
-    __m256i x1 = _mm256_loadu_si256((const __m256i *)(in + 4));
-    __m256i s1 = _mm256_unpacklo_epi64(x0, x1), s2 = _mm256_unpackhi_epi64(x0, x1);
+    __m256i s1[2], s2[2];
     uint64_t r1[4], r2[4];
-    for (int i = 0; i < 4; i++) {
-        r1[i] = in[8 + 2 * i];
-        r2[i] = in[8 + 2 * i + 1];
+    const uint64_t *sin = in + 8 * nv; /* the scalar items */
+    for (int v = 0; v < nv; v++) {
+        /* [t1 t2 t1 t2] x 2 -> [t1 of items 0 2 1 3], [t2 ...]; undone at the store. */
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)(in + 8 * v));
+        __m256i x1 = _mm256_loadu_si256((const __m256i *)(in + 8 * v + 4));
+        s1[v] = _mm256_unpacklo_epi64(x0, x1);
+        s2[v] = _mm256_unpackhi_epi64(x0, x1);
+    }
+    for (int i = 0; i < ns; i++) {
+        r1[i] = sin[2 * i];
+        r2[i] = sin[2 * i + 1];
     }
     if (kb) {
-        s1 = fmix4(_mm256_xor_si256(s1, _mm256_set1_epi64x((long long)kb[0])));
-        s2 = fmix4(_mm256_xor_si256(s2, _mm256_set1_epi64x((long long)kb[1])));
-        for (int i = 0; i < 4; i++) {
-            r1[i] = tc_fmix(r1[i] ^ kb[0]);
-            r2[i] = tc_fmix(r2[i] ^ kb[1]);
+        for (int v = 0; v < nv; v++) {
+            s1[v] = fmix4(_mm256_xor_si256(s1[v], _mm256_set1_epi64x((long long)kb[0])));
+            s2[v] = fmix4(_mm256_xor_si256(s2[v], _mm256_set1_epi64x((long long)kb[1])));
+        }
+        for (int i = 0; i < ns; i++) {
+            r1[i] = fmix_gpr(r1[i] ^ kb[0]);
+            r2[i] = fmix_gpr(r2[i] ^ kb[1]);
         }
     }
-    s1 = _mm256_xor_si256(s1, _mm256_set1_epi64x((long long)tc_keys[TC_K_SEED1]));
-    s2 = _mm256_xor_si256(s2, _mm256_set1_epi64x((long long)tc_keys[TC_K_SEED2]));
-    for (int i = 0; i < 4; i++) {
+    const __m256i seed1 = _mm256_set1_epi64x((long long)tc_keys[TC_K_SEED1]);
+    const __m256i seed2 = _mm256_set1_epi64x((long long)tc_keys[TC_K_SEED2]);
+    for (int v = 0; v < nv; v++) {
+        s1[v] = _mm256_xor_si256(s1[v], seed1);
+        s2[v] = _mm256_xor_si256(s2[v], seed2);
+    }
+    for (int i = 0; i < ns; i++) {
         r1[i] ^= tc_keys[TC_K_SEED1];
         r2[i] ^= tc_keys[TC_K_SEED2];
     }
     const __m256i gamma = _mm256_set1_epi64x((long long)TC_GAMMA);
     for (size_t m = 0; m < nmeta; m++) {
+        uint64_t m2s = tc_rotl64(meta[m], 32);
         __m256i m1 = _mm256_set1_epi64x((long long)meta[m]);
-        __m256i m2 = _mm256_set1_epi64x((long long)tc_rotl64(meta[m], 32));
-        s1 = _mm256_add_epi64(fmix4(_mm256_xor_si256(s1, m1)), gamma);
-        s2 = _mm256_add_epi64(fmix4(_mm256_xor_si256(s2, m2)), gamma);
-        for (int i = 0; i < 4; i++)
-            tc_meta_absorb(&r1[i], &r2[i], meta[m]);
+        __m256i m2 = _mm256_set1_epi64x((long long)m2s);
+        for (int v = 0; v < nv; v++) {
+            s1[v] = _mm256_add_epi64(fmix4(_mm256_xor_si256(s1[v], m1)), gamma);
+            s2[v] = _mm256_add_epi64(fmix4(_mm256_xor_si256(s2[v], m2)), gamma);
+        }
+        /* tc_meta_absorb, in general registers. */
+        for (int i = 0; i < ns; i++) {
+            r1[i] = fmix_gpr(r1[i] ^ meta[m]) + TC_GAMMA;
+            r2[i] = fmix_gpr(r2[i] ^ m2s) + TC_GAMMA;
+        }
     }
-    __m256i d1 = fmix4(_mm256_add_epi64(s1, rotl4(s2, 29)));
-    __m256i d2 = fmix4(_mm256_xor_si256(s2, d1));
-    for (int i = 0; i < 4; i++) {
-        uint64_t e1 = tc_fmix(r1[i] + tc_rotl64(r2[i], 29));
-        out[8 + 2 * i] = e1;
-        out[8 + 2 * i + 1] = tc_fmix(r2[i] ^ e1);
+    for (int v = 0; v < nv; v++) {
+        __m256i d1 = fmix4(_mm256_add_epi64(s1[v], rotl4(s2[v], 29)));
+        __m256i d2 = fmix4(_mm256_xor_si256(s2[v], d1));
+        _mm256_storeu_si256((__m256i *)(out + 8 * v), _mm256_unpacklo_epi64(d1, d2));
+        _mm256_storeu_si256((__m256i *)(out + 8 * v + 4), _mm256_unpackhi_epi64(d1, d2));
     }
-    _mm256_storeu_si256((__m256i *)out, _mm256_unpacklo_epi64(d1, d2));
-    _mm256_storeu_si256((__m256i *)(out + 4), _mm256_unpackhi_epi64(d1, d2));
+    uint64_t *sout = out + 8 * nv;
+    for (int i = 0; i < ns; i++) {
+        uint64_t e1 = fmix_gpr(r1[i] + tc_rotl64(r2[i], 29));
+        sout[2 * i] = e1;
+        sout[2 * i + 1] = fmix_gpr(r2[i] ^ e1);
+    }
 }
 
 void tc_items_final_avx2(size_t n, const uint64_t *in, const uint64_t *kb, const uint64_t *meta,
                          size_t nmeta, uint64_t *out)
 {
+    /* Every register group reads all of its input before it writes (out may be
+     * in), and groups do not overlap. */
     size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        items8(in + 2 * i, kb, meta, nmeta, out + 2 * i);
+    for (; i + 12 <= n; i += 12)
+        items_group(in + 2 * i, kb, meta, nmeta, out + 2 * i, 2, 4);
+    for (; i + 4 <= n; i += 4)
+        items_group(in + 2 * i, kb, meta, nmeta, out + 2 * i, 1, 0);
     tc_items_final_portable(n - i, in + 2 * i, kb, meta, nmeta, out + 2 * i);
 }
 
