@@ -16,7 +16,10 @@ of them alike.  Target: hash / sum >= 0.85 at every size and thread count.
 Part 2, items: ns per item for hash_tensor on an (N, item) batch (one thread) and
 for XXH3-128 of each item, from memory (128 MiB of items) and in cache (4 MiB: more than
 L2, within L3 on most machines; enough items that hash_tensor's per-call cost, a few
-microseconds, is not counted per item).
+microseconds, is not counted per item).  Next to them, the floor of tch128-v1's finish:
+the fmix64 that the definition needs per item (docs/hash.md, section 9) times the
+fastest this core runs independent fmix64 (a C loop of scalar, AVX2 and mixed chains,
+compiled at run time); where floor/XXH3 is above 2, no v1 engine can meet the target.
 XXH3-128 is python-xxhash's own XXH3_128bits called from a small C loop (built
 with the system C compiler at run time) so no Python call overhead is counted;
 without a compiler it falls back to a Python loop minus the measured cost of
@@ -172,6 +175,112 @@ def xxh3_items_c():
             "python-xxhash's XXH3_128bits in a C loop")
 
 
+_FMIX_LOOP_C = r"""
+#include <stdint.h>
+#include <time.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+/* fmix64 of docs/hash.md, section 2; the empty asm keeps the scalar chains in
+ * general registers (the compiler would vectorise them otherwise). */
+static inline uint64_t fm(uint64_t z)
+{
+    __asm__("" : "+r"(z));
+    z ^= z >> 33; z *= 0xff51afd7ed558ccdULL; z ^= z >> 33; z *= 0xc4ceb9fe1a85ec53ULL;
+    return z ^ (z >> 33);
+}
+#ifdef __AVX2__
+static inline __m256i mul64(__m256i z, long long lo, long long hi)
+{
+    __m256i l = _mm256_set1_epi64x(lo), h = _mm256_set1_epi64x(hi);
+    __m256i c = _mm256_add_epi64(_mm256_mul_epu32(_mm256_srli_epi64(z, 32), l),
+                                 _mm256_mul_epu32(z, h));
+    return _mm256_add_epi64(_mm256_mul_epu32(z, l), _mm256_slli_epi64(c, 32));
+}
+static inline __m256i f4(__m256i z)
+{
+    z = _mm256_xor_si256(z, _mm256_srli_epi64(z, 33));
+    z = mul64(z, 0xed558ccdLL, 0xff51afd7LL);
+    z = _mm256_xor_si256(z, _mm256_srli_epi64(z, 33));
+    z = mul64(z, 0x1a85ec53LL, 0xc4ceb9feLL);
+    return _mm256_xor_si256(z, _mm256_srli_epi64(z, 33));
+}
+#endif
+static double cpu(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+/* ns per fmix64 with independent chains: kind 0 scalar (6 chains), 1 AVX2 (4
+ * registers of 4 lanes), 2 both (16 lanes in registers + 4 scalar chains). */
+double fmix_ns(int kind, long rounds, uint64_t *sink)
+{
+    uint64_t s0 = 1, s1 = 2, s2 = 3, s3 = 4, s4 = 5, s5 = 6;
+    double t = cpu(), n = 0;
+#ifdef __AVX2__
+    __m256i v0 = _mm256_set1_epi64x(7), v1 = _mm256_set1_epi64x(8);
+    __m256i v2 = _mm256_set1_epi64x(9), v3 = _mm256_set1_epi64x(10);
+#endif
+    for (long i = 0; i < rounds; i++) {
+        if (kind == 0) {
+            s0 = fm(s0); s1 = fm(s1); s2 = fm(s2); s3 = fm(s3); s4 = fm(s4); s5 = fm(s5);
+            n += 6;
+        }
+#ifdef __AVX2__
+        else {
+            v0 = f4(v0); v1 = f4(v1); v2 = f4(v2); v3 = f4(v3);
+            n += 16;
+            if (kind == 2) {
+                s0 = fm(s0); s1 = fm(s1); s2 = fm(s2); s3 = fm(s3);
+                n += 4;
+            }
+        }
+#endif
+    }
+    t = cpu() - t;
+#ifdef __AVX2__
+    v0 = _mm256_xor_si256(_mm256_xor_si256(v0, v1), _mm256_xor_si256(v2, v3));
+    s5 ^= (uint64_t)_mm256_extract_epi64(v0, 0);
+#endif
+    *sink = s0 ^ s1 ^ s2 ^ s3 ^ s4 ^ s5;
+    return t / n * 1e9;
+}
+"""
+
+
+def fmix_floor():
+    """ns per fmix64 at the best mix this CPU runs (scalar; AVX2 lanes; both), or None."""
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if cc is None:
+        return None
+    avx2 = "avx2" in cpu_description()
+    tmp = Path(tempfile.mkdtemp(prefix="bench_hash_fmix_"))
+    (tmp / "fmix.c").write_text(_FMIX_LOOP_C)
+    flags = ["-O2", "-shared", "-fPIC"] + (["-mavx2"] if avx2 else [])
+    try:
+        subprocess.run([cc, *flags, "-o", str(tmp / "fmix.so"), str(tmp / "fmix.c")],
+                       check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    lib = ctypes.CDLL(str(tmp / "fmix.so"))
+    lib.fmix_ns.restype = ctypes.c_double
+    lib.fmix_ns.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.POINTER(ctypes.c_uint64)]
+    sink = ctypes.c_uint64()
+    kinds = {"scalar": 0, "AVX2": 1, "AVX2 + scalar": 2} if avx2 else {"scalar": 0}
+    return {name: min(lib.fmix_ns(k, 2_000_000, ctypes.byref(sink)) for _ in range(5))
+            for name, k in kinds.items()}
+
+
+def fmix_count(item: int) -> int:
+    """fmix64 that tch128-v1 needs for a 1-d item of `item` bytes (docs/hash.md, section 9):
+    4 per lane holding data in each block (lanes of pure padding are constants), 2 per
+    block term, and 2 per metadata word (6 for a 1-d item) + 2 for the item."""
+    blocks, rest = divmod(item, 16384)
+    lanes = [32] * blocks + ([min(32, -(-rest // 8))] if rest else [])
+    return sum(4 * n + 2 for n in lanes) + 2 * 6 + 2
+
+
 def items(item_sizes, repeats: int) -> dict:
     """Prints the item table; returns {(item bytes, working set): hash/XXH3}."""
     ratios = {}
@@ -180,7 +289,15 @@ def items(item_sizes, repeats: int) -> dict:
     how = xxh_c[1] if xxh_c else "python loop minus the cost of hashing empty items"
     print(f"\n## Items: ns per item, one thread, median of {repeats} in CPU time of this "
           f"thread (XXH3-128: {how})")
-    print(f"{'item':>9} {'working set':>11} {'hash_tensor':>12} {'XXH3-128':>9} {'hash/XXH3':>10}")
+    floor = fmix_floor()
+    fmix_best = min(floor.values()) if floor else None
+    if floor:
+        print("fmix64, ns each with independent chains in a tight C loop: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in floor.items())
+              + f"; 'floor' = the item's fmix64 count (docs/hash.md, section 9) x {fmix_best:.2f}"
+              " ns, before a byte is read")
+    print(f"{'item':>9} {'working set':>11} {'hash_tensor':>12} {'XXH3-128':>9} {'hash/XXH3':>10}"
+          f" {'floor':>7} {'floor/XXH3':>10}")
     for item in item_sizes:
         for label, total in (("memory", 128 << 20), ("in cache", 4 << 20)):
             n = max(1, total // item)
@@ -204,8 +321,10 @@ def items(item_sizes, repeats: int) -> dict:
             target = ""
             if 128 <= item <= 3072:
                 target = f"   {'met' if ratio <= 2.0 else 'MISSED'} (<= 2.0)"
+            fl = fmix_count(item) * fmix_best if fmix_best else float("nan")
             print(f"{item:>9} {label:>11} {t['hash'] / n * 1e9:>12.1f} "
-                  f"{t['xxh3'] / n * 1e9:>9.1f} {ratio:>10.2f}{target}")
+                  f"{t['xxh3'] / n * 1e9:>9.1f} {ratio:>10.2f} {fl:>7.1f}"
+                  f" {fl / (t['xxh3'] / n * 1e9):>10.2f}{target}")
     return ratios
 
 
