@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# CI: branch coverage of csrc/store.c by the C harnesses (fault injection,
-# threads and forks, the less travelled paths), measured with gcov and gated: COVERAGE_MIN (percent of
-# branches taken at least once) fails the run when not reached.  The gate
-# stands just under what the harnesses reach today (68.2% of 1,232 branches on
-# 2026-11-27), so coverage cannot fall; issue 12 asks for 95%, which needs more
-# harness cases (allocation failures inside compaction and resync, NFS-like
-# late bytes, fd-cache eviction under pins) than are written yet.
+# CI: branch coverage of csrc/store.c, measured with gcov and gated: COVERAGE_MIN
+# (percent of branches taken at least once) fails the run when not reached.  Two
+# runs count, both of one compile of store.c (-O0 --coverage): the C harnesses
+# (fault injection, threads and forks, the less travelled paths of
+# tests/c/store_paths.c) and the store's Python tests against an extension
+# built with that object (behaviour through the binding: fork, permissions,
+# power-loss images, compaction, the shim's fault handling).  A branch counts
+# when either run took it.  The gate stands just under what they reach
+# (81.4% of 1,314 branches on 2026-11-27: 76.4% by the C harnesses alone);
+# issue 12 asks for 95%: what is left is mostly allocation
+# failures inside compaction and resync, NFS-like late bytes and races between
+# a reader and a remover, which need more harness cases.
+# Cost: about 1 minute for the harnesses and 2-4 minutes for the Python tests
+# on a 2-core VM (STRESS_ITERATIONS shortens the threaded stress).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MIN="${COVERAGE_MIN:-67}"
+MIN="${COVERAGE_MIN:-81}"
 W="$(mktemp -d)"
 CFLAGS=(-g -O0 -std=c11 -D_GNU_SOURCE -Icsrc -Wall -Wextra --coverage)
 objs=()

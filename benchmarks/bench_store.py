@@ -65,10 +65,10 @@ def bench_gather(store: Store, src: torch.Tensor, label: str) -> None:
         k = keys(0, n)[idx].contiguous()
         store.lookup(k)
         one_key = k[:1].contiguous()
-        g = best(lambda: store.gather(k, dest), 300)
+        g = best(lambda k=k: store.gather(k, dest), 300)
         assert torch.equal(dest, src[idx])
-        r = best(lambda: torch.index_select(src, 0, idx, out=dest), 300)
-        f = best(lambda: store.gather(one_key, one_dest), 300)
+        r = best(lambda idx=idx: torch.index_select(src, 0, idx, out=dest), 300)
+        f = best(lambda one_key=one_key: store.gather(one_key, one_dest), 300)
         print(f"gather [{label}, {rows}] 256 hits {g * 1e6:7.1f} us   memcpy {m * 1e6:6.1f} us"
               f"   index_select {r * 1e6:6.1f} us   x memcpy {g / m:5.2f}   "
               f"x index_select {g / r:5.2f}   fixed cost (1 hit) {f * 1e6:5.1f} us")

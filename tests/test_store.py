@@ -253,12 +253,16 @@ def test_four_processes_writing_overlapping_keys_lose_nothing(tmp_path):
 def test_killed_writers_never_leave_servable_torn_records(tmp_path):
     rng = random.Random(1)
     for w in range(20):
-        # each writer its own ids: a segment is made only by a put that stores
+        # each writer its own ids (a segment is made by the first put that
+        # stores); killed at a random moment once it has started writing
         pid = fork_writer(str(tmp_path), w * 64, 64, 16, 16384, loop=True)
-        time.sleep(rng.uniform(0.005, 0.1))
+        deadline = time.monotonic() + 60
+        while len(segments(tmp_path)) <= w and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(rng.uniform(0.0, 0.05))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-    assert len(segments(tmp_path)) >= 10  # most were killed mid-write
+    assert len(segments(tmp_path)) == 20
     store = Store(str(tmp_path))
     served = 0
     for salt in range(100):

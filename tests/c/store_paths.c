@@ -331,6 +331,27 @@ int main(void)
         tc_store_free(s);
     }
 
+    /* fork: the child keeps reading its parent's segment through the inherited
+     * descriptor and writes a segment of its own; the parent then serves both */
+    snprintf(d, sizeof(d), "%s/fork", root);
+    s = open_dir(d, 0, 0);
+    CHECK(put(s, 700, 4, 0) == 4);
+    pid_t kid = fork();
+    if (kid == 0) {
+        int bad = served(s, 700, 4, 0) != 4 || put(s, 710, 4, 0) != 4 ||
+                  served(s, 710, 4, 0) != 4;
+        tc_store_free(s);
+        exit(bad || failures); /* exit, not _exit: coverage data is written at exit */
+    }
+    int kst = 0;
+    CHECK(kid > 0 && waitpid(kid, &kst, 0) == kid && WIFEXITED(kst) && WEXITSTATUS(kst) == 0);
+    CHECK(put(s, 720, 4, 0) == 4); /* still appending to its own segment */
+    CHECK(served(s, 700, 4, 0) == 4 && served(s, 710, 4, 0) == 4 && served(s, 720, 4, 0) == 4);
+    tc_store_free(s);
+    s = open_dir(d, 0, 0);
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.segments == 2 && st.records == 12);
+    tc_store_free(s);
+
     /* arguments refused with a message, names and sizes */
     CHECK(strcmp(tc_store_fault_name(TC_FAULT_KINDS), "unknown") == 0);
     CHECK(strcmp(tc_store_fault_name(TC_FAULT_SHORT), "short_read") == 0);
@@ -394,7 +415,7 @@ int main(void)
             tc_store *cw = open_dir(d, 0, 0);
             put(cw, 400 + 10 * (uint64_t)c, 5, 0);
             tc_store_free(cw);
-            _exit(0);
+            exit(0);
         }
         int status;
         waitpid(pid, &status, 0);
