@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# CI: branch coverage of csrc/store.c by the C harnesses (fault injection,
-# threads and forks, the less travelled paths), measured with gcov and gated: COVERAGE_MIN (percent of
-# branches taken at least once) fails the run when not reached.  The gate
-# stands just under what the harnesses reach today (68.2% of 1,232 branches on
-# 2026-11-27), so coverage cannot fall; issue 12 asks for 95%, which needs more
-# harness cases (allocation failures inside compaction and resync, NFS-like
-# late bytes, fd-cache eviction under pins) than are written yet.
+# CI: branch coverage of csrc/store.c, measured with gcov and gated: COVERAGE_MIN
+# (percent of branches taken at least once) fails the run when not reached.  Two
+# runs count, both of one compile of store.c (-O0 --coverage): the C harnesses
+# (fault injection, threads and forks, the less travelled paths of
+# tests/c/store_paths.c) and the store's Python tests against an extension
+# built with that object (behaviour through the binding: fork, permissions,
+# power-loss images, compaction, the shim's fault handling).  A branch counts
+# when either run took it.  The gate stands just under what they reach
+# (81.4% of 1,314 branches on 2026-11-27: 76.4% by the C harnesses alone);
+# issue 12 asks for 95%: what is left is mostly allocation
+# failures inside compaction and resync, NFS-like late bytes and races between
+# a reader and a remover, which need more harness cases.
+# Cost: about 1 minute for the harnesses and 2-4 minutes for the Python tests
+# on a 2-core VM (STRESS_ITERATIONS shortens the threaded stress).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MIN="${COVERAGE_MIN:-67}"
+MIN="${COVERAGE_MIN:-81}"
 W="$(mktemp -d)"
 CFLAGS=(-g -O0 -std=c11 -D_GNU_SOURCE -Icsrc -Wall -Wextra --coverage)
 objs=()
@@ -35,13 +42,82 @@ gcc "${CFLAGS[@]}" tests/c/store_faults.c "${objs[@]}" "${WRAP[@]}" -ldl -lpthre
 gcc "${CFLAGS[@]}" tests/c/store_stress.c "${objs[@]}" -ldl -lpthread -o "$W/store_stress"
 gcc "${CFLAGS[@]}" tests/c/store_paths.c "${objs[@]}" -ldl -lpthread -o "$W/store_paths"
 "$W/store_faults" > "$W/faults.log"
-"$W/store_stress" 60 > "$W/stress.log"
+"$W/store_stress" "${STRESS_ITERATIONS:-60}" > "$W/stress.log"
 "$W/store_paths" > "$W/paths.log"
+ln -s "$PWD/csrc" "$W/csrc"  # gcov finds the source where the objects were compiled from
 (cd "$W" && gcov -b -c store.o > gcov.txt 2>&1)
 line="$(grep -A4 "File 'csrc/store.c'" "$W/gcov.txt" | grep 'Taken at least once' || true)"
-echo "coverage: csrc/store.c ${line:-no gcov data}"
+echo "coverage: csrc/store.c by the C harnesses ${line:-no gcov data}"
+
+# The store's Python tests (behaviour through the binding: fork, the shim's
+# fault handling, permissions, power-loss images, compaction) against an
+# extension whose store.c is built exactly as above; the rest of the extension
+# is built optimised (as setup.py does, without the embedded CUDA image) so
+# hashing stays fast.  The package is a copy, found first on PYTHONPATH.
+PYW="$W/py"
+mkdir -p "$PYW/obj" "$PYW/pkg/torchcache_c" "$PYW/src"
+cp torchcache_c/*.py torchcache_c/*.pyi torchcache_c/py.typed "$PYW/pkg/torchcache_c/"
+PYINC="$(python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+EXT="$(python -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')"
+ln -s "$PWD/csrc" "$PYW/csrc"
+SIMD="$(python3 .ci/simd_sources.py)"
+pyobjs=()
+for src in csrc/*.c; do
+    o="$PYW/obj/$(basename "${src%.c}").o"
+    case "$src" in
+        csrc/store.c) (cd "$PYW" && gcc "${CFLAGS[@]}" -fPIC -c "$src" -o "$o") ;;
+        *) grep -q "^$src " <<< "$SIMD" && continue  # built below with their flags
+           gcc -O2 -std=c11 -fPIC -fvisibility=hidden -D_GNU_SOURCE -DTC_VERSION='"cov"' \
+               -Icsrc -I"$PYINC" -c "$src" -o "$o" ;;
+    esac
+    pyobjs+=("$o")
+done
+if [ "$(uname -m)" = x86_64 ]; then
+    while read -r src flags; do
+        o="$PYW/obj/$(basename "${src%.c}").o"
+        # shellcheck disable=SC2086
+        gcc -O2 -std=c11 -fPIC -D_GNU_SOURCE -Icsrc $flags -c "$src" -o "$o"
+        pyobjs+=("$o")
+    done <<< "$SIMD"
+fi
+gcc -shared --coverage "${pyobjs[@]}" -ldl -lpthread -o "$PYW/pkg/torchcache_c/_C$EXT"
+PYTHONPATH="$PYW/pkg" python -P -m pytest -q -p no:cacheprovider \
+    tests/test_store.py tests/test_store_faults.py tests/test_store_format.py \
+    tests/test_store_errors.py tests/test_store_permissions.py tests/test_store_power_loss.py \
+    tests/test_compact.py tests/test_cache_faults.py > "$W/pytest.log" 2>&1 \
+    || { tail -30 "$W/pytest.log"; echo "coverage: the store tests failed on the coverage build"; exit 1; }
+(cd "$PYW" && gcov -b -c -o obj obj/store.o > gcov.txt 2>&1)
+
+# A branch counts when either run took it (both objects come from the same
+# compile of store.c, so their branches match line by line).
+line="$(python3 - "$W/store.c.gcov" "$PYW/store.c.gcov" <<'PY'
+import re, sys
+def branches(path):
+    out, line = {}, 0
+    for text in open(path):
+        m = re.match(r"\s*[^:]+:\s*(\d+):", text)
+        if m:
+            line = int(m.group(1))
+            continue
+        m = re.match(r"branch\s+\d+ (taken (\d+)|never executed)", text)
+        if m:
+            out.setdefault(line, []).append(m.group(2) not in (None, "0"))
+    return out
+a, b = branches(sys.argv[1]), branches(sys.argv[2])
+total = taken = 0
+for ln, br in a.items():
+    other = b.get(ln, [])
+    if len(other) == len(br):
+        br = [x or y for x, y in zip(br, other)]
+    total += len(br)
+    taken += sum(br)
+print(f"Taken at least once:{100.0 * taken / total:.2f}% of {total}")
+PY
+)"
+echo "coverage: csrc/store.c by the C harnesses and the store's Python tests ${line}"
 pct="$(echo "$line" | sed -n 's/.*once:\([0-9.]*\)%.*/\1/p')"
 cp "$W/store.c.gcov" "${COVERAGE_OUT:-/tmp}/store.c.gcov" 2>/dev/null || true
+cp "$PYW/store.c.gcov" "${COVERAGE_OUT:-/tmp}/store.c.py.gcov" 2>/dev/null || true
 if [ -z "$pct" ] || awk -v p="$pct" -v m="$MIN" 'BEGIN { exit !(p < m) }'; then
     echo "coverage: below the gate of ${MIN}% (annotated source: ${COVERAGE_OUT:-/tmp}/store.c.gcov)"
     exit 1

@@ -1,15 +1,25 @@
 """Store speed against references measured in the same run.
 
-  gather: 256 random hits of 768 float32 out of 16384 stored, vs a plain memcpy of
-          the same number of bytes (dest.copy_ of a contiguous block) and vs
-          torch.index_select of the same rows (single-threaded, as gather is); the
-          gather of one hit gives the fixed cost per call;
+  gather: 256 hits of 768 float32 (3 KB) out of 16384 stored, random rows and
+          rows stored by one put, vs a plain memcpy of the same number of bytes
+          (dest.copy_ of a contiguous block) and vs torch.index_select of the same
+          rows (single-threaded, as gather is); the gather of one hit gives the
+          fixed cost per call;
+  first:  in a fresh process (a new interpreter), open + the first lookup and
+          gather of 256 random hits against the same call repeated (warm), with
+          the page cache warm and after fsync + posix_fadvise(DONTNEED);
   put:    64 items of 1 MiB appended to a directory, vs os.write of the same bytes;
+          and 256 records of 3 KB per call (the shape of a training batch), vs one
+          os.write of the same bytes per call;
   open:   indexing a directory of 1,000,000 records (64-byte items);
   segments: a directory of 1 / 100 / 1,000 / 10,000 segments of one record each
-          (written by writers that are gone, as in a long-lived shared cache):
-          open time, the cost of one miss (which triggers a refresh), its ratio
-          to the 1-segment miss, the reader's extra descriptors, records served.
+          (written by writers that are gone, as in a long-lived shared cache),
+          read with RLIMIT_NOFILE at 64: open time, the cost of one miss (which
+          triggers a refresh), its ratio to the 1-segment miss, the reader's extra
+          descriptors, records served.
+  Targets (issues 11 and 12): open <= 1 s, miss <= 5 ms growing linearly, extra
+  fds <= 2 and every record served at 10,000 segments; first gather <= 2x warm;
+  open of 1M records <= 0.1 s.
 
 Usage: python benchmarks/bench_store.py [DIR] [--segments-only]
        (DIR: where to write, default /tmp)
@@ -18,6 +28,8 @@ Usage: python benchmarks/bench_store.py [DIR] [--segments-only]
 from __future__ import annotations
 
 import os
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,19 +56,96 @@ def keys(first: int, n: int) -> torch.Tensor:
 def bench_gather(store: Store, src: torch.Tensor, label: str) -> None:
     n = len(src)
     store.put(keys(0, n), src)
-    idx = torch.randperm(n)[:256]
-    k = keys(0, n)[idx].contiguous()
-    dest = torch.empty(256, 768)
-    store.lookup(k)
     block = src[4096:4096 + 256]
-    one_key, one_dest = k[:1].contiguous(), torch.empty(1, 768)
-    g = best(lambda: store.gather(k, dest), 300)
+    dest = torch.empty(256, 768)
+    one_dest = torch.empty(1, 768)
     m = best(lambda: dest.copy_(block), 300)
-    r = best(lambda: torch.index_select(src, 0, idx, out=dest), 300)
-    f = best(lambda: store.gather(one_key, one_dest), 300)
-    print(f"gather [{label}] 256 hits {g * 1e6:7.1f} us   memcpy {m * 1e6:7.1f} us   "
-          f"index_select {r * 1e6:7.1f} us   ratio to memcpy {g / m:.2f}   "
-          f"fixed cost (1 hit) {f * 1e6:5.1f} us")
+    for rows, idx in (("random", torch.randperm(n)[:256]),
+                      ("stored together", torch.arange(4096, 4096 + 256))):
+        k = keys(0, n)[idx].contiguous()
+        store.lookup(k)
+        one_key = k[:1].contiguous()
+        g = best(lambda k=k: store.gather(k, dest), 300)
+        assert torch.equal(dest, src[idx])
+        r = best(lambda idx=idx: torch.index_select(src, 0, idx, out=dest), 300)
+        f = best(lambda one_key=one_key: store.gather(one_key, one_dest), 300)
+        print(f"gather [{label}, {rows}] 256 hits {g * 1e6:7.1f} us   memcpy {m * 1e6:6.1f} us"
+              f"   index_select {r * 1e6:6.1f} us   x memcpy {g / m:5.2f}   "
+              f"x index_select {g / r:5.2f}   fixed cost (1 hit) {f * 1e6:5.1f} us")
+
+
+FIRST_GATHER_CHILD = """
+import sys, time, torch
+from torchcache_c._C import Store
+torch.set_num_threads(1)
+path = sys.argv[1]
+def batch(seed):
+    ids = torch.randperm(16384, generator=torch.Generator().manual_seed(seed))[:256]
+    return torch.stack([ids, ids * 3 + 1], 1).contiguous()
+def call(k):
+    a = time.perf_counter(); p = s.lookup(k); g = s.gather(k, dest)
+    t = time.perf_counter() - a
+    assert bytes(p) == bytes(g) == b"\\x01" * 256
+    return t
+first_call, first_touch = batch(int(sys.argv[2])), batch(1000 + int(sys.argv[2]))
+dest = torch.zeros(256, 768)
+a = time.perf_counter(); s = Store(path); o = time.perf_counter() - a
+f = call(first_call)    # the process's first call: binding and store both cold
+t = call(first_touch)   # records touched for the first time, by a later call
+w = min(call(first_touch) for _ in range(100))
+print(o, f, t, w)
+"""
+
+
+def evict(path: str) -> None:
+    for name in os.listdir(path):
+        fd = os.open(os.path.join(path, name), os.O_RDONLY)
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+
+
+def bench_first_gather(root: str) -> None:
+    d = tempfile.mkdtemp(dir=root)
+    with Store(d) as w:
+        w.put(keys(0, 16384), torch.randn(16384, 768))
+    for label in ("page cache warm", "pages evicted"):
+        runs = []
+        for seed in range(5):
+            if label == "pages evicted":
+                evict(d)
+            out = subprocess.run([sys.executable, "-c", FIRST_GATHER_CHILD, d, str(seed)],
+                                 check=True, capture_output=True, text=True).stdout
+            runs.append([float(x) for x in out.split()])
+        o, f, t, w = (sorted(r[i] for r in runs)[len(runs) // 2] for i in range(4))
+        print(f"fresh process [{label}] open {o * 1e3:6.1f} ms   lookup+gather 256x3 KB: "
+              f"first call {f * 1e6:7.1f} us, first touch of other records {t * 1e6:7.1f} us, "
+              f"warm {w * 1e6:6.1f} us   first/warm {f / w:5.2f}   first touch/warm "
+              f"{t / w:5.2f} (median of {len(runs)} processes)")
+
+
+def bench_put_batches(root: str) -> None:
+    calls, batch = 64, 256
+    src = torch.randn(calls, batch, 768)
+    raw = [src[i].numpy().tobytes() for i in range(calls)]
+    d = tempfile.mkdtemp(dir=root)
+    fd = os.open(os.path.join(d, "reference"), os.O_CREAT | os.O_WRONLY | os.O_APPEND)
+    a = time.perf_counter()
+    for b in raw:
+        os.write(fd, b)
+    w = time.perf_counter() - a
+    os.close(fd)
+    d = tempfile.mkdtemp(dir=root)
+    store = Store(d)
+    ks = keys(0, calls * batch)
+    a = time.perf_counter()
+    for i in range(calls):
+        store.put(ks[i * batch:(i + 1) * batch], src[i])
+    p = time.perf_counter() - a
+    store.close()
+    print(f"put 256 x 3 KB per call: {p / calls * 1e6:7.1f} us per call "
+          f"({p / (calls * batch) * 1e9:5.0f} ns per record)   os.write of the same bytes "
+          f"{w / calls * 1e6:7.1f} us   ratio {w / p:.2f}")
 
 
 def segment_dir(root: str, count: int) -> str:
@@ -85,6 +174,15 @@ def segment_dir(root: str, count: int) -> str:
 
 
 def bench_segments(root: str) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+    try:
+        segments_at_64_fds(root)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def segments_at_64_fds(root: str) -> None:
     base_miss = None
     for count in (1, 100, 1000, 10000):
         d = segment_dir(root, count)
@@ -121,6 +219,8 @@ def main(root: str, segments_only: bool) -> None:
     src = torch.randn(n, 768)
     for where in (None, tempfile.mkdtemp(dir=root)):
         bench_gather(Store(where), src, "memory" if where is None else "dir")
+    bench_first_gather(root)
+    bench_put_batches(root)
 
     big = torch.randn(64, 1 << 18)
     raw = big.numpy().tobytes()

@@ -68,6 +68,9 @@
 #define ARENA_CHUNK_BYTES (64u << 20)
 /* A scan reads segments through a window of this size (one pread per window). */
 #define SCAN_WINDOW_BYTES (256u << 10)
+/* The scan verifies the payloads of records at least this large that lie
+ * whole in its window; smaller ones verify at first use. */
+#define SCAN_VERIFY_MIN 512u
 /* After a record this large, the scan reads only the next header's page. */
 #define SCAN_SMALL_READ 4096u
 /* Bytes a resynchronisation may read per segment per refresh; it resumes at
@@ -1119,7 +1122,24 @@ static int segment_scan(tc_store *s, size_t si, size_t *added)
             g->resync_from = 0;
             continue;
         }
-        int ins = index_insert(s, h.key0, h.key1, si, g->scan_end, h.raw_len, 0);
+        /* A record whose bytes the window holds already is verified now, at
+         * memory speed, so its first use reads it once like any later one
+         * (docs/format.md, section 6).  Tiny payloads (where the checksum's
+         * fixed cost would dominate a scan of millions) and records larger
+         * than the window verify at first use. */
+        uint32_t state = 0;
+        int whole = g->path == NULL || g->scan_end + total <= w.start + w.len;
+        if (whole && h.stored_len >= SCAN_VERIFY_MIN &&
+            !entry_live(index_find(s, h.key0, h.key1))) {
+            if (payload_checksum(b + REC_HEADER_BYTES, h.stored_len) != h.payload_sum) {
+                /* dropped as at first use: counted, never served */
+                s->corrupt++;
+                g->scan_end += total;
+                continue;
+            }
+            state = ENTRY_VERIFIED;
+        }
+        int ins = index_insert(s, h.key0, h.key1, si, g->scan_end, h.raw_len, state);
         if (ins < 0) {
             rc = -1;
             break;
@@ -1159,6 +1179,7 @@ static int segment_recheck(tc_store *s, size_t si, int64_t now_wall, size_t *add
 {
     segment *g = &s->segs[si];
     struct stat st;
+    errno = 0; /* a file replaced under its name leaves errno as it was */
     if (fstatat(AT_FDCWD, g->path, &st, AT_SYMLINK_NOFOLLOW) < 0 || st.st_dev != g->dev ||
         st.st_ino != g->ino) {
         if (errno == ENOENT || errno == ENOTDIR || errno == 0) {
@@ -1800,76 +1821,37 @@ static int shape_equal(const rec_header *h, uint64_t dtype_word, int ndim, const
     return 1;
 }
 
-/* Serves one row: reads the record's header and payload in one preadv (the
- * payload straight into the row), re-checks the header, verifies the payload
- * at its first use, decompresses where needed.  Returns 1 if served. */
-static int gather_row(tc_store *s, uint64_t k0, uint64_t k1, uint64_t dtype_word, int ndim,
-                      const int64_t *shape, uint64_t item_bytes, uint8_t *row)
+/* The live entry of a row about to be read, or NULL (a miss: absent, its
+ * segment gone, or a record of another size, which is never read). */
+static entry *gather_entry(tc_store *s, uint64_t k0, uint64_t k1, uint64_t item_bytes)
 {
     entry *e = index_find(s, k0, k1);
     if (!entry_live(e))
-        return 0;
-    size_t si = e->seg - 1;
-    const segment *g = &s->segs[si];
-    if (__atomic_load_n(&g->gone, __ATOMIC_ACQUIRE)) {
+        return NULL;
+    if (__atomic_load_n(&s->segs[e->seg - 1].gone, __ATOMIC_ACQUIRE)) {
         entry_kill(s, e, 0);
-        return 0;
+        return NULL;
     }
     if (e->raw_len != item_bytes) {
         fault(s, TC_FAULT_MISMATCH,
               "a stored record has %llu bytes per item where dest has %llu (same key, "
               "different output dtype or shape)",
               (unsigned long long)e->raw_len, (unsigned long long)item_bytes);
-        return 0;
+        return NULL;
     }
-    uint8_t hb[REC_HEADER_BYTES];
-    /* The row receives the payload, or the start of a compressed one (shorter
-     * than the row) followed by whatever comes next in the file. */
-    struct iovec iov[2] = {{hb, sizeof(hb)}, {row, (size_t)item_bytes}};
+    return e;
+}
+
+/* Finishes a row whose header bytes hb and first item_bytes payload bytes
+ * (in row; an arena record's payload is read in place) were read from e's
+ * place: re-checks the header, verifies the payload at its first use,
+ * decompresses where needed.  Returns 1 if served. */
+static int gather_finish(tc_store *s, entry *e, const uint8_t hb[REC_HEADER_BYTES],
+                         uint64_t dtype_word, int ndim, const int64_t *shape,
+                         uint64_t item_bytes, uint8_t *row)
+{
+    const segment *g = &s->segs[e->seg - 1];
     int verified = (__atomic_load_n(&e->state, __ATOMIC_ACQUIRE) & ENTRY_VERIFIED) != 0;
-    if (g->path == NULL) {
-        if (e->offset + REC_HEADER_BYTES > g->file_len)
-            return 0;
-        memcpy(hb, g->base + e->offset, sizeof(hb));
-    } else {
-        int fd = seg_acquire(s, si);
-        if (fd < 0) {
-            if (__atomic_load_n(&g->gone, __ATOMIC_ACQUIRE))
-                entry_kill(s, e, 0);
-            return 0;
-        }
-        int errnum = 0;
-        int kind = read_fully(fd, iov, item_bytes ? 2 : 1, e->offset, &errnum);
-        seg_release(s, si);
-        if (kind == TC_FAULT_SHORT) {
-            /* A compressed record near the end of its file is shorter than the
-             * row: read its header, then exactly its payload. */
-            struct iovec one = {hb, sizeof(hb)};
-            if (seg_read(s, si, e->offset, &one, 1) < 0) {
-                entry_kill(s, e, 1);
-                return 0;
-            }
-            rec_header peek;
-            header_decode(hb, &peek);
-            if (!(peek.flags & REC_FLAG_ZSTD) || peek.stored_len >= item_bytes) {
-                fault(s, TC_FAULT_SHORT,
-                      "segment %s ends before a record it held (truncated while in use)",
-                      g->path);
-                entry_kill(s, e, 1);
-                return 0;
-            }
-            struct iovec pay = {row, (size_t)peek.stored_len};
-            if (seg_read(s, si, e->offset + REC_HEADER_BYTES, &pay, 1) < 0) {
-                entry_kill(s, e, 1);
-                return 0;
-            }
-            kind = NO_FAULT;
-        }
-        if (kind != NO_FAULT) {
-            fault(s, kind, "reading segment %s: %s", g->path, strerror(errnum));
-            return 0;
-        }
-    }
     rec_header h;
     header_decode(hb, &h);
     uint64_t total;
@@ -1883,7 +1865,7 @@ static int gather_row(tc_store *s, uint64_t k0, uint64_t k1, uint64_t dtype_word
                                    ((h.flags & REC_FLAG_ZSTD) || h.stored_len == h.raw_len)
                              : header_check(&h, g->id, e->offset, UINT64_MAX / 2, &total) ==
                                    HDR_OK;
-    if (h.key0 != k0 || h.key1 != k1 || h.raw_len != item_bytes || !header_ok) {
+    if (h.key0 != e->key0 || h.key1 != e->key1 || h.raw_len != item_bytes || !header_ok) {
         if (verified)
             fault(s, TC_FAULT_CHANGED,
                   "a record in %s changed on disk after it was verified and is dropped; do "
@@ -1932,6 +1914,194 @@ static int gather_row(tc_store *s, uint64_t k0, uint64_t k1, uint64_t dtype_word
     return 1;
 }
 
+/* Serves one row on its own: reads the record's header and payload in one
+ * preadv (the payload straight into the row), then gather_finish.  Returns 1
+ * if served. */
+static int gather_row(tc_store *s, uint64_t k0, uint64_t k1, uint64_t dtype_word, int ndim,
+                      const int64_t *shape, uint64_t item_bytes, uint8_t *row)
+{
+    entry *e = gather_entry(s, k0, k1, item_bytes);
+    if (e == NULL)
+        return 0;
+    size_t si = e->seg - 1;
+    const segment *g = &s->segs[si];
+    uint8_t hb[REC_HEADER_BYTES];
+    /* The row receives the payload, or the start of a compressed one (shorter
+     * than the row) followed by whatever comes next in the file. */
+    struct iovec iov[2] = {{hb, sizeof(hb)}, {row, (size_t)item_bytes}};
+    if (g->path == NULL) {
+        if (e->offset + REC_HEADER_BYTES > g->file_len)
+            return 0;
+        memcpy(hb, g->base + e->offset, sizeof(hb));
+    } else {
+        int fd = seg_acquire(s, si);
+        if (fd < 0) {
+            if (__atomic_load_n(&g->gone, __ATOMIC_ACQUIRE))
+                entry_kill(s, e, 0);
+            return 0;
+        }
+        int errnum = 0;
+        int kind = read_fully(fd, iov, item_bytes ? 2 : 1, e->offset, &errnum);
+        seg_release(s, si);
+        if (kind == TC_FAULT_SHORT) {
+            /* A compressed record near the end of its file is shorter than the
+             * row: read its header, then exactly its payload. */
+            struct iovec one = {hb, sizeof(hb)};
+            if (seg_read(s, si, e->offset, &one, 1) < 0) {
+                entry_kill(s, e, 1);
+                return 0;
+            }
+            rec_header peek;
+            header_decode(hb, &peek);
+            if (!(peek.flags & REC_FLAG_ZSTD) || peek.stored_len >= item_bytes) {
+                fault(s, TC_FAULT_SHORT,
+                      "segment %s ends before a record it held (truncated while in use)",
+                      g->path);
+                entry_kill(s, e, 1);
+                return 0;
+            }
+            struct iovec pay = {row, (size_t)peek.stored_len};
+            if (seg_read(s, si, e->offset + REC_HEADER_BYTES, &pay, 1) < 0) {
+                entry_kill(s, e, 1);
+                return 0;
+            }
+            kind = NO_FAULT;
+        }
+        if (kind != NO_FAULT) {
+            fault(s, kind, "reading segment %s: %s", g->path, strerror(errnum));
+            return 0;
+        }
+    }
+    return gather_finish(s, e, hb, dtype_word, ndim, shape, item_bytes, row);
+}
+
+/* One row of a batched gather. */
+typedef struct {
+    entry *e;
+    size_t row;
+} gather_slot;
+
+static int gather_slot_cmp(const void *a, const void *b)
+{
+    const entry *x = ((const gather_slot *)a)->e, *y = ((const gather_slot *)b)->e;
+    if (x->seg != y->seg)
+        return x->seg < y->seg ? -1 : 1;
+    return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+/* Reads as many bytes of the iovecs at off as the file holds, retrying on
+ * EINTR and short counts.  Returns the bytes read, or -1 on a read error
+ * before any byte (the rows then go through gather_row, which counts it). */
+static ssize_t read_most(int fd, struct iovec *iov, int niov, uint64_t off)
+{
+    size_t got = 0;
+    while (niov > 0) {
+        ssize_t r = preadv(fd, iov, niov, (off_t)(off + got));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return got ? (ssize_t)got : r;
+        got += (size_t)r;
+        while (niov > 0 && (size_t)r >= iov->iov_len) {
+            r -= (ssize_t)iov->iov_len;
+            iov++;
+            niov--;
+        }
+        if (niov > 0) {
+            iov->iov_base = (uint8_t *)iov->iov_base + r;
+            iov->iov_len -= (size_t)r;
+        }
+    }
+    return (ssize_t)got;
+}
+
+/* Records per coalesced read: header, row and padding iovecs each, under IOV_MAX. */
+#define GATHER_RUN_MAX (PUT_MAX_IOV / 3)
+
+/* Serves the rows of a file store's gather with few system calls: the rows'
+ * records sorted by (segment, offset), one descriptor pin per segment, and one
+ * preadv per run of records that lie end to end in their file (a batch stored
+ * by one put reads back in one call).  Each row reads exactly the bytes that
+ * gather_row would read and is finished by the same checks; a row whose bytes
+ * did not all arrive (a file cut short, a read error) is done again by
+ * gather_row, which decides and counts the fault.  Returns -1 without memory
+ * (the caller then serves row by row). */
+static int gather_batched(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtype_word,
+                          int ndim, const int64_t *shape, uint64_t item_bytes, uint8_t *dest,
+                          uint8_t *served)
+{
+    gather_slot *slots = malloc(n * sizeof(*slots));
+    uint8_t(*hbs)[REC_HEADER_BYTES] = malloc(GATHER_RUN_MAX * REC_HEADER_BYTES);
+    struct iovec *iov = malloc(3 * GATHER_RUN_MAX * sizeof(*iov));
+    if (slots == NULL || hbs == NULL || iov == NULL) {
+        free(slots);
+        free(hbs);
+        free(iov);
+        return -1;
+    }
+    uint8_t pad[REC_ALIGN];
+    uint64_t span = REC_HEADER_BYTES + round_up(item_bytes, REC_ALIGN);
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        entry *e = gather_entry(s, keys[2 * i], keys[2 * i + 1], item_bytes);
+        served[i] = 0;
+        if (e != NULL)
+            slots[m++] = (gather_slot){e, i};
+    }
+    qsort(slots, m, sizeof(*slots), gather_slot_cmp);
+    for (size_t a = 0; a < m;) {
+        size_t si = slots[a].e->seg - 1;
+        size_t b = a + 1;
+        while (b < m && slots[b].e->seg == slots[a].e->seg)
+            b++;
+        int fd = seg_acquire(s, si);
+        if (fd < 0) {
+            /* counted once by seg_acquire (or the segment is gone) */
+            for (size_t k = a; k < b; k++) {
+                if (__atomic_load_n(&s->segs[si].gone, __ATOMIC_ACQUIRE))
+                    entry_kill(s, slots[k].e, 0);
+            }
+            a = b;
+            continue;
+        }
+        for (size_t r = a; r < b;) {
+            /* a run: records end to end, each read as header, row, padding */
+            size_t q = r;
+            int niov = 0;
+            for (; q < b && q - r < GATHER_RUN_MAX; q++) {
+                if (q > r && slots[q].e->offset != slots[q - 1].e->offset + span)
+                    break;
+                iov[niov++] = (struct iovec){hbs[q - r], REC_HEADER_BYTES};
+                if (item_bytes)
+                    iov[niov++] = (struct iovec){dest + slots[q].row * item_bytes,
+                                                 (size_t)item_bytes};
+                if (span > REC_HEADER_BYTES + item_bytes)
+                    iov[niov++] = (struct iovec){pad, (size_t)(span - REC_HEADER_BYTES -
+                                                               item_bytes)};
+            }
+            ssize_t got = read_most(fd, iov, niov, slots[r].e->offset);
+            for (size_t k = r; k < q; k++) {
+                uint8_t *row = dest + slots[k].row * item_bytes;
+                uint64_t need = (uint64_t)(k - r) * span + REC_HEADER_BYTES + item_bytes;
+                if (got >= 0 && (uint64_t)got >= need)
+                    served[slots[k].row] = (uint8_t)gather_finish(
+                        s, slots[k].e, hbs[k - r], dtype_word, ndim, shape, item_bytes, row);
+                else
+                    served[slots[k].row] = (uint8_t)gather_row(
+                        s, keys[2 * slots[k].row], keys[2 * slots[k].row + 1], dtype_word,
+                        ndim, shape, item_bytes, row);
+            }
+            r = q;
+        }
+        seg_release(s, si);
+        a = b;
+    }
+    free(slots);
+    free(hbs);
+    free(iov);
+    return 0;
+}
+
 int tc_store_gather(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtype_word, int ndim,
                     const int64_t *shape, uint8_t *dest, uint8_t *served, char *err,
                     size_t err_len)
@@ -1954,11 +2124,14 @@ int tc_store_gather(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtype_
         return closed_err(err, err_len);
     }
     size_t unserved = 0;
-    for (size_t i = 0; i < n; i++) {
-        served[i] = (uint8_t)gather_row(s, keys[2 * i], keys[2 * i + 1], dtype_word, ndim,
-                                        shape, item_bytes, dest + i * item_bytes);
-        unserved += !served[i];
+    if (s->dir == NULL || n < 2 ||
+        gather_batched(s, keys, n, dtype_word, ndim, shape, item_bytes, dest, served) < 0) {
+        for (size_t i = 0; i < n; i++)
+            served[i] = (uint8_t)gather_row(s, keys[2 * i], keys[2 * i + 1], dtype_word, ndim,
+                                            shape, item_bytes, dest + i * item_bytes);
     }
+    for (size_t i = 0; i < n; i++)
+        unserved += !served[i];
     int reindex = __atomic_load_n(&s->reindex, __ATOMIC_ACQUIRE);
     pthread_rwlock_unlock(&s->lock);
     if (unserved == 0 || !reindex || s->dir == NULL)
@@ -2133,8 +2306,6 @@ static int put_locked(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtyp
     }
     if (s->stop_writing || s->full || n == 0)
         return TC_STORE_OK;
-    if (s->dir != NULL && s->own < 0 && open_own_segment(s) < 0)
-        return TC_STORE_OK;
 
     put_batch b;
     memset(&b, 0, sizeof(b));
@@ -2196,6 +2367,12 @@ static int put_locked(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtyp
                 free(zbuf);
                 break;
             }
+        }
+        /* This writer's segment is made at its first record, not at its first
+         * put: a put whose keys are all stored already leaves no empty file. */
+        if (s->dir != NULL && s->own < 0 && open_own_segment(s) < 0) {
+            free(zbuf);
+            break;
         }
         /* The record's place first: version 2 headers are bound to it. */
         size_t seg = 0;

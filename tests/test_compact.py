@@ -28,12 +28,17 @@ def segments(path) -> list:
 
 def finished_writers(path, count: int, per: int = 20) -> torch.Tensor:
     """count segments from forked writers that have exited (their pids are gone);
-    writer p stores ids p*per .. p*per+per-1, and one more writes id 0 again (a
-    duplicate if it ran before writer 0 finished, else an empty segment)."""
+    writer p stores ids p*per .. p*per+per-1, and one more stores id 0 again in a
+    directory of its own, whose segment is then moved in: a duplicate (records
+    are bound to their segment's name, not its directory)."""
     pids = [fork_writer(str(path), p * per, per, per, NUMEL) for p in range(count)]
-    pids.append(fork_writer(str(path), 0, 1, 1, NUMEL))
+    scratch = Path(str(path) + ".dup")
+    pids.append(fork_writer(str(scratch), 0, 1, 1, NUMEL))
     for pid in pids:
         assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    (dup,) = segments(scratch)
+    os.rename(dup, Path(path) / dup.name)
+    scratch.rmdir()
     return keys_for(range(count * per))
 
 

@@ -185,6 +185,25 @@ def test_records_persist_across_store_instances(tmp_path):
     assert check_served(b, keys, 100) == 50
 
 
+def test_a_put_of_stored_keys_creates_no_segment(tmp_path):
+    """The writer's segment is made at its first record: a process whose every
+    put hits (a second epoch, another rank) leaves no empty file behind."""
+    keys = keys_for(range(8))
+    with Store(str(tmp_path)) as a:
+        a.put(keys, items_for(keys, 4))
+    (first,) = os.listdir(tmp_path)
+    with Store(str(tmp_path)) as b:
+        assert b.put(keys, items_for(keys, 4)) == 0
+        assert b.put(keys[:0], items_for(keys[:0], 4)) == 0
+        assert os.listdir(tmp_path) == [first]
+        assert b.stats()["open_fds"] <= 1
+        more = keys_for(range(8, 10))
+        assert b.put(torch.cat([keys[:3], more]), items_for(torch.cat([keys[:3], more]), 4)) == 2
+        assert len(os.listdir(tmp_path)) == 2
+    c = Store(str(tmp_path))
+    assert check_served(c, torch.cat([keys, more]), 4) == 10
+
+
 def test_directory_is_created_with_parents(tmp_path):
     path = tmp_path / "a" / "b" / "c"
     store = Store(str(path))
@@ -233,17 +252,58 @@ def test_four_processes_writing_overlapping_keys_lose_nothing(tmp_path):
 
 def test_killed_writers_never_leave_servable_torn_records(tmp_path):
     rng = random.Random(1)
-    for _ in range(20):
-        pid = fork_writer(str(tmp_path), 0, 64, 16, 16384, loop=True)
-        time.sleep(rng.uniform(0.005, 0.1))
+    for w in range(20):
+        # each writer its own ids (a segment is made by the first put that
+        # stores); killed at a random moment once it has started writing
+        pid = fork_writer(str(tmp_path), w * 64, 64, 16, 16384, loop=True)
+        deadline = time.monotonic() + 60
+        while len(segments(tmp_path)) <= w and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(rng.uniform(0.0, 0.05))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-    assert len(segments(tmp_path)) >= 10  # most were killed mid-write
+    assert len(segments(tmp_path)) == 20
     store = Store(str(tmp_path))
     served = 0
     for salt in range(100):
-        served += check_served(store, keys_for(range(64), salt), 16384)
+        served += check_served(store, keys_for(range(20 * 64), salt), 16384)
     assert served > 0
+
+
+def test_gather_of_rows_in_any_order_reads_each_row_exactly(tmp_path):
+    """A gather reads runs of records that lie end to end in one call; rows asked
+    in any order, twice, or absent, each get their own bytes."""
+    keys = keys_for(range(300))
+    with Store(str(tmp_path)) as w:
+        w.put(keys, items_for(keys, 40))
+    store = Store(str(tmp_path))
+    order = list(range(300)) + [5, 5, 299]
+    random.Random(3).shuffle(order)
+    ask = torch.cat([keys[order], keys_for([10_000])]).contiguous()
+    dest = torch.full((len(ask), 40), -1, dtype=torch.int64)
+    served = store.gather(ask, dest)
+    assert served == b"\x01" * len(order) + b"\x00"
+    assert torch.equal(dest[:-1], items_for(keys[order], 40))
+
+
+def test_payloads_in_the_scan_window_are_verified_at_open(tmp_path):
+    """Records of 512 bytes or more are verified while the open scans them, so a
+    damaged one is counted before any use; tiny ones at their first use."""
+    for numel, counted_at_open in ((64, 1), (8, 0)):  # 512 and 64 payload bytes
+        d = tmp_path / str(numel)
+        keys = keys_for(range(6))
+        with Store(str(d)) as w:
+            w.put(keys, items_for(keys, numel))
+        (seg,) = d.glob("seg-*.tcs")
+        rec = RECORD_HEADER + -(-numel * 8 // 64) * 64
+        data = bytearray(seg.read_bytes())
+        data[2 * rec + RECORD_HEADER + 3] ^= 0x10
+        seg.write_bytes(bytes(data))
+        store = Store(str(d))
+        assert store.stats()["corrupt"] == counted_at_open
+        assert present(store, keys) == [1, 1, 0, 1, 1, 1]
+        assert check_served(store, keys, numel) == 5
+        assert store.stats()["corrupt"] == 1
 
 
 # ---- corruption ----------------------------------------------------------------

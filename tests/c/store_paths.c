@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -225,6 +226,187 @@ int main(void)
     CHECK(tc_store_writer_may_append("seg-elsewhere-1-0.tcs", now, now, 1000000000LL, host));
     CHECK(tc_store_writer_may_append("seg-nodash.tcs", 0, now, 1, host));
 
+    /* batched gather: rows of one put read back in one preadv, mixed with
+     * absent keys, a key asked twice, a record changed after it verified and a
+     * file cut short under the reader; every served row is exact */
+    snprintf(d, sizeof(d), "%s/batch", root);
+    w = open_dir(d, 0, 0);
+    CHECK(put(w, 500, 16, 0) == 16);
+    tc_store_free(w);
+    one_segment(d, seg, sizeof(seg));
+    s = open_dir(d, 0, 0);
+    CHECK(served(s, 500, 16, 0) == 16);
+    {
+        uint64_t keys[2 * 6];
+        float it[6][NUMEL], dest[6][NUMEL];
+        uint8_t ok[6];
+        items(500, 6, keys, it, 0);
+        keys[2 * 1] = 777; /* absent */
+        keys[2 * 3] = keys[2 * 2]; /* the same key twice */
+        keys[2 * 3 + 1] = keys[2 * 2 + 1];
+        memcpy(it[3], it[2], sizeof(it[2]));
+        CHECK(tc_store_gather(s, keys, 6, F32, 1, SHAPE, (uint8_t *)dest, ok, err,
+                              sizeof(err)) == TC_STORE_OK);
+        CHECK(ok[0] && !ok[1] && ok[2] && ok[3] && ok[4] && ok[5]);
+        for (int i = 0; i < 6; i++)
+            CHECK(!ok[i] || memcmp(dest[i], it[i], sizeof(it[i])) == 0);
+        /* another item shape of the same size, and another size: misses */
+        int64_t other[2] = {2, NUMEL / 2};
+        CHECK(tc_store_gather(s, keys, 2, F32, 2, other, (uint8_t *)dest, ok, err,
+                              sizeof(err)) == TC_STORE_OK && !ok[0] && !ok[1]);
+        int64_t shorter[1] = {NUMEL - 1};
+        CHECK(tc_store_gather(s, keys, 2, F32, 1, shorter, (uint8_t *)dest, ok, err,
+                              sizeof(err)) == TC_STORE_OK && !ok[0] && !ok[1]);
+        CHECK(tc_store_fault_take(s, TC_FAULT_MISMATCH, err, sizeof(err)) >= 2);
+    }
+    patch(seg, (long)(3 * rec + 8), "\x42", 1);   /* key of record 3, after it verified */
+    CHECK(served(s, 500, 16, 0) == 15);
+    CHECK(tc_store_fault_take(s, TC_FAULT_CHANGED, err, sizeof(err)) == 1);
+    CHECK(truncate(seg, (off_t)(10 * rec + 200)) == 0); /* cut inside record 10 */
+    CHECK(served(s, 500, 16, 0) == 9);
+    /* the miss on record 3 refreshed, saw the file shrink, dropped 10..15 */
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.records == 9);
+    CHECK(unlink(seg) == 0); /* removed: its rows are misses, not faults */
+    CHECK(tc_store_refresh(s, &added, err, sizeof(err)) == TC_STORE_OK);
+    CHECK(served(s, 500, 16, 0) == 0);
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.gone == 1 && st.records == 0);
+    tc_store_free(s);
+
+    /* a reader at RLIMIT_NOFILE=64 keeps one descriptor: rows spread over four
+     * segments are served through the cache, and a segment replaced under its
+     * name (another inode) is gone, never read as the old one */
+    snprintf(d, sizeof(d), "%s/fdcache", root);
+    for (int k = 0; k < 4; k++) {
+        w = open_dir(d, 0, 0);
+        CHECK(put(w, 600 + 8 * (uint64_t)k, 8, 0) == 8);
+        tc_store_free(w);
+    }
+    {
+        struct rlimit was, low;
+        CHECK(getrlimit(RLIMIT_NOFILE, &was) == 0);
+        low = was;
+        low.rlim_cur = 64;
+        CHECK(setrlimit(RLIMIT_NOFILE, &low) == 0);
+        s = open_dir(d, 0, 0);
+        CHECK(setrlimit(RLIMIT_NOFILE, &was) == 0);
+        for (int round = 0; round < 2; round++)
+            CHECK(served(s, 600, 32, 0) == 32);
+        CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.open_fds <= 1);
+        /* replace the segment holding ids 600..607 by a copy (a new inode) */
+        uint64_t k0[2] = {600, 600 * 7 + 1};
+        char victim[512] = "";
+        DIR *dir = opendir(d);
+        struct dirent *de;
+        while (dir && (de = readdir(dir)) != NULL) {
+            if (strncmp(de->d_name, "seg-", 4) != 0)
+                continue;
+            snprintf(p, sizeof(p), "%s/%s", d, de->d_name);
+            int f = open(p, O_RDONLY);
+            uint8_t hb[16];
+            if (f >= 0 && pread(f, hb, 16, 0) == 16 && memcmp(hb + 8, k0, 8) == 0)
+                snprintf(victim, sizeof(victim), "%s", p);
+            if (f >= 0)
+                close(f);
+        }
+        if (dir)
+            closedir(dir);
+        CHECK(victim[0] != '\0');
+        char copy[sizeof(victim) + 8];
+        snprintf(copy, sizeof(copy), "%s.copy", victim);
+        int in = open(victim, O_RDONLY), out = open(copy, O_WRONLY | O_CREAT, 0644);
+        char buf[65536];
+        ssize_t got;
+        while (in >= 0 && out >= 0 && (got = read(in, buf, sizeof(buf))) > 0)
+            CHECK(write(out, buf, (size_t)got) == got);
+        close(in);
+        close(out);
+        CHECK(rename(copy, victim) == 0);
+        /* served only from segments still the same file; nothing wrong served */
+        size_t again = served(s, 600, 32, 0);
+        CHECK(again == 24 || again == 32);
+        CHECK(tc_store_refresh(s, &added, err, sizeof(err)) == TC_STORE_OK);
+        CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.gone == 1);
+        /* the copy is another file under a known name: not read by this store */
+        CHECK(served(s, 600, 32, 0) == 24);
+        tc_store_free(s);
+    }
+
+    /* fork: the child keeps reading its parent's segment through the inherited
+     * descriptor and writes a segment of its own; the parent then serves both */
+    snprintf(d, sizeof(d), "%s/fork", root);
+    s = open_dir(d, 0, 0);
+    CHECK(put(s, 700, 4, 0) == 4);
+    pid_t kid = fork();
+    if (kid == 0) {
+        int bad = served(s, 700, 4, 0) != 4 || put(s, 710, 4, 0) != 4 ||
+                  served(s, 710, 4, 0) != 4;
+        tc_store_free(s);
+        exit(bad || failures); /* exit, not _exit: coverage data is written at exit */
+    }
+    int kst = 0;
+    CHECK(kid > 0 && waitpid(kid, &kst, 0) == kid && WIFEXITED(kst) && WEXITSTATUS(kst) == 0);
+    CHECK(put(s, 720, 4, 0) == 4); /* still appending to its own segment */
+    CHECK(served(s, 700, 4, 0) == 4 && served(s, 710, 4, 0) == 4 && served(s, 720, 4, 0) == 4);
+    tc_store_free(s);
+    s = open_dir(d, 0, 0);
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.segments == 2 && st.records == 12);
+    tc_store_free(s);
+
+    /* arguments refused with a message, names and sizes */
+    CHECK(strcmp(tc_store_fault_name(TC_FAULT_KINDS), "unknown") == 0);
+    CHECK(strcmp(tc_store_fault_name(TC_FAULT_SHORT), "short_read") == 0);
+    CHECK(tc_store_itemsize(1 | 4 << 8 | 1 << 16) == 0);        /* 4-bit elements */
+    CHECK(tc_store_itemsize(2 | 32 << 8 | 0 << 16) == 0);       /* no lanes */
+    CHECK(tc_store_itemsize(F32 | (uint64_t)1 << 40) == 0);     /* stray high bits */
+    CHECK(tc_store_itemsize(5 | 64 << 8 | 2 << 16) == 16);      /* complex64 as 2 lanes */
+    tc_store_options none = {0};
+    CHECK(tc_store_open("", &none, &s, err, sizeof(err)) == TC_STORE_EARG && s == NULL);
+    snprintf(p, sizeof(p), "%s/a-file", root);
+    fd = open(p, O_WRONLY | O_CREAT, 0644);
+    close(fd);
+    CHECK(tc_store_open(p, &none, &s, err, sizeof(err)) == TC_STORE_EIO && s == NULL);
+    snprintf(p, sizeof(p), "%s/a-file/below", root);
+    CHECK(tc_store_open(p, &none, &s, err, sizeof(err)) == TC_STORE_EIO && s == NULL);
+    s = open_dir(NULL, 0, 0);
+    {
+        uint64_t k[2] = {1, 2};
+        float x[NUMEL] = {0};
+        size_t stored = 0;
+        int64_t deep[9] = {1, 1, 1, 1, 1, 1, 1, 1, NUMEL};
+        int64_t neg[1] = {-1};
+        uint8_t ok[1];
+        CHECK(tc_store_put(s, k, 1, F32, 9, deep, (uint8_t *)x, &stored, err, sizeof(err)) ==
+              TC_STORE_EARG);
+        CHECK(tc_store_put(s, k, 1, F32, 1, neg, (uint8_t *)x, &stored, err, sizeof(err)) ==
+              TC_STORE_EARG);
+        CHECK(tc_store_put(s, k, 1, 1 | 4 << 8 | 1 << 16, 1, SHAPE, (uint8_t *)x, &stored, err,
+                           sizeof(err)) == TC_STORE_EARG);
+        CHECK(tc_store_gather(s, k, 1, 1 | 4 << 8 | 1 << 16, 1, SHAPE, (uint8_t *)x, ok, err,
+                              sizeof(err)) == TC_STORE_EARG);
+        CHECK(tc_store_put(s, k, 0, F32, 1, SHAPE, (uint8_t *)x, &stored, err, sizeof(err)) ==
+              TC_STORE_OK && stored == 0);
+        tc_store_close(s);
+        CHECK(tc_store_gather(s, k, 1, F32, 1, SHAPE, (uint8_t *)x, ok, err, sizeof(err)) ==
+              TC_STORE_ECLOSED);
+        CHECK(tc_store_put(s, k, 1, F32, 1, SHAPE, (uint8_t *)x, &stored, err, sizeof(err)) ==
+              TC_STORE_ECLOSED);
+        uint64_t dt;
+        int nd;
+        int64_t sh[TC_STORE_MAX_NDIM];
+        CHECK(tc_store_entry_info(s, k, &dt, &nd, sh, err, sizeof(err)) == TC_STORE_ECLOSED);
+        CHECK(tc_store_verify(s, &r, NULL, NULL, err, sizeof(err)) == TC_STORE_ECLOSED);
+    }
+    tc_store_free(s);
+    tc_store_free(NULL);
+
+    /* names that do not say who wrote them are judged by their age */
+    CHECK(tc_store_writer_may_append("other.tcs", 0, now, 1, host)); /* not ours: careful */
+    CHECK(!tc_store_writer_may_append("seg-h-notapid-0.tcs", 0, now, 1, host));
+    CHECK(!tc_store_writer_may_append("seg-h-0-0.tcs", 0, now, 1, host));
+    CHECK(!tc_store_writer_may_append("seg-h-12-", 0, now, 1, NULL));
+    snprintf(name, sizeof(name), "seg-%s-99999999-0.tcs", host);
+    CHECK(!tc_store_writer_may_append(name, 0, now, 1, host)); /* no such pid */
+
     /* compaction of two finished writers (forked children) */
     snprintf(d, sizeof(d), "%s/compact", root);
     for (int c = 0; c < 2; c++) {
@@ -233,7 +415,7 @@ int main(void)
             tc_store *cw = open_dir(d, 0, 0);
             put(cw, 400 + 10 * (uint64_t)c, 5, 0);
             tc_store_free(cw);
-            _exit(0);
+            exit(0);
         }
         int status;
         waitpid(pid, &status, 0);
