@@ -396,7 +396,7 @@ class ModuleCache:
         self._report_faults(handle.store)
         leaves = [self._returned(t, layout, j, device) for j, t in enumerate(miss_leaves)]
         if found.hits:
-            for j, (out, miss_leaf) in enumerate(zip(found.leaves, leaves)):
+            for j, (out, miss_leaf) in enumerate(zip(found.leaves, leaves, strict=True)):
                 if miss_leaf.shape[1:] != out.shape[1:]:
                     raise RuntimeError(
                         f"cached output leaf {j} has item shape {tuple(out.shape[1:])} but "
