@@ -413,11 +413,12 @@ class ModuleCache:
         if not inputs:
             raise ValueError("a cached call needs at least one tensor argument with a batch "
                              "dimension")
-        sizes = {name: t.shape[0] for name, t in inputs}
-        if len(set(sizes.values())) != 1:
+        batch = inputs[0][1].shape[0]
+        if len(inputs) > 1 and any(t.shape[0] != batch for _, t in inputs):
+            sizes = {name: t.shape[0] for name, t in inputs}
             raise ValueError(f"every tensor argument must have the same leading batch size; "
                              f"got {sizes}")
-        return inputs, context, inputs[0][1].shape[0], inputs[0][1].device
+        return inputs, context, batch, inputs[0][1].device
 
     def _check_grad(self, inputs) -> None:
         for name, t in inputs:
@@ -645,8 +646,11 @@ class ModuleCache:
                 else:
                     keys = found.keys if found.miss is None else found.keys[found.miss]
                     stored_now.append(handle.store.put(_leaf_keys(keys, j), self._stored(leaf)))
+        stored = min(stored_now)
         with self._lock:
-            self._counts["items_stored"] += min(stored_now)
+            self._counts["items_stored"] += stored
+        if stored == len(leaves[0]):
+            return  # every row stored: neither full nor failed
         if handle.store.is_full:
             limit = "max_persistent_cache_size" if self.persistent else "max_memory_cache_size"
             self._log_once("full", "cache is full (%s reached); new outputs are not stored, "
