@@ -56,6 +56,7 @@ _DLPACK_CODES = {
 }
 _DTYPE_NAMES = {name: getattr(torch, name) for name in _DLPACK_CODES if hasattr(torch, name)}
 _DLPACK_DTYPES = {_DLPACK_CODES[name]: dt for name, dt in _DTYPE_NAMES.items()}
+_DTYPE_NAME_OF = {dt: name for name, dt in _DTYPE_NAMES.items()}
 
 
 def _dtype_from_word(word: int) -> torch.dtype:
@@ -148,6 +149,8 @@ _warned_process: set = set()
 # time: a rank that asks after a barrier must see what the others stored before it.
 # A scan costs a readdir and one fstat per segment, far less than a forward pass.
 _REFRESH_MS = 0
+# Context digests remembered per cache instance (cleared when full).
+_CONTEXTS_KEPT = 1024
 
 
 def _reinit_locks_in_child() -> None:
@@ -250,6 +253,9 @@ class ModuleCache:
         self._logged: set = set()
         self._counts = {"hits": 0, "misses": 0, "items_stored": 0}
         self._key_switches = 0
+        # Context digests by (module key, training, autocast, argument text): a call
+        # with a context seen before skips the blake2b.
+        self._contexts: Dict[tuple, Tuple[str, bytes]] = {}
         _caches.add(self)
 
     def rebuild_state(self) -> Dict[str, Any]:
@@ -506,8 +512,14 @@ class ModuleCache:
                  training) -> Tuple[_StoreHandle, str, bytes]:
         """The store of the current module key and the call's context digest (and hex)."""
         handle, mhash = self._current_store(device, grad)
-        ctx_digest = _text_digest(f"{mhash}|{training}|{self._autocast(device)}|{context}")
-        return handle, ctx_digest.hex(), ctx_digest
+        text = (mhash, training, self._autocast(device), context)
+        known = self._contexts.get(text)
+        if known is None:
+            if len(self._contexts) >= _CONTEXTS_KEPT:
+                self._contexts.clear()
+            digest = _text_digest(f"{mhash}|{training}|{text[2]}|{context}")
+            known = self._contexts[text] = (digest.hex(), digest)
+        return handle, known[0], known[1]
 
     def _find(self, handle: _StoreHandle, inputs, ctx_digest: bytes, layout: Optional[dict],
               device, batch: int) -> "_Found":
@@ -588,7 +600,8 @@ class ModuleCache:
                 raise ValueError(
                     f"output leaf {j} has shape {tuple(leaf.shape)}; every output tensor must "
                     f"have the batch size {rows} as its leading dimension")
-        layout = {"spec": spec, "dtypes": [str(t.dtype).split(".")[1] for t in leaves]}
+        layout = {"spec": spec, "dtypes": [_DTYPE_NAME_OF.get(t.dtype) or str(t.dtype).split(".")[1]
+                                           for t in leaves]}
         return leaves, layout
 
     def _register_layout(self, handle: _StoreHandle, ctx_hex: str, layout: dict) -> None:
@@ -615,7 +628,8 @@ class ModuleCache:
                            "recompute these outputs once", path, exc)
 
     def _stored(self, leaf: torch.Tensor) -> torch.Tensor:
-        leaf = leaf.detach()
+        if leaf.requires_grad:
+            leaf = leaf.detach()
         if self.cache_dtype is not None and leaf.is_floating_point():
             leaf = leaf.to(self.cache_dtype)
         return leaf
@@ -624,7 +638,10 @@ class ModuleCache:
         # Misses go through the stored dtype too, so an output never depends on whether
         # it was a hit: the same item gives the same values in every epoch.
         dtype = _DTYPE_NAMES.get(layout["dtypes"][j], leaf.dtype)
-        return self._stored(leaf).to(device=device, dtype=dtype)
+        leaf = self._stored(leaf)
+        if leaf.dtype != dtype or leaf.device != device:
+            leaf = leaf.to(device=device, dtype=dtype)
+        return leaf
 
     def _store(self, handle: _StoreHandle, found: "_Found", leaves, layout) -> None:
         """Store the computed rows (found.miss, or every row) of each leaf."""
@@ -649,7 +666,7 @@ class ModuleCache:
         stored = min(stored_now)
         with self._lock:
             self._counts["items_stored"] += stored
-        if stored == len(leaves[0]):
+        if stored == leaves[0].shape[0]:
             return  # every row stored: neither full nor failed
         if handle.store.is_full:
             limit = "max_persistent_cache_size" if self.persistent else "max_memory_cache_size"

@@ -63,7 +63,9 @@ class HostTier:
     def put_rows(self, keys: bytes, rows: Optional[bytes], leaf: bytes,
                  src: torch.Tensor) -> int:
         """Store src's rows under the keys of rows `rows` (None: all) XOR leaf."""
-        return _C.call_put(self.store, keys, rows, leaf, src.to("cpu").contiguous())
+        if not src.is_cpu:
+            src = src.cpu()
+        return _C.call_put(self.store, keys, rows, leaf, src.contiguous())
 
     def fetch(self, keys: torch.Tensor, dtype: torch.dtype,
               device: torch.device) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
