@@ -197,7 +197,7 @@ def main() -> None:
                     help="torchcache releases to compare with, comma-separated, or 'none'")
     ap.add_argument("--python", action="append", default=[], metavar="RELEASE=PATH",
                     help="the interpreter of a venv that has torchcache==RELEASE")
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -313,8 +313,12 @@ def machine() -> str:
 
 
 def chart(results: dict, path: Path) -> None:
-    """Bar chart of the three epoch kinds for both libraries (log scale)."""
-    import matplotlib
+    """Bar chart of the epoch kinds for every library (log scale)."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"matplotlib is not installed: no {path.name} (pip install matplotlib)")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
