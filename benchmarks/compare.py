@@ -1,7 +1,13 @@
-"""No cache vs torchcache 0.4.1 vs torchcache_c, on the same workloads, in one run.
+"""No cache vs torchcache 0.4.1 and 0.6.0 vs torchcache_c, on the same workloads, in one run.
 
-    pip install -e ".[bench]"       # torchcache==0.4.1, zstd, matplotlib
+    pip install -e ".[bench]"       # zstd, matplotlib
     python benchmarks/compare.py    # writes benchmarks/results/compare.{json,png}
+    python benchmarks/compare.py --python 0.4.1=/path/bin/python   # a venv of your own
+
+Each torchcache release runs in its own venv and process (benchmarks/out/
+venv-torchcache-X, made on first use with this process's torch version, as
+bench_call.py does; or given by --python); torchcache_c and the uncached module run in
+this process.
 
 Workload "backbone": a frozen patch-embedding backbone maps (B, 3, 224, 224) float32
 images to (B, 768) features; 8 batches of 256 items an epoch.
@@ -11,8 +17,16 @@ that trains for several epochs (forward of the encoder cached, head trained).
 Per system, each the median of several epochs:
   miss epoch      the first epoch over an empty cache (everything computed and stored)
   memory-hit      later epochs in the same process
-  disk-hit        the first epoch of a fresh process over the same directory
+  disk-hit warm   the first epoch of a fresh process over the same directory, its files
+                  just written (in the page cache)
+  disk-hit cold   the same after every file of the directory was fsynced and evicted
+                  from the page cache (posix_fadvise POSIX_FADV_DONTNEED)
 plus bytes on disk per item, and whether every output equals the uncached module's.
+The floor: x.sum() over every batch of the epoch + index_select of its 256 output rows
+from a preloaded (items, 768) table: reading the inputs once and copying the outputs
+once, the least any cache of these features can do per epoch (the inputs are in RAM,
+so a hit epoch is mostly hashing them).  A floor epoch runs after each of torchcache_c's
+memory-hit epochs, so that their ratio sees the same machine load.
 Then a correctness table run on both libraries (collisions among 10,000 random items,
 a change outside the strided sample, int token ids in / float embeddings out).
 """
@@ -34,7 +48,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-SYSTEMS = ("none", "torchcache", "torchcache_c")
+RELEASES = ("0.4.1", "0.6.0")
 
 
 # --------------------------------------------------------------------------- models
@@ -163,7 +177,9 @@ def worker_disk_hit(args) -> None:
     print(json.dumps({"seconds": seconds, "equal": equal}))
 
 
-def measure_backbone(system: str, args, root: Path, reference) -> dict:
+def measure_backbone(system: str, args, root: Path, reference, floor=None) -> dict:
+    """floor: an epoch of the read floor, run after each memory-hit epoch (the two
+    interleaved, so that their ratio sees the same machine load)."""
     batches = backbone_batches(args.batches, args.batch_size)
     items = args.batches * args.batch_size
     result: dict = {}
@@ -172,7 +188,7 @@ def measure_backbone(system: str, args, root: Path, reference) -> dict:
         result["uncached"] = statistics.median(
             run_epoch(model, batches)[0] for _ in range(args.epochs))
         return result
-    misses, hits, equal = [], [], True
+    misses, hits, floors, equal = [], [], [], True
     cache_dir = None
     for trial in range(args.miss_trials):
         cache_dir = root / f"{system}-{trial}"
@@ -184,22 +200,61 @@ def measure_backbone(system: str, args, root: Path, reference) -> dict:
             for _ in range(args.epochs):
                 seconds, outs = run_epoch(model, batches)
                 hits.append(seconds)
+                if floor is not None:
+                    floors.append(floor(batches))
                 equal &= all(torch.equal(o, r) for o, r in zip(outs, reference))
         del model
-    disk = []
+    disk: dict = {"warm": [], "cold": []}
     for _ in range(args.disk_trials):
-        out = subprocess.run(
-            [sys.executable, __file__, "--worker", "disk-hit", "--system", system,
-             "--dir", str(cache_dir), "--batches", str(args.batches),
-             "--batch-size", str(args.batch_size), "--threads", str(args.threads)],
-            check=True, capture_output=True, text=True)
-        rec = json.loads(out.stdout.strip().splitlines()[-1])
-        disk.append(rec["seconds"])
-        equal &= rec["equal"]
+        for kind in ("warm", "cold"):
+            if kind == "cold":
+                evict(cache_dir)
+            out = subprocess.run(
+                [sys.executable, __file__, "--worker", "disk-hit", "--system", system,
+                 "--dir", str(cache_dir), "--batches", str(args.batches),
+                 "--batch-size", str(args.batch_size), "--threads", str(args.threads)],
+                check=True, capture_output=True, text=True)
+            rec = json.loads(out.stdout.strip().splitlines()[-1])
+            disk[kind].append(rec["seconds"])
+            equal &= rec["equal"]
     result.update(miss=statistics.median(misses), memory_hit=statistics.median(hits),
-                  disk_hit=statistics.median(disk),
+                  disk_hit=statistics.median(disk["warm"]),
+                  disk_hit_cold=statistics.median(disk["cold"]),
                   bytes_per_item=dir_bytes(cache_dir) / items, outputs_equal=equal)
+    if floors:
+        result["floor"] = statistics.median(floors)
     return result
+
+
+def evict(path: Path) -> None:
+    """Write back and drop from the page cache every file under path (a cold read)."""
+    for p in path.rglob("*"):
+        if not p.is_file():
+            continue
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def floor_epoch(args, reference):
+    """floor(batches): one epoch of the read floor (returns its seconds): x.sum() of
+    every batch and index_select of its output rows from a preloaded table of every
+    output."""
+    table = torch.cat(reference)
+    rows = [torch.arange(i * args.batch_size, (i + 1) * args.batch_size)
+            for i in range(len(reference))]
+
+    def epoch(batches) -> float:
+        t0 = time.perf_counter()
+        for b, r in zip(batches, rows):
+            b.sum()
+            table.index_select(0, r)
+        return time.perf_counter() - t0
+
+    return epoch
 
 
 def measure_vit(system: str, args, root: Path) -> dict:
@@ -265,23 +320,29 @@ def machine() -> str:
 
 
 def chart(results: dict, path: Path) -> None:
-    """Bar chart of the three epoch kinds for both libraries (log scale)."""
-    import matplotlib
+    """Bar chart of the epoch kinds for every library (log scale)."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"matplotlib is not installed: no {path.name} (pip install matplotlib)")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     bb = results["backbone"]
-    labels = ["miss epoch", "memory-hit epoch", "disk-hit epoch"]
-    keys = ["miss", "memory_hit", "disk_hit"]
-    fig, ax = plt.subplots(figsize=(9.5, 4.5))
-    width = 0.38
-    for k, system in enumerate(("torchcache", "torchcache_c")):
+    labels = ["miss epoch", "memory-hit epoch", "disk-hit warm", "disk-hit cold"]
+    keys = ["miss", "memory_hit", "disk_hit", "disk_hit_cold"]
+    systems = [s for s in results["systems"] if s != "none"]
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    width = 0.8 / len(systems)
+    for k, system in enumerate(systems):
         vals = [bb[system][key] for key in keys]
-        pos = [i + (k - 0.5) * width for i in range(len(keys))]
+        pos = [i + (k - (len(systems) - 1) / 2) * width for i in range(len(keys))]
         bars = ax.bar(pos, vals, width, label=system)
-        ax.bar_label(bars, fmt="%.3f s", fontsize=8)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
     ax.axhline(bb["none"]["uncached"], color="gray", ls="--", label="uncached epoch")
+    ax.axhline(bb["floor"]["floor"], color="black", ls=":", label="floor (read + copy)")
     ax.set_xticks(range(len(keys)), labels)
     ax.set_yscale("log")
     ax.set_ylabel("seconds per epoch (log)")
@@ -289,6 +350,45 @@ def chart(results: dict, path: Path) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def measure_system(system: str, args, root: Path, reference, floor=None) -> dict:
+    """Backbone, vit and correctness of one system in this process."""
+    print(f"{system}: backbone ...", flush=True)
+    out = {"backbone": measure_backbone(system, args, root, reference, floor)}
+    print(f"{system}: vit ...", flush=True)
+    out["vit"] = measure_vit(system, args, root)
+    if system != "none":
+        print(f"{system}: correctness ...", flush=True)
+        out["correctness"] = correctness(system, root)
+    return out
+
+
+def worker_system(args) -> None:
+    """A torchcache release's whole measurement in its own venv; prints JSON."""
+    from importlib.metadata import version
+
+    torch.set_num_threads(args.threads)
+    batches = backbone_batches(args.batches, args.batch_size)
+    ref_model = Backbone()
+    with torch.no_grad():
+        reference = [ref_model(b) for b in batches]
+    with tempfile.TemporaryDirectory(prefix="tc-compare-") as tmp:
+        out = measure_system("torchcache", args, Path(tmp), reference)
+    out["version"] = version("torchcache")
+    print(json.dumps(out))
+
+
+def run_release(release: str, python: Path, args) -> dict:
+    print(f"torchcache {release}: backbone, vit, correctness in {python} ...", flush=True)
+    cmd = [str(python), __file__, "--worker", "system"]
+    for name in ("batches", "batch_size", "epochs", "miss_trials", "disk_trials", "vit_items",
+                 "vit_epochs", "threads"):
+        cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"torchcache {release} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -302,33 +402,50 @@ def main() -> None:
     ap.add_argument("--vit-items", type=int, default=2048)
     ap.add_argument("--vit-epochs", type=int, default=4)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--releases", default=",".join(RELEASES),
+                    help="torchcache releases to compare with, comma-separated, or 'none'")
+    ap.add_argument("--python", action="append", default=[], metavar="RELEASE=PATH",
+                    help="the interpreter of a venv that has torchcache==RELEASE")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    ap.add_argument("--worker", choices=["disk-hit"], help=argparse.SUPPRESS)
-    ap.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=["disk-hit", "system"], help=argparse.SUPPRESS)
+    ap.add_argument("--system", choices=("none", "torchcache", "torchcache_c"),
+                    help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.worker:
+    if args.worker == "disk-hit":
         worker_disk_hit(args)
         return
+    if args.worker == "system":
+        worker_system(args)
+        return
+    from bench_call import release_python  # benchmarks/: this script's directory
+
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
+    releases = [] if args.releases == "none" else args.releases.split(",")
+    given = dict(p.split("=", 1) for p in args.python)
     results = {"date": date.today().isoformat(), "machine": machine(),
                "command": "python benchmarks/compare.py " + " ".join(sys.argv[1:]),
-               "threads": args.threads, "backbone": {}, "vit": {}, "correctness": {}}
+               "threads": args.threads, "load_average": os.getloadavg(), "backbone": {},
+               "vit": {}, "correctness": {}}
+    runs = {}
+    for release in releases:
+        runs[f"torchcache {release}"] = run_release(release, release_python(release, given),
+                                                    args)
     with tempfile.TemporaryDirectory(prefix="tc-compare-") as tmp:
         root = Path(tmp)
         ref_model = Backbone()
         with torch.no_grad():
             reference = [ref_model(b) for b in backbone_batches(args.batches, args.batch_size)]
-        for system in SYSTEMS:
-            print(f"backbone: {system} ...", flush=True)
-            results["backbone"][system] = measure_backbone(system, args, root, reference)
-        for system in SYSTEMS:
-            print(f"vit: {system} ...", flush=True)
-            results["vit"][system] = measure_vit(system, args, root)
-        for system in ("torchcache", "torchcache_c"):
-            print(f"correctness: {system} ...", flush=True)
-            results["correctness"][system] = correctness(system, root)
+        runs["none"] = measure_system("none", args, root, reference)
+        runs["torchcache_c"] = measure_system("torchcache_c", args, root, reference,
+                                              floor_epoch(args, reference))
+        results["backbone"]["floor"] = {"floor": runs["torchcache_c"]["backbone"].pop("floor")}
+    for name, run in runs.items():
+        for part in ("backbone", "vit", "correctness"):
+            if part in run:
+                results[part][name] = run[part]
+    results["systems"] = ["none"] + [f"torchcache {r}" for r in releases] + ["torchcache_c"]
     (args.out / "compare.json").write_text(json.dumps(results, indent=1) + "\n")
     chart(results, args.out / "compare.png")
     report(results)
@@ -336,31 +453,45 @@ def main() -> None:
 
 def report(results: dict) -> None:
     bb = results["backbone"]
-    unc = bb["none"]["uncached"]
-    tc, ours = bb["torchcache"], bb["torchcache_c"]
-    print(f"\n{results['date']} | {results['machine']} | threads {results['threads']}")
-    print(f"backbone workload, seconds per epoch (median); uncached epoch {unc:.3f} s")
-    print(f"{'':18s}{'torchcache':>12s}{'torchcache_c':>14s}{'tc / ours':>11s}")
-    for key, label in [("miss", "miss epoch"), ("memory_hit", "memory-hit epoch"),
-                       ("disk_hit", "disk-hit epoch")]:
-        print(f"{label:18s}{tc[key]:12.3f}{ours[key]:14.3f}{tc[key] / ours[key]:10.1f}x")
-    print(f"{'bytes/item on disk':18s}{tc['bytes_per_item']:12.0f}{ours['bytes_per_item']:14.0f}")
-    print(f"{'outputs == uncached':18s}{str(tc['outputs_equal']):>12s}"
-          f"{str(ours['outputs_equal']):>14s}")
-    print(f"miss epoch / uncached epoch: torchcache {tc['miss'] / unc:.2f}, "
-          f"torchcache_c {ours['miss'] / unc:.2f} (target <= 1.1)")
-    print(f"memory-hit speed-up vs torchcache {tc['memory_hit'] / ours['memory_hit']:.1f}x "
-          f"(target >= 5), disk-hit {tc['disk_hit'] / ours['disk_hit']:.1f}x (target >= 10)")
+    unc, floor = bb["none"]["uncached"], bb["floor"]["floor"]
+    systems = [s for s in results["systems"] if s != "none"]
+    ours = bb["torchcache_c"]
+    print(f"\n{results['date']} | {results['machine']} | threads {results['threads']} | "
+          f"load average {' '.join(f'{v:.2f}' for v in results['load_average'])}")
+    print(f"backbone workload, seconds per epoch (median); uncached epoch {unc:.3f} s, "
+          f"floor {floor:.3f} s (x.sum() of the inputs + index_select of the outputs)")
+    print(f"{'':20s}" + "".join(f"{s:>18s}" for s in systems) + f"{'floor':>9s}")
+    rows = [("miss", "miss epoch"), ("memory_hit", "memory-hit epoch"),
+            ("disk_hit", "disk-hit warm"), ("disk_hit_cold", "disk-hit cold")]
+    for key, label in rows:
+        print(f"{label:20s}" + "".join(f"{bb[s][key]:18.3f}" for s in systems) +
+              f"{floor:9.3f}")
+    print(f"{'bytes/item on disk':20s}" +
+          "".join(f"{bb[s]['bytes_per_item']:18.0f}" for s in systems))
+    print(f"{'outputs == uncached':20s}" +
+          "".join(f"{str(bb[s]['outputs_equal']):>18s}" for s in systems))
+    print(f"miss epoch / uncached epoch: torchcache_c {ours['miss'] / unc:.2f} (target <= 1.1)")
+    print(f"memory-hit epoch / floor: torchcache_c {ours['memory_hit'] / floor:.2f} "
+          f"(target <= 1.1); disk-hit warm / floor {ours['disk_hit'] / floor:.2f}, "
+          f"cold / floor {ours['disk_hit_cold'] / floor:.2f}")
+    for s in systems:
+        if s == "torchcache_c":
+            continue
+        print(f"torchcache_c vs {s}: memory-hit {bb[s]['memory_hit'] / ours['memory_hit']:.1f}x "
+              f"faster, disk-hit warm {bb[s]['disk_hit'] / ours['disk_hit']:.1f}x, "
+              f"cold {bb[s]['disk_hit_cold'] / ours['disk_hit_cold']:.1f}x, miss "
+              f"{bb[s]['miss'] / ours['miss']:.2f}x")
     vit = results["vit"]
     print("\nvit workload (encoder cached, linear head trained), seconds")
-    for system in SYSTEMS:
+    for system in results["systems"]:
         v = vit[system]
-        print(f"  {system:14s} first epoch {v['first_epoch']:7.3f}  later epochs "
+        print(f"  {system:18s} first epoch {v['first_epoch']:7.3f}  later epochs "
               f"{v['later_epochs']:7.3f}  total {v['total']:7.3f}")
     print("\ncorrectness (wrong outputs)")
     for system, c in results["correctness"].items():
-        print(f"  {system:14s} random items {c['random_items_wrong']}/{c['random_items_total']}, "
-              f"change outside sample {c['outside_sample_wrong']}/1, token ids "
+        print(f"  {system:18s} random items {c['random_items_wrong']}/"
+              f"{c['random_items_total']}, change outside sample "
+              f"{c['outside_sample_wrong']}/1, token ids "
               f"{c['token_rows_wrong']}/{c['token_rows_total']} "
               f"(served as {c['token_output_dtype']})")
 

@@ -9,6 +9,7 @@
 #include "cuda.h"
 #include "zstd_dl.h"
 #include "store_module.h"
+#include "call.h"
 #include "watch_module.h"
 
 #include <stdlib.h>
@@ -227,7 +228,8 @@ PyMODINIT_FUNC PyInit__C(void)
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL)
         return NULL;
-    if (tc_store_module_init(m) < 0 || tc_watch_module_init(m) < 0) {
+    if (tc_store_module_init(m) < 0 || tc_watch_module_init(m) < 0 ||
+        tc_call_module_init(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -875,3 +875,19 @@ int tc_store_module_init(PyObject *module)
     }
     return 0;
 }
+
+tc_store *tc_store_module_get(PyObject *obj)
+{
+    if (!PyObject_TypeCheck(obj, &StoreType)) {
+        PyErr_Format(PyExc_TypeError, "store must be a torchcache_c._C.Store, not %.100s",
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    StoreObject *self = (StoreObject *)obj;
+    return check_open(self) < 0 ? NULL : self->store;
+}
+
+void tc_store_module_raise(int rc, const char *msg)
+{
+    raise_engine_error(rc, msg);
+}

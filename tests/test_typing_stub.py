@@ -46,7 +46,8 @@ def test_stub_parameters_match_the_c_docstrings():
     stub = {n.name: [a.arg for a in n.args.posonlyargs + n.args.args + n.args.kwonlyargs
                      if a.arg not in ("self", "cls")]
             for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
-    for name in ("hash_into", "_set_simd", "build_info", "compact"):
+    for name in ("hash_into", "_set_simd", "build_info", "compact", "call_fetch", "call_put",
+                 "_set_tensor_exporter"):
         assert doc_params(getattr(_C, name)) == stub[name], name
     for name in ("lookup", "gather", "put", "entry_info", "refresh", "stats", "take_faults",
                  "verify", "close"):

@@ -1,4 +1,5 @@
-"""Typing stub of torchcache_c._C, the C core (csrc/module.c, csrc/store_module.c).
+"""Typing stub of torchcache_c._C, the C core (csrc/module.c, csrc/store_module.c,
+csrc/call.c).
 
 Tensors are taken through DLPack (``__dlpack__``), so any object that exports
 it is accepted; ``torch.Tensor`` is what the shim passes.
@@ -74,6 +75,19 @@ def hash_into(
     threads: int = 1,
 ) -> None: ...
 def build_info() -> _BuildInfo: ...
+def call_fetch(
+    store: "Store",
+    inputs: Sequence[_Tensor],
+    ctx: bytes,
+    leaves: Optional[bytes],
+    sample_count: int,
+    threads: int,
+    /,
+) -> Optional[Tuple[bytes, int, Optional[bytes], Optional[Tuple[Any, ...]]]]: ...
+def call_put(
+    store: "Store", keys: bytes, rows: Optional[bytes], leaf: bytes, src: _Tensor, /
+) -> int: ...
+def _set_tensor_exporter(fn: Optional[Any], /) -> None: ...
 def _set_simd(level: str) -> None: ...
 def compact(
     path: Union[str, bytes, os.PathLike[str], os.PathLike[bytes]], min_idle_s: int = 3600

@@ -56,6 +56,7 @@ _DLPACK_CODES = {
 }
 _DTYPE_NAMES = {name: getattr(torch, name) for name in _DLPACK_CODES if hasattr(torch, name)}
 _DLPACK_DTYPES = {_DLPACK_CODES[name]: dt for name, dt in _DTYPE_NAMES.items()}
+_DTYPE_NAME_OF = {dt: name for name, dt in _DTYPE_NAMES.items()}
 
 
 def _dtype_from_word(word: int) -> torch.dtype:
@@ -78,9 +79,53 @@ def _digest_pair(raw: bytes) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=None)
+def _leaf_constants(n: int) -> bytes:
+    """What output leaf j's keys are XORed with, for j < n: 16 bytes each."""
+    return b"".join(_text_digest(f"torchcache_c output leaf {j}") for j in range(n))
+
+
+@functools.lru_cache(maxsize=None)
 def _leaf_constant(leaf: int) -> torch.Tensor:
-    """What output leaf j's keys are XORed with (read-only, shared by every call)."""
-    return _digest_pair(_text_digest(f"torchcache_c output leaf {leaf}"))
+    """Leaf j's constant as a (1, 2) int64 tensor (read-only, shared by every call)."""
+    return _digest_pair(_leaf_constants(leaf + 1)[16 * leaf:])
+
+
+def _leaf_keys(keys: torch.Tensor, leaf: int) -> torch.Tensor:
+    return (keys ^ _leaf_constant(leaf)).contiguous()
+
+
+def _resolved(t: torch.Tensor) -> torch.Tensor:
+    """A tensor with a lazy conjugate or negation bit, materialized (as hash_tensor does)."""
+    return t.detach().resolve_conj().resolve_neg()
+
+
+def _as_dtype(t: torch.Tensor, name: str) -> torch.Tensor:
+    dtype = _DTYPE_NAMES[name]
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+# torch's DLPack exporter and importer as C functions (Tensor.__dlpack__ and
+# torch.from_dlpack add ~10 us of Python checks per call; the shim makes the checks
+# that matter itself: no grad to carry, no conjugate/negation bit).
+_C._set_tensor_exporter(torch.utils.dlpack.to_dlpack)
+_from_capsule = getattr(torch._C, "_from_dlpack", torch.utils.dlpack.from_dlpack)
+
+
+class _Found:
+    """What one call's keys found: the item keys (bytes from the C path, a (B, 2) int64
+    tensor from the step path), how many rows hit, the rows to compute (`miss`: an
+    int64 index tensor, None when every row misses; `miss_rows`: the same as bytes on
+    the C path) and, when some rows hit, the full-batch outputs with the hit rows
+    filled (in the layout's dtypes)."""
+
+    __slots__ = ("keys", "hits", "miss", "miss_rows", "leaves")
+
+    def __init__(self, keys: Any, hits: int):
+        self.keys = keys
+        self.hits = hits
+        self.miss: Optional[torch.Tensor] = None
+        self.miss_rows: Optional[bytes] = None
+        self.leaves: List[torch.Tensor] = []
 
 
 # ---- stores shared by every cache instance of this process -----------------------
@@ -104,6 +149,8 @@ _warned_process: set = set()
 # time: a rank that asks after a barrier must see what the others stored before it.
 # A scan costs a readdir and one fstat per segment, far less than a forward pass.
 _REFRESH_MS = 0
+# Context digests remembered per cache instance (cleared when full).
+_CONTEXTS_KEPT = 1024
 
 
 def _reinit_locks_in_child() -> None:
@@ -206,6 +253,9 @@ class ModuleCache:
         self._logged: set = set()
         self._counts = {"hits": 0, "misses": 0, "items_stored": 0}
         self._key_switches = 0
+        # Context digests by (module key, training, autocast, argument text): a call
+        # with a context seen before skips the blake2b.
+        self._contexts: Dict[tuple, Tuple[str, bytes]] = {}
         _caches.add(self)
 
     def rebuild_state(self) -> Dict[str, Any]:
@@ -330,57 +380,36 @@ class ModuleCache:
         if grad:
             self._check_grad(inputs)
         self._warn_useless(training)
-        handle, ctx_hex, keys = self._keyed(inputs, context, device, grad, training, batch)
+        handle, ctx_hex, ctx_digest = self._context(context, device, grad, training)
         layout = self._layout(handle, ctx_hex)
-        if layout is None:
-            present = torch.zeros(batch, dtype=torch.bool)
-        else:
-            with handle.lock:
-                present = self._lookup(handle.store, keys, len(layout["dtypes"]))
-        hit = present.nonzero().squeeze(1)
-        hit_leaves: List[torch.Tensor] = []
-        if len(hit):
-            # A hit the store could not serve (a fault, a record changed since the
-            # lookup) runs forward with the misses.
-            with handle.lock:
-                hit_leaves, served = self._gather(handle.store, keys[hit], layout, device)
-            if not bool(served.all()):
-                present[hit[~served]] = False
-                hit_leaves = [t[served.to(t.device)] for t in hit_leaves]
-                hit = present.nonzero().squeeze(1)
-        miss = (~present).nonzero().squeeze(1)
+        found = self._find(handle, inputs, ctx_digest, layout, device, batch)
         with self._lock:
-            self._counts["hits"] += len(hit)
-            self._counts["misses"] += len(miss)
-        miss_leaves: List[torch.Tensor] = []
-        if len(miss):
-            miss_leaves, layout = self._forward_misses(forward, args, kwargs, inputs, miss,
-                                                       batch)
-            if self.keys.after_forward():
-                # forward assigned attributes that were in the key: they are left out
-                # from now on, so these outputs belong under the key without them.
-                handle, ctx_hex, keys = self._keyed(inputs, context, device, grad, training,
-                                                    batch)
-            self._register_layout(handle, ctx_hex, layout)
-            self._store(handle, keys[miss], miss_leaves, layout)
+            self._counts["hits"] += found.hits
+            self._counts["misses"] += batch - found.hits
+        if found.hits == batch:
+            self._report_faults(handle.store)
+            return unflatten_output(layout["spec"], found.leaves)
+        # The misses (every row, or found.miss): forward runs on them, they are stored,
+        # and their rows are written into the hits' outputs.
+        miss_leaves, layout = self._forward_misses(forward, args, kwargs, found.miss, batch)
+        if self.keys.after_forward():
+            # forward assigned attributes that were in the key: they are left out
+            # from now on, so these outputs belong under the key without them.
+            handle, ctx_hex, ctx_digest = self._context(context, device, grad, training)
+            found.keys = self._find(handle, inputs, ctx_digest, None, device, batch).keys
+        self._register_layout(handle, ctx_hex, layout)
+        self._store(handle, found, miss_leaves, layout)
         self._report_faults(handle.store)
-        if not len(hit):
-            return unflatten_output(layout["spec"], [self._returned(t, layout, j, device)
-                                                     for j, t in enumerate(miss_leaves)])
-        leaves = []
-        for j, hit_leaf in enumerate(hit_leaves):
-            if not len(miss):
-                leaves.append(hit_leaf)
-                continue
-            miss_leaf = self._returned(miss_leaves[j], layout, j, device)
-            if miss_leaf.shape[1:] != hit_leaf.shape[1:]:
-                raise RuntimeError(
-                    f"cached output leaf {j} has item shape {tuple(hit_leaf.shape[1:])} but "
-                    f"forward now returns {tuple(miss_leaf.shape[1:])} for the same arguments")
-            out = torch.empty((batch, *hit_leaf.shape[1:]), dtype=hit_leaf.dtype, device=device)
-            out[hit.to(device)] = hit_leaf
-            out[miss.to(device)] = miss_leaf
-            leaves.append(out)
+        leaves = [self._returned(t, layout, j, device) for j, t in enumerate(miss_leaves)]
+        if found.hits:
+            for j, (out, miss_leaf) in enumerate(zip(found.leaves, leaves, strict=True)):
+                if miss_leaf.shape[1:] != out.shape[1:]:
+                    raise RuntimeError(
+                        f"cached output leaf {j} has item shape {tuple(out.shape[1:])} but "
+                        f"forward now returns {tuple(miss_leaf.shape[1:])} for the same "
+                        "arguments")
+                out[found.miss.to(out.device)] = miss_leaf
+            leaves = found.leaves
         return unflatten_output(layout["spec"], leaves)
 
     # -- steps --
@@ -390,11 +419,12 @@ class ModuleCache:
         if not inputs:
             raise ValueError("a cached call needs at least one tensor argument with a batch "
                              "dimension")
-        sizes = {name: t.shape[0] for name, t in inputs}
-        if len(set(sizes.values())) != 1:
+        batch = inputs[0][1].shape[0]
+        if len(inputs) > 1 and any(t.shape[0] != batch for _, t in inputs):
+            sizes = {name: t.shape[0] for name, t in inputs}
             raise ValueError(f"every tensor argument must have the same leading batch size; "
                              f"got {sizes}")
-        return inputs, context, inputs[0][1].shape[0], inputs[0][1].device
+        return inputs, context, batch, inputs[0][1].device
 
     def _check_grad(self, inputs) -> None:
         for name, t in inputs:
@@ -466,23 +496,6 @@ class ModuleCache:
             logger.info("module hash %s (%s)", mhash, self.cache_dir or "in memory")
             return self._handle, mhash
 
-    def _item_keys(self, tensors: List[torch.Tensor], ctx_digest: bytes,
-                   batch: int) -> torch.Tensor:
-        columns = [_digest_pair(ctx_digest).expand(batch, 2)]
-        columns += [hash_tensor(t, subsample_count=self.subsample_count) for t in tensors]
-        return hash_tensor(torch.stack(columns, dim=1))
-
-    def _leaf_keys(self, keys: torch.Tensor, leaf: int) -> torch.Tensor:
-        return (keys ^ _leaf_constant(leaf)).contiguous()
-
-    def _lookup(self, store: Any, keys: torch.Tensor, n_leaves: int) -> torch.Tensor:
-        present = torch.ones(len(keys), dtype=torch.bool)
-        for j in range(n_leaves):
-            found = torch.frombuffer(bytearray(store.lookup(self._leaf_keys(keys, j))),
-                                     dtype=torch.uint8)
-            present &= found.bool()
-        return present
-
     def _layout(self, handle: _StoreHandle, ctx_hex: str) -> Optional[dict]:
         layout = handle.layouts.get(ctx_hex)
         if layout is None and self.persistent:
@@ -495,27 +508,100 @@ class ModuleCache:
                 handle.layouts[ctx_hex] = layout
         return layout
 
-    def _keyed(self, inputs, context: str, device, grad: bool, training,
-               batch: int) -> Tuple[_StoreHandle, str, torch.Tensor]:
-        """The store of the current module key, the call's context and its item keys."""
+    def _context(self, context: str, device, grad: bool,
+                 training) -> Tuple[_StoreHandle, str, bytes]:
+        """The store of the current module key and the call's context digest (and hex)."""
         handle, mhash = self._current_store(device, grad)
-        ctx_digest = _text_digest(f"{mhash}|{training}|{self._autocast(device)}|{context}")
-        return handle, ctx_digest.hex(), self._item_keys([t for _, t in inputs], ctx_digest,
-                                                         batch)
+        text = (mhash, training, self._autocast(device), context)
+        known = self._contexts.get(text)
+        if known is None:
+            if len(self._contexts) >= _CONTEXTS_KEPT:
+                self._contexts.clear()
+            digest = _text_digest(f"{mhash}|{training}|{text[2]}|{context}")
+            known = self._contexts[text] = (digest.hex(), digest)
+        return handle, known[0], known[1]
 
-    def _forward_misses(self, forward, args, kwargs, inputs, miss, batch):
-        if len(miss) == batch:
+    def _find(self, handle: _StoreHandle, inputs, ctx_digest: bytes, layout: Optional[dict],
+              device, batch: int) -> "_Found":
+        """Item keys, lookup, the hit/miss split and the hits' outputs (keys only when
+        layout is None).  A host store with host inputs does all of it in one C call
+        (csrc/call.c); other tiers and device inputs take the step-by-step path."""
+        leaves = None if layout is None else _leaf_constants(len(layout["dtypes"]))
+        tensors = [t if not (t.is_conj() or t.is_neg()) else _resolved(t) for _, t in inputs]
+        if layout is None:
+            result = handle.store.call_fetch(tensors, ctx_digest, None, self.subsample_count)
+        else:
+            with handle.lock:
+                result = handle.store.call_fetch(tensors, ctx_digest, leaves,
+                                                 self.subsample_count)
+        if result is None:
+            return self._find_steps(handle, tensors, ctx_digest, layout, device, batch)
+        keys, hits, miss_rows, capsules = result
+        found = _Found(keys, hits)
+        if hits < batch:
+            found.miss_rows = miss_rows
+            if miss_rows is not None:
+                found.miss = torch.frombuffer(bytearray(miss_rows), dtype=torch.int64)
+        if capsules is not None:
+            assert layout is not None
+            found.leaves = [_as_dtype(_from_capsule(c), layout["dtypes"][j])
+                            for j, c in enumerate(capsules)]
+        return found
+
+    def _find_steps(self, handle: _StoreHandle, tensors: List[torch.Tensor], ctx_digest: bytes,
+                    layout: Optional[dict], device, batch: int) -> "_Found":
+        """_find one torch op at a time (DeviceTier, CUDA inputs): same keys, same split."""
+        columns = [_digest_pair(ctx_digest).expand(batch, 2)]
+        columns += [hash_tensor(t, subsample_count=self.subsample_count) for t in tensors]
+        found = _Found(hash_tensor(torch.stack(columns, dim=1)), 0)
+        if layout is None:
+            return found
+        keys = found.keys
+        with handle.lock:
+            present = torch.ones(batch, dtype=torch.bool)
+            for j in range(len(layout["dtypes"])):
+                present &= torch.frombuffer(bytearray(handle.store.lookup(_leaf_keys(keys, j))),
+                                            dtype=torch.uint8).bool()
+            hit = present.nonzero().squeeze(1)
+            hit_leaves: List[torch.Tensor] = []
+            if len(hit):
+                # A hit the store could not serve (a fault, a record changed since the
+                # lookup) runs forward with the misses.
+                hit_leaves, served = self._gather(handle.store, keys[hit], layout, device)
+                if not bool(served.all()):
+                    present[hit[~served]] = False
+                    hit_leaves = [t[served.to(t.device)] for t in hit_leaves]
+                    hit = present.nonzero().squeeze(1)
+        found.hits = len(hit)
+        if found.hits < batch:
+            found.miss = (~present).nonzero().squeeze(1) if found.hits else None
+        if found.hits == batch:
+            found.leaves = hit_leaves
+        elif found.hits:
+            found.leaves = []
+            for leaf in hit_leaves:
+                out = torch.empty((batch, *leaf.shape[1:]), dtype=leaf.dtype, device=device)
+                out[hit.to(device)] = leaf
+                found.leaves.append(out)
+        return found
+
+    def _forward_misses(self, forward, args, kwargs, miss: Optional[torch.Tensor],
+                        batch: int):
+        """forward on every row (miss None) or on rows `miss` only."""
+        if miss is None:
             out = forward(*args, **kwargs)
         else:
             sub_args, sub_kwargs = index_inputs(args, kwargs, lambda t: t[miss.to(t.device)])
             out = forward(*sub_args, **sub_kwargs)
         spec, leaves = flatten_output(out)
+        rows = batch if miss is None else len(miss)
         for j, leaf in enumerate(leaves):
-            if leaf.dim() == 0 or leaf.shape[0] != len(miss):
+            if leaf.dim() == 0 or leaf.shape[0] != rows:
                 raise ValueError(
                     f"output leaf {j} has shape {tuple(leaf.shape)}; every output tensor must "
-                    f"have the batch size {len(miss)} as its leading dimension")
-        layout = {"spec": spec, "dtypes": [str(t.dtype).split(".")[1] for t in leaves]}
+                    f"have the batch size {rows} as its leading dimension")
+        layout = {"spec": spec, "dtypes": [_DTYPE_NAME_OF.get(t.dtype) or str(t.dtype).split(".")[1]
+                                           for t in leaves]}
         return leaves, layout
 
     def _register_layout(self, handle: _StoreHandle, ctx_hex: str, layout: dict) -> None:
@@ -542,7 +628,8 @@ class ModuleCache:
                            "recompute these outputs once", path, exc)
 
     def _stored(self, leaf: torch.Tensor) -> torch.Tensor:
-        leaf = leaf.detach()
+        if leaf.requires_grad:
+            leaf = leaf.detach()
         if self.cache_dtype is not None and leaf.is_floating_point():
             leaf = leaf.to(self.cache_dtype)
         return leaf
@@ -551,9 +638,13 @@ class ModuleCache:
         # Misses go through the stored dtype too, so an output never depends on whether
         # it was a hit: the same item gives the same values in every epoch.
         dtype = _DTYPE_NAMES.get(layout["dtypes"][j], leaf.dtype)
-        return self._stored(leaf).to(device=device, dtype=dtype)
+        leaf = self._stored(leaf)
+        if leaf.dtype != dtype or leaf.device != device:
+            leaf = leaf.to(device=device, dtype=dtype)
+        return leaf
 
-    def _store(self, handle: _StoreHandle, keys: torch.Tensor, leaves, layout) -> None:
+    def _store(self, handle: _StoreHandle, found: "_Found", leaves, layout) -> None:
+        """Store the computed rows (found.miss, or every row) of each leaf."""
         if handle.store.is_full or handle.store.io_error:
             return
         if self._limit() == 0:
@@ -562,11 +653,21 @@ class ModuleCache:
                            limit)
             return
         stored_now = []
+        constants = _leaf_constants(len(leaves))
         for j, leaf in enumerate(leaves):
             with handle.lock:
-                stored_now.append(handle.store.put(self._leaf_keys(keys, j), self._stored(leaf)))
+                if isinstance(found.keys, bytes):
+                    stored_now.append(handle.store.put_rows(
+                        found.keys, found.miss_rows, constants[16 * j:16 * j + 16],
+                        self._stored(leaf)))
+                else:
+                    keys = found.keys if found.miss is None else found.keys[found.miss]
+                    stored_now.append(handle.store.put(_leaf_keys(keys, j), self._stored(leaf)))
+        stored = min(stored_now)
         with self._lock:
-            self._counts["items_stored"] += min(stored_now)
+            self._counts["items_stored"] += stored
+        if stored == leaves[0].shape[0]:
+            return  # every row stored: neither full nor failed
         if handle.store.is_full:
             limit = "max_persistent_cache_size" if self.persistent else "max_memory_cache_size"
             self._log_once("full", "cache is full (%s reached); new outputs are not stored, "
@@ -582,8 +683,7 @@ class ModuleCache:
         leaves = []
         served = torch.ones(len(keys), dtype=torch.bool)
         for j, name in enumerate(layout["dtypes"]):
-            leaf, leaf_served = store.fetch(self._leaf_keys(keys, j), _DTYPE_NAMES[name],
-                                            device)
+            leaf, leaf_served = store.fetch(_leaf_keys(keys, j), _DTYPE_NAMES[name], device)
             if leaf is None:
                 return leaves, leaf_served
             served &= leaf_served

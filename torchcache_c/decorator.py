@@ -196,6 +196,29 @@ def _settings(options: Dict[str, Any]) -> Dict[str, Any]:
     return settings
 
 
+# ---- torch.compile ------------------------------------------------------------------------
+
+_is_compiling: Callable[[], bool] = getattr(getattr(torch, "compiler", None), "is_compiling",
+                                            lambda: False)
+
+
+def _compiler_guard(fn: Callable) -> Callable:
+    """fn, kept out of torch.compile's graphs (the cache reads tensor bytes and runs
+    forward on a subset of rows: it cannot be traced).  The guard is built once, here:
+    torch.compiler.disable's wrapper switches the frame evaluator on every call
+    (~1 us), so eager calls go straight to fn and only a call that dynamo is tracing,
+    where is_compiling() is True, takes the disabled version (a graph break)."""
+    disabled = compiler_disable(fn)
+
+    @functools.wraps(fn)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        if _is_compiling():
+            return disabled(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return guarded
+
+
 # ---- classes ----------------------------------------------------------------------------
 
 def _wrap_class(module_class: type, options: Dict[str, Any]) -> type:
@@ -210,7 +233,7 @@ def _wrap_class(module_class: type, options: Dict[str, Any]) -> type:
             structural = structural_key(args, kwargs, _settings(opts))
             _attach_cache(self, opts, structural)
 
-        @compiler_disable
+        @_compiler_guard
         def forward(self, *args: Any, **kwargs: Any) -> Any:
             return self.cache_instance.call(super().forward, args, kwargs, self.training)
 
@@ -278,7 +301,7 @@ def _wrap_function(fn: types.FunctionType, options: Dict[str, Any]) -> Callable:
     cache = ModuleCache(dict(options), keys, qualname=f"{fn.__module__}.{fn.__qualname__}")
 
     @functools.wraps(fn)
-    @compiler_disable
+    @_compiler_guard
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return cache.call(fn, args, kwargs)
 

@@ -16,6 +16,7 @@ from . import _C
 
 logger = logging.getLogger("torchcache_c")
 _warned_cuda_copy = False
+_to_dlpack = torch.utils.dlpack.to_dlpack
 
 
 def _check_subsample(subsample_count: Optional[int]) -> int:
@@ -69,7 +70,9 @@ def hash_tensor(x: torch.Tensor, *, subsample_count: Optional[int] = None) -> to
         return _hash_cuda(x, out, count)
     if x.device.type != "cpu":
         raise ValueError(f"hash_tensor() supports CPU and CUDA tensors, not {x.device.type}")
-    _C.hash_into(x, out, count, 0, torch.get_num_threads())
+    # torch's C exporter: Tensor.__dlpack__'s Python checks cost more than hashing a
+    # small batch, and _prepare has made the ones that matter (detached, no lazy bits).
+    _C.hash_into(_to_dlpack(x), _to_dlpack(out), count, 0, torch.get_num_threads())
     return out
 
 

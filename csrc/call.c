@@ -1,0 +1,596 @@
+/* call.c -- the bytes of one cached call, in one C entry point (docs/architecture.md,
+ * "The call path").
+ *
+ * call_fetch takes the call's input tensors and, with the GIL released once, hashes
+ * every input's items, combines them with the context digest into item keys (the
+ * same tch128-v1 digest that hash_tensor(stack([ctx, d_1, ..., d_k], 1)) gives: the
+ * keys of existing stores keep hitting), XORs in each output leaf's constant, looks
+ * every leaf key up, splits hits from misses and gathers the hits' records straight
+ * into the rows of newly allocated full-batch output tensors, handed back as DLPack
+ * capsules.  call_put stores one leaf's computed rows under their keys.
+ *
+ * Each tensor crosses once per call, through the exporter the shim registers
+ * (torch's to_dlpack; __dlpack__ otherwise).  No torch object is made for keys or
+ * masks: they stay in C buffers and bytes objects.  The shim still decides: what a
+ * call's layout is, what runs forward, what is stored, what a fault means (a row a
+ * leaf could not serve is a miss). */
+#include "call.h"
+#include "dlpack.h"
+#include "hash.h"
+#include "store.h"
+#include "store_module.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define TC_DTYPE_INT64 (0 | 64 << 8 | 1 << 16)
+/* Below this many input bytes the GIL is kept around the hashing (module.c's rule);
+ * a store is always used without it (a miss may scan the directory). */
+#define TC_CALL_GIL_BYTES (64 * 1024)
+
+/* torch.utils.dlpack.to_dlpack (a C function: ~10x cheaper than Tensor.__dlpack__,
+ * whose checks the shim makes itself), or NULL for __dlpack__. */
+static PyObject *tensor_exporter;
+
+static int export_view(PyObject *obj, const char *what, tc_view *v)
+{
+    if (tensor_exporter == NULL || PyCapsule_CheckExact(obj))
+        return tc_view_from_object(obj, what, v);
+    PyObject *capsule = PyObject_CallOneArg(tensor_exporter, obj);
+    if (capsule == NULL)
+        return -1;
+    int rc = tc_view_from_object(capsule, what, v);
+    Py_DECREF(capsule);
+    return rc;
+}
+
+static int is_host(const tc_view *v)
+{
+    int dev = v->t->device.device_type;
+    return dev == TC_DL_CPU || dev == TC_DL_CUDA_HOST;
+}
+
+static uint64_t load_le64(const unsigned char *p)
+{
+    uint64_t x = 0;
+    for (int i = 7; i >= 0; i--)
+        x = x << 8 | p[i];
+    return x;
+}
+
+/* A 16-byte digest (bytes, as hashlib gives it) as the two words of an int64 pair
+ * (cache.py's _digest_pair: little-endian halves). */
+static int digest_words(PyObject *obj, const char *what, Py_ssize_t count, uint64_t *words)
+{
+    if (!PyBytes_Check(obj) || PyBytes_GET_SIZE(obj) != 16 * count) {
+        PyErr_Format(PyExc_TypeError, "%s must be %zd bytes", what, 16 * count);
+        return -1;
+    }
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(obj);
+    for (Py_ssize_t i = 0; i < 2 * count; i++)
+        words[i] = load_le64(p + 8 * i);
+    return 0;
+}
+
+static void batch_of(const tc_view *x, tc_batch *b)
+{
+    b->base = x->data;
+    b->batch_stride = x->strides[0] * (int64_t)x->itemsize;
+    b->batch = x->shape[0];
+    b->item.base = NULL;
+    b->item.itemsize = x->itemsize;
+    b->item.ndim = x->ndim - 1;
+    b->item.shape = x->shape + 1;
+    b->item.strides = x->strides + 1;
+    b->item.dtype_word = x->dtype_word;
+}
+
+/* ---- output tensors handed to torch as DLPack capsules ------------------------- */
+
+typedef struct {
+    tc_dl_managed managed;
+    int64_t shape[1 + TC_STORE_MAX_NDIM];
+    int64_t strides[1 + TC_STORE_MAX_NDIM];
+} owned_tensor;
+
+static void owned_delete(tc_dl_managed *m)
+{
+    free(m->dl_tensor.data);
+    free(m);
+}
+
+static void capsule_destructor(PyObject *capsule)
+{
+    /* A capsule torch consumed is renamed "used_dltensor": torch owns it then. */
+    if (!PyCapsule_IsValid(capsule, "dltensor"))
+        return;
+    tc_dl_managed *m = PyCapsule_GetPointer(capsule, "dltensor");
+    if (m != NULL && m->deleter != NULL)
+        m->deleter(m);
+}
+
+/* One leaf's output: B rows of one record's dtype and item shape. */
+typedef struct {
+    uint64_t word;
+    int ndim;
+    int64_t shape[TC_STORE_MAX_NDIM];
+    size_t item_bytes;
+    uint8_t *data;
+} leaf_out;
+
+static PyObject *leaf_capsule(leaf_out *o, int64_t batch)
+{
+    owned_tensor *t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return PyErr_NoMemory();
+    t->shape[0] = batch;
+    memcpy(t->shape + 1, o->shape, sizeof(int64_t) * (size_t)o->ndim);
+    int64_t stride = 1;
+    for (int d = o->ndim; d >= 0; d--) {
+        t->strides[d] = stride;
+        stride *= t->shape[d] > 0 ? t->shape[d] : 1;
+    }
+    tc_dl_tensor *dl = &t->managed.dl_tensor;
+    dl->data = o->data;
+    dl->device.device_type = TC_DL_CPU;
+    dl->device.device_id = 0;
+    dl->ndim = o->ndim + 1;
+    dl->dtype.code = (uint8_t)(o->word & 0xFF);
+    dl->dtype.bits = (uint8_t)((o->word >> 8) & 0xFF);
+    dl->dtype.lanes = (uint16_t)((o->word >> 16) & 0xFFFF);
+    dl->shape = t->shape;
+    dl->strides = t->strides;
+    dl->byte_offset = 0;
+    t->managed.manager_ctx = NULL;
+    t->managed.deleter = owned_delete;
+    PyObject *capsule = PyCapsule_New(&t->managed, "dltensor", capsule_destructor);
+    if (capsule == NULL) {
+        free(t);
+        return NULL;
+    }
+    o->data = NULL; /* the capsule owns it now */
+    return capsule;
+}
+
+/* ---- call_fetch ------------------------------------------------------------------ */
+
+typedef struct {
+    /* in */
+    tc_store *store;
+    tc_view *views;
+    Py_ssize_t n_inputs;
+    int64_t batch;
+    uint64_t ctx[2];
+    const uint64_t *leaf_words; /* 2 per leaf */
+    Py_ssize_t n_leaves;
+    uint64_t sample_count;
+    int threads;
+    /* out */
+    uint64_t *keys;      /* 2 per row, before the leaf XOR */
+    uint8_t *present;    /* 1 per row: every leaf served it */
+    leaf_out *outs;
+    int64_t hits;
+    int rc;
+    char err[512];
+} fetch_job;
+
+/* Item keys: hash each input's items into column 1 + t of a (B, k + 1, 2) int64 matrix
+ * whose column 0 is the context digest, then hash that matrix's rows. */
+static int build_keys(fetch_job *j)
+{
+    int64_t batch = j->batch;
+    size_t width = (size_t)j->n_inputs + 1;
+    uint64_t *matrix = malloc(sizeof(uint64_t) * 2 * width * (size_t)batch);
+    uint64_t *column = malloc(sizeof(uint64_t) * 2 * (size_t)batch);
+    int rc = matrix && column ? 0 : -1;
+    for (Py_ssize_t t = 0; rc == 0 && t < j->n_inputs; t++) {
+        tc_batch b;
+        batch_of(&j->views[t], &b);
+        rc = tc_hash_batch(&b, j->sample_count, j->threads, column);
+        for (int64_t i = 0; rc == 0 && i < batch; i++) {
+            matrix[2 * (i * width + 1 + t)] = column[2 * i];
+            matrix[2 * (i * width + 1 + t) + 1] = column[2 * i + 1];
+        }
+    }
+    if (rc == 0) {
+        for (int64_t i = 0; i < batch; i++) {
+            matrix[2 * i * width] = j->ctx[0];
+            matrix[2 * i * width + 1] = j->ctx[1];
+        }
+        int64_t shape[2] = {(int64_t)width, 2}, strides[2] = {2, 1};
+        tc_batch rows = {
+            .base = (const uint8_t *)matrix,
+            .batch_stride = (int64_t)(16 * width),
+            .batch = batch,
+            .item = {.base = NULL, .itemsize = 8, .ndim = 2, .shape = shape,
+                     .strides = strides, .dtype_word = TC_DTYPE_INT64},
+        };
+        rc = tc_hash_batch(&rows, 0, j->threads, j->keys);
+    }
+    free(matrix);
+    free(column);
+    if (rc != 0) {
+        j->rc = TC_STORE_ENOMEM;
+        snprintf(j->err, sizeof(j->err), "out of memory while hashing a call's inputs");
+    }
+    return rc;
+}
+
+static void leaf_keys(const fetch_job *j, Py_ssize_t leaf, uint64_t *out)
+{
+    uint64_t c0 = j->leaf_words[2 * leaf], c1 = j->leaf_words[2 * leaf + 1];
+    for (int64_t i = 0; i < j->batch; i++) {
+        out[2 * i] = j->keys[2 * i] ^ c0;
+        out[2 * i + 1] = j->keys[2 * i + 1] ^ c1;
+    }
+}
+
+static int64_t count_present(const fetch_job *j)
+{
+    int64_t n = 0;
+    for (int64_t i = 0; i < j->batch; i++)
+        n += j->present[i];
+    return n;
+}
+
+/* Gathers leaf `leaf`'s records of the present rows into its output, run by run of
+ * consecutive present rows; a row not served is no longer present. */
+static int gather_leaf(fetch_job *j, Py_ssize_t leaf, const uint64_t *lk, uint8_t *served)
+{
+    leaf_out *o = &j->outs[leaf];
+    int64_t first = 0;
+    while (first < j->batch && !j->present[first])
+        first++;
+    int rc = tc_store_entry_info(j->store, lk + 2 * first, &o->word, &o->ndim, o->shape,
+                                 j->err, sizeof(j->err));
+    size_t itemsize = rc == TC_STORE_OK ? tc_store_itemsize(o->word) : 0;
+    if (rc == TC_STORE_EMISSING || rc == TC_STORE_ECORRUPT || (rc == TC_STORE_OK && !itemsize)) {
+        /* The record went away since the lookup: every hit is recomputed (as the
+         * Python path does). */
+        memset(j->present, 0, (size_t)j->batch);
+        return 0;
+    }
+    if (rc != TC_STORE_OK) {
+        j->rc = rc;
+        return -1;
+    }
+    size_t item_bytes = itemsize;
+    for (int d = 0; d < o->ndim; d++)
+        item_bytes *= (size_t)o->shape[d];
+    o->item_bytes = item_bytes;
+    size_t total = item_bytes * (size_t)j->batch;
+    if (item_bytes && total / item_bytes != (size_t)j->batch) {
+        j->rc = TC_STORE_ENOMEM;
+        snprintf(j->err, sizeof(j->err), "a cached output of %lld rows is too large",
+                 (long long)j->batch);
+        return -1;
+    }
+    if (posix_memalign((void **)&o->data, 64, total ? total : 64) != 0) {
+        o->data = NULL;
+        j->rc = TC_STORE_ENOMEM;
+        snprintf(j->err, sizeof(j->err), "out of memory for a cached output (%zu bytes)",
+                 total);
+        return -1;
+    }
+    for (int64_t a = first; a < j->batch;) {
+        int64_t b = a;
+        while (b < j->batch && j->present[b])
+            b++;
+        rc = tc_store_gather(j->store, lk + 2 * a, (size_t)(b - a), o->word, o->ndim, o->shape,
+                             o->data + (size_t)a * item_bytes, served + a, j->err,
+                             sizeof(j->err));
+        if (rc != TC_STORE_OK) {
+            j->rc = rc;
+            return -1;
+        }
+        for (int64_t i = a; i < b; i++)
+            j->present[i] &= served[i];
+        a = b;
+        while (a < j->batch && !j->present[a])
+            a++;
+    }
+    return 0;
+}
+
+/* Lookup of every leaf key, then the gather of the rows every leaf has. */
+static int lookup_and_gather(fetch_job *j)
+{
+    size_t batch = (size_t)j->batch;
+    uint64_t *lk = malloc(sizeof(uint64_t) * 2 * batch * (size_t)j->n_leaves);
+    uint8_t *found = malloc(batch);
+    if (lk == NULL || found == NULL) {
+        free(lk);
+        free(found);
+        j->rc = TC_STORE_ENOMEM;
+        snprintf(j->err, sizeof(j->err), "out of memory while looking up a call's keys");
+        return -1;
+    }
+    memset(j->present, 1, batch);
+    int rc = 0;
+    for (Py_ssize_t leaf = 0; rc == 0 && leaf < j->n_leaves; leaf++) {
+        uint64_t *keys = lk + 2 * batch * (size_t)leaf;
+        leaf_keys(j, leaf, keys);
+        rc = tc_store_lookup(j->store, keys, batch, found, j->err, sizeof(j->err));
+        for (size_t i = 0; rc == TC_STORE_OK && i < batch; i++)
+            j->present[i] &= found[i] != 0;
+    }
+    if (rc != TC_STORE_OK) {
+        j->rc = rc;
+        rc = -1;
+    }
+    for (Py_ssize_t leaf = 0; rc == 0 && leaf < j->n_leaves && count_present(j); leaf++)
+        rc = gather_leaf(j, leaf, lk + 2 * batch * (size_t)leaf, found);
+    j->hits = rc == 0 ? count_present(j) : 0;
+    free(lk);
+    free(found);
+    return rc;
+}
+
+static void run_fetch(fetch_job *j)
+{
+    if (build_keys(j) == 0 && j->n_leaves > 0)
+        lookup_and_gather(j);
+}
+
+PyDoc_STRVAR(call_fetch_doc,
+"call_fetch(store, inputs, ctx, leaves, sample_count, threads)\n--\n\n"
+"The bytes of one cached call on a host store.  inputs: the call's tensors (each\n"
+"(B, ...)); ctx: the call's 16-byte context digest; leaves: the 16-byte\n"
+"constants of the output leaves (concatenated), or None when the output layout is\n"
+"not known yet (keys only).  Returns None when an input is not a host tensor (the\n"
+"caller takes its own path), else (keys, hits, miss, outputs): keys, B * 16 bytes,\n"
+"the item keys (int64 pairs, before the leaf XOR); hits, how many rows every leaf\n"
+"served; miss, the int64 indices of the other rows as bytes when some rows hit and\n"
+"some miss, else None; outputs, one DLPack capsule per leaf of B rows in the stored\n"
+"dtype and item shape with the hit rows filled (the other rows are unspecified),\n"
+"or None when nothing hit.");
+
+static PyObject *py_call_fetch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_Format(PyExc_TypeError, "call_fetch() takes 6 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    tc_store *store = tc_store_module_get(args[0]);
+    if (store == NULL)
+        return NULL;
+    fetch_job job;
+    memset(&job, 0, sizeof(job));
+    job.store = store;
+    if (digest_words(args[2], "ctx", 1, job.ctx) < 0)
+        return NULL;
+    uint64_t leaf_buf[2 * 8];
+    uint64_t *leaf_words = NULL;
+    if (args[3] != Py_None) {
+        if (!PyBytes_Check(args[3]) || PyBytes_GET_SIZE(args[3]) == 0 ||
+            PyBytes_GET_SIZE(args[3]) % 16) {
+            PyErr_SetString(PyExc_TypeError, "leaves must be None or 16 bytes per leaf");
+            return NULL;
+        }
+        job.n_leaves = PyBytes_GET_SIZE(args[3]) / 16;
+        leaf_words = job.n_leaves <= 8 ? leaf_buf
+                                       : PyMem_Malloc(sizeof(uint64_t) * 2 * (size_t)job.n_leaves);
+        if (leaf_words == NULL)
+            return PyErr_NoMemory();
+        if (digest_words(args[3], "leaves", job.n_leaves, leaf_words) < 0)
+            goto fail_early;
+        job.leaf_words = leaf_words;
+    }
+    long long sample_count = PyLong_AsLongLong(args[4]);
+    long threads = PyLong_AsLong(args[5]);
+    if ((sample_count == -1 || threads == -1) && PyErr_Occurred())
+        goto fail_early;
+    if (sample_count < 0) {
+        PyErr_SetString(PyExc_ValueError, "sample_count must be >= 0");
+        goto fail_early;
+    }
+    job.sample_count = (uint64_t)sample_count;
+    job.threads = threads < 1 ? 1 : threads > 1024 ? 1024 : (int)threads;
+
+    PyObject *seq = PySequence_Fast(args[1], "inputs must be a sequence of tensors");
+    if (seq == NULL)
+        goto fail_early;
+    job.n_inputs = PySequence_Fast_GET_SIZE(seq);
+    tc_view view_buf[4];
+    Py_ssize_t exported = 0;
+    PyObject *result = NULL, *keys = NULL, *present = NULL;
+    job.views = job.n_inputs <= 4 ? view_buf : PyMem_Calloc((size_t)job.n_inputs, sizeof(tc_view));
+    if (job.views == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int64_t input_bytes = 0;
+    int fallback = job.n_inputs == 0;
+    for (; !fallback && exported < job.n_inputs; exported++) {
+        tc_view *v = &job.views[exported];
+        if (export_view(PySequence_Fast_GET_ITEM(seq, exported), "input", v) < 0) {
+            /* Not a tensor this path can read (sparse, quantized...): the caller's
+             * own path says what is wrong with it. */
+            PyErr_Clear();
+            fallback = 1;
+            break;
+        }
+        if (!is_host(v) || v->ndim < 1 || v->shape[0] != job.views[0].shape[0])
+            fallback = 1;
+        input_bytes += tc_view_numel(v) * (int64_t)v->itemsize;
+    }
+    if (fallback || job.views[0].shape[0] <= 0) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    job.batch = job.views[0].shape[0];
+    keys = PyBytes_FromStringAndSize(NULL, 16 * (Py_ssize_t)job.batch);
+    present = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)job.batch);
+    if (keys == NULL || present == NULL)
+        goto done;
+    job.keys = (uint64_t *)PyBytes_AS_STRING(keys);
+    job.present = (uint8_t *)PyBytes_AS_STRING(present);
+    job.outs = job.n_leaves ? PyMem_Calloc((size_t)job.n_leaves, sizeof(leaf_out)) : NULL;
+    if (job.n_leaves && job.outs == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    job.rc = TC_STORE_OK;
+    if (job.n_leaves || input_bytes >= TC_CALL_GIL_BYTES) {
+        Py_BEGIN_ALLOW_THREADS
+        run_fetch(&job);
+        Py_END_ALLOW_THREADS
+    } else {
+        run_fetch(&job);
+    }
+    if (job.rc != TC_STORE_OK) {
+        tc_store_module_raise(job.rc, job.err);
+        goto done;
+    }
+    PyObject *miss = Py_NewRef(Py_None), *outs = Py_NewRef(Py_None);
+    if (job.hits > 0 && job.hits < job.batch) {
+        Py_DECREF(miss);
+        miss = PyBytes_FromStringAndSize(NULL, 8 * (Py_ssize_t)(job.batch - job.hits));
+        if (miss != NULL) {
+            int64_t *rows = (int64_t *)PyBytes_AS_STRING(miss), n = 0;
+            for (int64_t i = 0; i < job.batch; i++)
+                if (!job.present[i])
+                    rows[n++] = i;
+        }
+    }
+    if (miss != NULL && job.hits > 0) {
+        Py_DECREF(outs);
+        outs = PyTuple_New(job.n_leaves);
+        for (Py_ssize_t leaf = 0; outs != NULL && leaf < job.n_leaves; leaf++) {
+            PyObject *capsule = leaf_capsule(&job.outs[leaf], job.batch);
+            if (capsule == NULL)
+                Py_CLEAR(outs);
+            else
+                PyTuple_SET_ITEM(outs, leaf, capsule);
+        }
+    }
+    if (miss != NULL && outs != NULL)
+        result = Py_BuildValue("(OLOO)", keys, (long long)job.hits, miss, outs);
+    Py_XDECREF(miss);
+    Py_XDECREF(outs);
+done:
+    if (job.outs != NULL) {
+        for (Py_ssize_t leaf = 0; leaf < job.n_leaves; leaf++)
+            free(job.outs[leaf].data);
+        PyMem_Free(job.outs);
+    }
+    Py_XDECREF(keys);
+    Py_XDECREF(present);
+    for (Py_ssize_t t = 0; job.views != NULL && t < exported; t++)
+        tc_view_release(&job.views[t]);
+    if (job.views != NULL && job.views != view_buf)
+        PyMem_Free(job.views);
+    Py_DECREF(seq);
+    if (leaf_words != leaf_buf)
+        PyMem_Free(leaf_words);
+    return result;
+fail_early:
+    if (leaf_words != leaf_buf)
+        PyMem_Free(leaf_words);
+    return NULL;
+}
+
+/* ---- call_put -------------------------------------------------------------------- */
+
+PyDoc_STRVAR(call_put_doc,
+"call_put(store, keys, rows, leaf, src) -> int\n--\n\n"
+"Store src[r] (a contiguous host tensor (N, ...)) under the key of row rows[r]\n"
+"XOR the leaf constant `leaf` (16 bytes).  keys: the item keys call_fetch\n"
+"returned; rows: int64 row indices as bytes (N of them), or None for rows 0..N-1.\n"
+"Returns how many records were appended (present keys are skipped).");
+
+static PyObject *py_call_put(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_Format(PyExc_TypeError, "call_put() takes 5 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    tc_store *store = tc_store_module_get(args[0]);
+    if (store == NULL)
+        return NULL;
+    if (!PyBytes_Check(args[1]) || PyBytes_GET_SIZE(args[1]) % 16) {
+        PyErr_SetString(PyExc_TypeError, "keys must be bytes, 16 per row");
+        return NULL;
+    }
+    int64_t batch = PyBytes_GET_SIZE(args[1]) / 16;
+    if (args[2] != Py_None && (!PyBytes_Check(args[2]) || PyBytes_GET_SIZE(args[2]) % 8)) {
+        PyErr_SetString(PyExc_TypeError, "rows must be None or int64 indices as bytes");
+        return NULL;
+    }
+    uint64_t leaf[2];
+    if (digest_words(args[3], "leaf", 1, leaf) < 0)
+        return NULL;
+    tc_view src;
+    if (export_view(args[4], "src", &src) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    int64_t n = args[2] == Py_None ? batch : PyBytes_GET_SIZE(args[2]) / 8;
+    if (!is_host(&src) || !src.contiguous || src.ndim < 1 || src.shape[0] != n ||
+        src.ndim - 1 > TC_STORE_MAX_NDIM) {
+        PyErr_Format(PyExc_ValueError,
+                     "src must be a contiguous host tensor (%lld, ...) with at most %d item "
+                     "dimensions", (long long)n, TC_STORE_MAX_NDIM);
+        goto done;
+    }
+    const int64_t *rows = args[2] == Py_None ? NULL : (const int64_t *)PyBytes_AS_STRING(args[2]);
+    const uint64_t *keys = (const uint64_t *)PyBytes_AS_STRING(args[1]);
+    uint64_t *lk = PyMem_Malloc(sizeof(uint64_t) * 2 * (size_t)(n ? n : 1));
+    if (lk == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (int64_t r = 0; r < n; r++) {
+        int64_t row = rows ? rows[r] : r;
+        if (row < 0 || row >= batch) {
+            PyMem_Free(lk);
+            PyErr_Format(PyExc_IndexError, "row %lld is out of range for %lld keys",
+                         (long long)row, (long long)batch);
+            goto done;
+        }
+        lk[2 * r] = keys[2 * row] ^ leaf[0];
+        lk[2 * r + 1] = keys[2 * row + 1] ^ leaf[1];
+    }
+    char err[512] = "";
+    size_t stored = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = tc_store_put(store, lk, (size_t)n, src.dtype_word, src.ndim - 1, src.shape + 1,
+                      src.data, &stored, err, sizeof(err));
+    Py_END_ALLOW_THREADS
+    PyMem_Free(lk);
+    if (rc != TC_STORE_OK)
+        tc_store_module_raise(rc, err);
+    else
+        result = PyLong_FromSize_t(stored);
+done:
+    tc_view_release(&src);
+    return result;
+}
+
+PyDoc_STRVAR(set_exporter_doc,
+"_set_tensor_exporter(fn)\n--\n\n"
+"Use fn(tensor) -> DLPack capsule (torch.utils.dlpack.to_dlpack) to read the\n"
+"tensors of call_fetch and call_put; None goes back to tensor.__dlpack__().\n"
+"The caller checks what __dlpack__ would (no conjugate or negative bit).");
+
+static PyObject *py_set_exporter(PyObject *self, PyObject *fn)
+{
+    if (fn != Py_None && !PyCallable_Check(fn)) {
+        PyErr_SetString(PyExc_TypeError, "the exporter must be callable or None");
+        return NULL;
+    }
+    Py_XSETREF(tensor_exporter, fn == Py_None ? NULL : Py_NewRef(fn));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef call_functions[] = {
+    {"call_fetch", (PyCFunction)(void (*)(void))py_call_fetch, METH_FASTCALL, call_fetch_doc},
+    {"call_put", (PyCFunction)(void (*)(void))py_call_put, METH_FASTCALL, call_put_doc},
+    {"_set_tensor_exporter", py_set_exporter, METH_O, set_exporter_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+int tc_call_module_init(PyObject *module)
+{
+    return PyModule_AddFunctions(module, call_functions);
+}

@@ -1,0 +1,225 @@
+"""The one-C-call path of a cached call (csrc/call.c, _C.call_fetch / call_put).
+
+Its item keys must be bit for bit the keys of the documented definition
+(hash_tensor(stack([ctx, d_1, ..., d_k], 1)) XOR the leaf constant), so that stores
+written before it keep hitting; its hit/miss split and gathered rows must equal what
+the store holds; and whatever it cannot read is left to the step-by-step path.
+"""
+import hashlib
+
+import pytest
+import torch
+import torch.nn as nn
+
+from torchcache_c import _C, hash_tensor, torchcache
+from torchcache_c.cache import _leaf_constants
+from torchcache_c.tiers import DeviceTier
+
+CTX = hashlib.blake2b(b"some call context", digest_size=16).digest()
+
+
+def reference_keys(tensors, ctx=CTX, subsample_count=None):
+    """The item keys as cache.py defined them before the C path (docs/shim.md)."""
+    batch = tensors[0].shape[0]
+    pair = torch.tensor([[int.from_bytes(ctx[:8], "little", signed=True),
+                          int.from_bytes(ctx[8:], "little", signed=True)]])
+    columns = [pair.expand(batch, 2)]
+    columns += [hash_tensor(t, subsample_count=subsample_count) for t in tensors]
+    return hash_tensor(torch.stack(columns, dim=1))
+
+
+def leaf_keys(keys, leaf):
+    const = _leaf_constants(leaf + 1)[16 * leaf:]
+    pair = torch.tensor([[int.from_bytes(const[:8], "little", signed=True),
+                          int.from_bytes(const[8:], "little", signed=True)]])
+    return (keys ^ pair).contiguous()
+
+
+def c_keys(tensors, subsample_count=0, threads=1):
+    store = _C.Store(None)
+    keys, hits, miss, outs = _C.call_fetch(store, tensors, CTX, None, subsample_count, threads)
+    assert (hits, miss, outs) == (0, None, None)
+    return torch.frombuffer(bytearray(keys), dtype=torch.int64).view(-1, 2)
+
+
+g = torch.Generator().manual_seed(0)
+INPUTS = {
+    "one float": [torch.randn(5, 768, generator=g)],
+    "two inputs": [torch.randn(5, 3, generator=g), torch.randint(0, 9, (5, 16), generator=g)],
+    "non-contiguous": [torch.randn(6, 5, generator=g).t()],
+    "channels_last": [torch.randn(3, 3, 8, 8, generator=g).to(memory_format=torch.channels_last)],
+    "many dtypes": [torch.randn(4, 2, generator=g).half(), torch.ones(4, 3, dtype=torch.bool),
+                    torch.randn(4, 2, generator=g).bfloat16(), torch.arange(4, dtype=torch.uint8),
+                    torch.randn(4, 1, generator=g, dtype=torch.float64)],
+    "large items": [torch.randn(3, 3 * 64 * 64, generator=g)],
+    "empty items": [torch.zeros(4, 0)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(INPUTS))
+def test_c_keys_equal_the_documented_definition(name):
+    tensors = INPUTS[name]
+    assert torch.equal(c_keys(tensors), reference_keys(tensors))
+
+
+def test_c_keys_with_a_sample_and_threads_equal_the_definition():
+    x = torch.randn(64, 4096)
+    assert torch.equal(c_keys([x], subsample_count=7), reference_keys([x], subsample_count=7))
+    assert torch.equal(c_keys([x], threads=4), reference_keys([x]))
+
+
+def fill(store, keys, leaf, values, rows=None):
+    rows = range(len(keys)) if rows is None else rows
+    for r in rows:
+        store.put(leaf_keys(keys[r:r + 1], leaf), values[r:r + 1].contiguous())
+
+
+def test_split_and_gather_match_the_store_for_each_leaf():
+    x = torch.randn(7, 4)
+    keys = reference_keys([x])
+    store = _C.Store(None)
+    a, b = torch.randn(7, 3), torch.arange(7 * 2, dtype=torch.int64).view(7, 2)
+    fill(store, keys, 0, a, rows=[0, 1, 2, 4, 6])
+    fill(store, keys, 1, b, rows=[0, 2, 3, 4, 5, 6])
+    got_keys, hits, miss, outs = _C.call_fetch(store, [x], CTX, _leaf_constants(2), 0, 1)
+    assert torch.equal(torch.frombuffer(bytearray(got_keys), dtype=torch.int64).view(-1, 2), keys)
+    assert hits == 4  # rows 0, 2, 4, 6 have both leaves
+    assert torch.frombuffer(bytearray(miss), dtype=torch.int64).tolist() == [1, 3, 5]
+    out_a, out_b = (torch.from_dlpack(c) for c in outs)
+    assert out_a.shape == (7, 3) and out_a.dtype == torch.float32
+    assert out_b.shape == (7, 2) and out_b.dtype == torch.int64
+    for r in (0, 2, 4, 6):
+        assert torch.equal(out_a[r], a[r]) and torch.equal(out_b[r], b[r])
+
+
+def test_a_row_whose_record_has_another_item_shape_is_a_miss():
+    x = torch.randn(3, 4)
+    keys = reference_keys([x])
+    store = _C.Store(None)
+    fill(store, keys, 0, torch.randn(3, 5), rows=[0, 1])
+    store.put(leaf_keys(keys[2:], 0), torch.randn(1, 6))
+    _, hits, miss, outs = _C.call_fetch(store, [x], CTX, _leaf_constants(1), 0, 1)
+    assert hits == 2
+    assert torch.frombuffer(bytearray(miss), dtype=torch.int64).tolist() == [2]
+
+
+def test_call_put_stores_the_rows_under_their_leaf_keys():
+    x = torch.randn(5, 4)
+    keys = reference_keys([x])
+    store = _C.Store(None)
+    key_bytes = _C.call_fetch(_C.Store(None), [x], CTX, None, 0, 1)[0]
+    rows = torch.tensor([1, 3], dtype=torch.int64)
+    values = torch.randn(2, 3)
+    assert _C.call_put(store, key_bytes, rows_bytes(rows), _leaf_constants(1), values) == 2
+    present = store.lookup(leaf_keys(keys, 0))
+    assert list(present) == [0, 1, 0, 1, 0]
+    dest = torch.empty(2, 3)
+    store.gather(leaf_keys(keys[rows], 0), dest)
+    assert torch.equal(dest, values)
+    # None: rows 0..N-1; present keys are skipped
+    assert _C.call_put(store, key_bytes, None, _leaf_constants(1), torch.randn(5, 3)) == 3
+
+
+def rows_bytes(rows):
+    return b"".join(int(r).to_bytes(8, "little", signed=True) for r in rows)
+
+
+def test_call_functions_check_their_arguments():
+    store, x = _C.Store(None), torch.randn(2, 3)
+    with pytest.raises(TypeError):
+        _C.call_fetch("not a store", [x], CTX, None, 0, 1)
+    with pytest.raises(TypeError):
+        _C.call_fetch(store, [x], b"short", None, 0, 1)
+    with pytest.raises(TypeError):
+        _C.call_fetch(store, [x], CTX, b"x" * 17, 0, 1)
+    with pytest.raises(ValueError):
+        _C.call_fetch(store, [x], CTX, None, -1, 1)
+    keys = _C.call_fetch(store, [x], CTX, None, 0, 1)[0]
+    with pytest.raises(IndexError):
+        _C.call_put(store, keys, rows_bytes([5]), _leaf_constants(1), torch.randn(1, 3))
+    with pytest.raises(ValueError):
+        _C.call_put(store, keys, None, _leaf_constants(1), torch.randn(3, 2).t())
+    store.close()
+    with pytest.raises(_C.StoreClosedError):
+        _C.call_fetch(store, [x], CTX, None, 0, 1)
+
+
+def test_inputs_it_cannot_read_are_left_to_the_caller():
+    store = _C.Store(None)
+    assert _C.call_fetch(store, [torch.empty(2, 3, device="meta")], CTX, None, 0, 1) is None
+    assert _C.call_fetch(store, [torch.randn(2, 3).to_sparse()], CTX, None, 0, 1) is None
+    assert _C.call_fetch(store, [torch.randn(2, 3), torch.randn(3, 3)], CTX, None, 0, 1) is None
+    assert DeviceTier(torch.device("cpu"), 0).call_fetch([torch.randn(2, 3)], CTX, None,
+                                                         None) is None
+
+
+# ---- through the decorator ---------------------------------------------------------------
+
+class TwoLeaves(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, x, *, scale=1.0):
+        self.calls.append(x.shape[0])
+        return {"f": (x * scale).sum(1, keepdim=True), "i": (x > 0).long()}
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_partial_hits_with_several_leaves_equal_uncached(persistent, tmp_path):
+    m = torchcache(persistent=persistent, persistent_cache_dir=tmp_path if persistent else None,
+                   cache_dtype=torch.float16)(TwoLeaves)()
+    ref = TwoLeaves()
+    x = torch.randn(10, 4)
+    with torch.no_grad():
+        m(x[::3], scale=1.0)
+        out = m(x, scale=1.0)
+        again = m(x, scale=1.0)
+    assert m.calls == [4, 6]
+    want = ref(x)
+    assert torch.equal(out["i"], want["i"]) and out["f"].dtype == torch.float32
+    assert torch.equal(out["f"], want["f"].half().float())
+    assert torch.equal(again["f"], out["f"]) and torch.equal(again["i"], out["i"])
+
+
+def test_a_conjugate_view_is_keyed_by_its_values():
+    @torchcache()
+    class Real(nn.Module):
+        def forward(self, z):
+            return torch.view_as_real(z.resolve_conj()).flatten(1)
+
+    m = Real()
+    z = torch.randn(3, 2, dtype=torch.complex64)
+    with torch.no_grad():
+        plain = m(z)
+        conj = m(z.conj())
+        conj_again = m(z.conj().resolve_conj())
+    assert not torch.equal(plain, conj)
+    assert torch.equal(conj, conj_again)
+    assert torch.equal(conj, Real.__mro__[1].forward(m, z.conj()))
+
+
+def test_store_written_by_the_step_path_hits_through_the_c_path(tmp_path):
+    """A persistent directory holds item keys: the C path must find what the step
+    path (the previous release's only path) stored."""
+    @torchcache(persistent=True, persistent_cache_dir=tmp_path)
+    class Double(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            return x * 2
+
+    m = Double()
+    x = torch.randn(6, 5)
+    cache = m.cache_instance
+    with torch.no_grad():
+        m(x[:1])  # opens the store and records the layout
+        handle, _, ctx = cache._context("0=T", x.device, False, m.training)
+        found = cache._find_steps(handle, [x], ctx, None, x.device, 6)
+        handle.store.put(leaf_keys(found.keys, 0), x * 2)
+        calls = m.calls
+        assert torch.equal(m(x), x * 2)
+    assert m.calls == calls
