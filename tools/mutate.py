@@ -49,12 +49,13 @@ STORE_LIMIT = [["tests/test_store.py", "-k", "max_bytes"],
                ["tests/test_cache_flow.py", "-k", "limit"]]
 STORE_BASIC = [["tests/test_store.py", "-k", "round_trip or duplicate or first_value or lookup "
                 "or persist or gather_leaves"]]
+GUARDS = [["tests/test_mutation_guards.py"]]
 STORE_CORRUPT = [["tests/test_store.py", "-k", "bit_flips or truncated or garbage"],
-                 ["tests/test_store_format.py"]]
+                 ["tests/test_store_format.py"]] + GUARDS
 STORE_FORMAT = [["tests/test_store_format.py"],
                 ["tests/test_store.py", "-k", "bit_flips or persist"]]
 STORE_KEYS = [["tests/test_store.py", "-k", "duplicate or first_value or gather_leaves"],
-              ["tests/test_killed_writers.py", "tests/test_keywords.py"]]
+              ["tests/test_killed_writers.py", "tests/test_keywords.py"]] + GUARDS
 HASH_VEC = [["tests/test_hash_vectors.py"]]
 HASH_ALL = [["tests/test_hash_vectors.py", "tests/test_hash_api.py",
              "tests/test_hash_dispatch.py"]]
@@ -62,7 +63,7 @@ HASH_STRIDED = [["tests/test_hash_api.py", "-k", "non_contiguous or strided or c
                 ["tests/test_hash_dispatch.py"]]
 DISPATCH = [["tests/test_hash_dispatch.py"]]
 DLPACK = [["tests/test_hash_api.py"],
-          ["tests/test_store.py", "-k", "dtype_word or dimensions or round_trip"]]
+          ["tests/test_store.py", "-k", "dtype_word or dimensions or round_trip"]] + GUARDS
 CUDA_HOST = [["tests/test_cuda_kernel_image.py", "-k", "this_build"],
              ["tests/test_cuda_unavailable.py"]]
 CUDA_GPU = [["tests/test_cuda.py"]]
@@ -160,7 +161,7 @@ MUTANTS: List[Mutant] = [
       "keys already stored are written again"),
     M("store-index-grow-late", "store.c",
       "if ((s->nused + 1) * 10 > s->nslots * 7) {", "if (s->nused + 1 > s->nslots) {",
-      [["tests/test_store.py", "-k", "four_processes or threads"]],
+      [["tests/test_store.py", "-k", "four_processes or threads"]] + GUARDS,
       "the open-addressing index fills completely (a missing key's probe never ends)"),
     # ---- hash_portable.c -----------------------------------------------------------------
     M("hash-key-index", "hash_portable.c",

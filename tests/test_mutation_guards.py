@@ -1,0 +1,78 @@
+"""Behaviours that a deliberate bug in the C core (tools/mutate.py) showed no other test
+pinned exactly. Each test names the behaviour; the mutant it guards is in brackets.
+"""
+from __future__ import annotations
+
+import struct
+
+import pytest
+import torch
+
+from store_helpers import items_for, keys_for
+from torchcache_c import hash_tensor
+from torchcache_c._C import Store
+
+HEADER = 128
+
+
+@pytest.mark.parametrize("where", ["memory", "dir"])
+def test_keys_sharing_their_first_word_in_one_put_are_each_stored(where, tmp_path):
+    """[store-dedup-key0-only, store-find-key0-only] A batch's duplicate check and the
+    index compare both key words."""
+    store = Store(None if where == "memory" else str(tmp_path))
+    keys = torch.tensor([[1, 1], [1, 2], [2, 1]], dtype=torch.int64)
+    assert store.put(keys, torch.tensor([[5.0], [7.0], [9.0]])) == 3
+    dest = torch.zeros(3, 1)
+    assert store.gather(keys, dest) == b"\x01\x01\x01"
+    assert dest.flatten().tolist() == [5.0, 7.0, 9.0]
+    assert list(store.lookup(torch.tensor([[1, 3], [2, 2]]))) == [0, 0]
+
+
+def test_an_index_holding_1024_keys_still_answers_a_miss():
+    """[store-index-grow-late] The open-addressing index grows before it fills: a lookup of
+    an absent key ends (with a full table it would probe forever)."""
+    store = Store(None)
+    keys = keys_for(range(1024))
+    assert store.put(keys, items_for(keys, 1)) == 1024
+    assert list(store.lookup(keys_for([5000]))) == [0]
+    assert sum(store.lookup(keys)) == 1024
+
+
+def _one_record(tmp_path, shape):
+    keys = keys_for([7])
+    with Store(str(tmp_path)) as store:
+        store.put(keys, torch.arange(6, dtype=torch.float32).reshape(1, *shape))
+    (seg,) = tmp_path.glob("seg-*.tcs")
+    return keys, seg
+
+
+@pytest.mark.parametrize("what, offset, value", [
+    ("first key word", 8, struct.pack("<q", 12345)),    # [store-hsum-key0-dropped]
+    ("shape (2, 3) -> (3, 2)", 64, struct.pack("<qq", 3, 2)),  # [store-hsum-shape-dropped]
+])
+def test_a_header_field_rewritten_on_disk_fails_its_checksum(tmp_path, what, offset, value):
+    """Every header word outside the checksum itself is covered: a record whose key or
+    shape is rewritten (consistently with the other checks) is dropped, not served."""
+    keys, seg = _one_record(tmp_path, (2, 3))
+    data = bytearray(seg.read_bytes())
+    data[offset:offset + len(value)] = value
+    seg.write_bytes(bytes(data))
+    with Store(str(tmp_path), refresh_ms=0) as store:
+        assert store.stats()["records"] == 0, what
+        assert list(store.lookup(torch.cat([keys, torch.tensor([[12345, keys[0, 1]]])]))) \
+            == [0, 0]
+        report = store.verify()
+        assert report["corrupt"] == 1
+        assert report["problems"] == [(seg.name, 0, "header checksum mismatch")]
+
+
+def test_a_tensor_with_the_most_dimensions_allowed_is_hashed():
+    """[dlpack-ndim-boundary] 32 dimensions (the batch one included) are accepted, 33 are
+    refused, and size-1 dimensions change the digest only through the shape."""
+    x = torch.arange(6.0).reshape([2, 3] + [1] * 30)
+    assert x.dim() == 32
+    d = hash_tensor(x)
+    assert d.shape == (2, 2)
+    assert not torch.equal(d, hash_tensor(x.reshape(2, 3)))  # shape is in the digest
+    with pytest.raises(ValueError, match="at most 32"):
+        hash_tensor(x.unsqueeze(-1))
