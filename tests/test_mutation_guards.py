@@ -76,3 +76,15 @@ def test_a_tensor_with_the_most_dimensions_allowed_is_hashed():
     assert not torch.equal(d, hash_tensor(x.reshape(2, 3)))  # shape is in the digest
     with pytest.raises(ValueError, match="at most 32"):
         hash_tensor(x.unsqueeze(-1))
+
+
+@pytest.mark.parametrize("payload, record", [(256, 128 + 256), (260, 128 + 320), (4, 128 + 64)])
+def test_records_are_padded_to_the_next_64_bytes_and_no_further(tmp_path, payload, record):
+    """[store-round-up] docs/format.md: a record is its 128-byte header and its payload
+    padded to a multiple of 64; an aligned payload gets no padding."""
+    keys = keys_for([1, 2])
+    with Store(str(tmp_path)) as store:
+        assert store.put(keys, torch.zeros(2, payload, dtype=torch.uint8)) == 2
+        assert store.stats()["bytes_written"] == 2 * record
+    (seg,) = tmp_path.glob("seg-*.tcs")
+    assert seg.stat().st_size == 2 * record

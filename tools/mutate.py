@@ -99,7 +99,8 @@ MUTANTS: List[Mutant] = [
       "s->bytes_written + staged_bytes + total > s->opt.max_bytes + 1", LIMIT,
       "limit boundary one byte late"),
     M("store-round-up", "store.c",
-      "return (n + a - 1) / a * a;", "return (n + a) / a * a;", STORE_BASIC + LIMIT,
+      "return (n + a - 1) / a * a;", "return (n + a) / a * a;",
+      STORE_BASIC + STORE_LIMIT + GUARDS,
       "payload padding one alignment unit too long when already aligned"),
     # ---- store.c: checksums ----------------------------------------------------------
     M("store-hsum-key0-dropped", "store.c",
