@@ -88,3 +88,27 @@ def test_records_are_padded_to_the_next_64_bytes_and_no_further(tmp_path, payloa
         assert store.stats()["bytes_written"] == 2 * record
     (seg,) = tmp_path.glob("seg-*.tcs")
     assert seg.stat().st_size == 2 * record
+
+
+@pytest.mark.parametrize("fields, problem", [
+    # [store-raw-len-unchecked] raw_len (and stored_len) 32 for a (2, 3) float32 item
+    ({32: 32, 40: 32}, "raw_len differs from shape x element size"),
+    # [store-itemsize-subbyte] 12-bit elements, lengths consistent with 1 byte each
+    ({24: 2 | 12 << 8 | 1 << 16, 32: 6, 40: 6},
+     "dtype is not a whole number of bytes per element"),
+])
+def test_a_header_that_checks_but_contradicts_itself_is_refused(tmp_path, fields, problem):
+    """A header with a valid checksum (crafted, or written by a buggy writer) is still
+    refused when its fields disagree: it is never indexed, and verify names why."""
+    from test_store_format import header_sum_v2
+
+    keys, seg = _one_record(tmp_path, (2, 3))
+    data = bytearray(seg.read_bytes())
+    for offset, value in fields.items():
+        data[offset:offset + 8] = struct.pack("<Q", value)
+    data[56:64] = struct.pack("<Q", header_sum_v2(bytes(data[:HEADER]), seg.name, 0))
+    seg.write_bytes(bytes(data))
+    with Store(str(tmp_path), refresh_ms=0) as store:
+        assert store.stats()["records"] == 0
+        assert list(store.lookup(keys)) == [0]
+        assert store.verify()["problems"] == [(seg.name, 0, problem)]
