@@ -415,7 +415,7 @@ def _toml_list(items) -> str:
 
 
 def run_python(module: str, children: int, json_out: Optional[str], keep: bool,
-               sample: int = 0) -> int:
+               sample: int = 0, tests: Optional[List[str]] = None) -> int:
     """mutmut over torchcache_c/<module>.py with PY_TARGETS[module]; prints and returns the
     counts. The scratch copy gets its own [tool.mutmut] section (the repository's section,
     for `mutmut run` by hand, is for keys.py)."""
@@ -429,11 +429,12 @@ def run_python(module: str, children: int, json_out: Optional[str], keep: bool,
         py = tree / "pyproject.toml"
         text = py.read_text()
         text = text[:text.index("[tool.mutmut]")] if "[tool.mutmut]" in text else text
+        tests = tests or PY_TARGETS[module]
         text += ("[tool.mutmut]\n"
                  'source_paths = ["torchcache_c"]\n'
                  f'only_mutate = ["torchcache_c/{module}.py"]\n'
                  'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]\n'
-                 f"pytest_add_cli_args_test_selection = {_toml_list(PY_TARGETS[module])}\n"
+                 f"pytest_add_cli_args_test_selection = {_toml_list(tests)}\n"
                  'also_copy = ["csrc", "fuzz", "setup.py", "README.md", "docs"]\n')
         py.write_text(text)
         mutmut = str(Path(sys.executable).with_name("mutmut"))
@@ -487,7 +488,7 @@ def run_python(module: str, children: int, json_out: Optional[str], keep: bool,
                     ["git", "log", "-1", "--format=%H", "--", f"torchcache_c/{module}.py"],
                     cwd=ROOT, capture_output=True, text=True).stdout.strip(),
                 "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "load": os.getloadavg(), "seconds": round(elapsed), "tests": PY_TARGETS[module],
+                "load": os.getloadavg(), "seconds": round(elapsed), "tests": tests,
                 "mutants_total": len(codes), "checked": len(checked), "counts": counts,
                 "score": round(score, 4), "survivors": survivors,
             }, indent=1) + "\n")
@@ -540,11 +541,14 @@ def main(argv=None) -> int:
     ap.add_argument("--python", choices=sorted(PY_TARGETS),
                     help="run mutmut over torchcache_c/<module>.py instead of the C list")
     ap.add_argument("--children", type=int, default=2, help="mutmut's parallel test runs")
+    ap.add_argument("--tests", default="", help="with --python: these test files instead "
+                    "(comma-separated)")
     ap.add_argument("--sample", type=int, default=0,
                     help="check about this many mutants, evenly spread (0: all of them)")
     a = ap.parse_args(argv)
     if a.python:
-        return run_python(a.python, a.children, a.json, a.keep, a.sample)
+        return run_python(a.python, a.children, a.json, a.keep, a.sample,
+                          a.tests.split(",") if a.tests else None)
     prefixes = tuple(x for x in a.only.split(",") if x) or ("",)
     chosen = [m for m in MUTANTS if m.id.startswith(prefixes)]
     assert len({m.id for m in MUTANTS}) == len(MUTANTS), "duplicate mutant id"
