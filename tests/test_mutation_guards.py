@@ -112,3 +112,19 @@ def test_a_header_that_checks_but_contradicts_itself_is_refused(tmp_path, fields
         assert store.stats()["records"] == 0
         assert list(store.lookup(keys)) == [0]
         assert store.verify()["problems"] == [(seg.name, 0, problem)]
+
+
+def test_strided_views_are_refused_where_the_store_needs_contiguous_rows():
+    """[dlpack-contiguous-kept] The DLPack view reports a strided tensor as such, so the
+    store refuses it (reading it as contiguous would store the wrong bytes)."""
+    store = Store(None)
+    keys = keys_for(range(3))
+    src = torch.arange(12.0).reshape(4, 3).t()  # (3, 4), strided
+    with pytest.raises(ValueError, match="contiguous"):
+        store.put(keys, src)
+    with pytest.raises(ValueError, match="contiguous"):
+        store.put(keys_for(range(6)).t().contiguous().t(), torch.zeros(6, 1))
+    assert store.put(keys, src.contiguous()) == 3
+    dest = torch.zeros(4, 3).t()
+    with pytest.raises(ValueError, match="contiguous"):
+        store.gather(keys, dest)
