@@ -179,32 +179,69 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def _run_until_full(m, x):
+def _record_bytes(**options):
+    """Bytes one stored item takes (header and padded payload), read from an unlimited
+    store's counters so the limit tests do not hard-code the record format."""
+    m = torchcache(**options)(Encoder)()
+    with torch.no_grad():
+        m(torch.randn(1, 6))  # opens the store (memory stores are shared by instances)
+        before = m.cache_instance.stats()["store"]["bytes_written"]
+        m(torch.randn(1, 6))
+    return m.cache_instance.stats()["store"]["bytes_written"] - before
+
+
+def _fill_one_by_one(m, x, fits):
+    """Store the rows of ``x`` one call at a time into a cache whose limit holds exactly
+    ``fits`` records; then check which rows are still served and that the store stayed
+    within its limit and said so once."""
     records = _Records()
     logging.getLogger("torchcache_c").addHandler(records)
     try:
         with torch.no_grad():
-            for chunk in x.split(8):
-                m(chunk)
+            for row in x.split(1):
+                m(row)
+            del m.sizes[:]
             out = m(x)
     finally:
         logging.getLogger("torchcache_c").removeHandler(records)
-    assert torch.allclose(out, Encoder()(x))
+    # The first `fits` rows (a limit of exactly their bytes admits them all) are hits,
+    # served as stored; every later row was refused and is computed again, as one batch.
+    assert m.sizes == [len(x) - fits]
+    ref = Encoder()
+    with torch.no_grad():  # (copies: a view's alignment may change the float result)
+        expected = [ref(row.clone()) for row in x[:fits].split(1)] + [ref(x[fits:].clone())]
+    assert torch.equal(out, torch.cat(expected))
+    stats = m.cache_instance.stats()
+    assert stats["items_stored"] == fits and stats["store"]["records"] == fits
     assert sum("cache is full" in msg for msg in records.messages) == 1
+    return stats["store"]["bytes_written"]
 
 
 def test_memory_limit_sets_is_memory_cache_full_and_keeps_working():
-    m = torchcache(max_memory_cache_size=4 * 4 * 10)(Encoder)()
-    _run_until_full(m, torch.randn(40, 6))
+    fits = 5
+    limit = fits * _record_bytes()
+    m = torchcache(max_memory_cache_size=limit)(Encoder)()
+    assert _fill_one_by_one(m, torch.randn(9, 6), fits) == limit
     assert m.cache_instance.is_memory_cache_full
     assert not m.cache_instance.is_persistent_cache_full
 
 
 def test_persistent_limit_sets_is_persistent_cache_full_and_keeps_working(tmp_path):
-    m = torchcache(persistent=True, persistent_cache_dir=str(tmp_path),
-                   max_persistent_cache_size=2000)(Encoder)()
-    _run_until_full(m, torch.randn(80, 6))
+    fits = 5
+    limit = fits * _record_bytes(persistent=True, persistent_cache_dir=str(tmp_path / "probe"))
+    m = torchcache(persistent=True, persistent_cache_dir=str(tmp_path / "c"),
+                   max_persistent_cache_size=limit)(Encoder)()
+    assert _fill_one_by_one(m, torch.randn(9, 6), fits) == limit
     assert m.cache_instance.is_persistent_cache_full
+    assert not m.cache_instance.is_memory_cache_full
+    segments = list((tmp_path / "c").rglob("seg-*"))
+    assert segments and sum(f.stat().st_size for f in segments) == limit
+
+
+def test_limit_below_one_record_stores_nothing_and_keeps_working():
+    m = torchcache(max_memory_cache_size=_record_bytes() - 1)(Encoder)()
+    assert _fill_one_by_one(m, torch.randn(3, 6), 0) == 0
+    assert m.cache_instance.is_memory_cache_full
 
 
 def test_two_threads_get_correct_results():
@@ -271,19 +308,22 @@ OUTPUT_DTYPES = [name for name in (
 def test_every_output_dtype_is_served_exactly(dtype_name, persistent, tmp_path):
     dtype = getattr(torch, dtype_name)
 
-    @torchcache(persistent=persistent, persistent_cache_dir=str(tmp_path))
-    def bits_as(x):
+    def plain(x):
         raw = (x * 1000).to(torch.int64).remainder(256).to(torch.uint8)
         if dtype is torch.bool:
             return raw.bool()
         size = torch.empty((), dtype=dtype).element_size()
         return raw[:, : (raw.shape[1] // size) * size].view(dtype)
 
+    bits_as = torchcache(persistent=persistent, persistent_cache_dir=str(tmp_path))(plain)
     x = torch.rand(6, 32)
+    expected = plain(x).view(torch.uint8)  # the uncached function: the oracle
     first = bits_as(x)
     again = bits_as(x)
-    assert again.dtype == dtype and bits_as.cache_instance.stats()["hits"] == 6
-    assert torch.equal(again.view(torch.uint8), first.view(torch.uint8))
+    assert first.dtype == again.dtype == dtype and bits_as.cache_instance.stats()["hits"] == 6
+    assert first.shape == again.shape == plain(x).shape
+    assert torch.equal(first.view(torch.uint8), expected)  # misses: the function's output
+    assert torch.equal(again.view(torch.uint8), expected)  # hits: the same bits
 
 
 def test_autocast_state_is_part_of_the_context():

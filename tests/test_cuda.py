@@ -1,6 +1,7 @@
 """The CUDA engine on a real GPU: digests bit-identical to the CPU reference.
 
-Skipped when torch sees no GPU.  The tests call _C.hash_into directly, so a
+The GPU tests are skipped when torch sees no GPU; the build check runs everywhere (it
+reads build_info only).  The tests call _C.hash_into directly, so a
 silent fall back to the host copy (NotImplementedError) fails them instead of
 hiding a kernel problem.
 """
@@ -17,7 +18,7 @@ import torch
 import torchcache_c
 from torchcache_c import _C
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 DTYPES = [
     torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
@@ -55,6 +56,7 @@ def test_build_embeds_kernels_when_nvcc_was_found():
     assert _C.build_info()["cuda_kernels"] is True
 
 
+@needs_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_every_dtype_matches_cpu(dtype):
     x = _random((6, 3, 45, 37), dtype)
@@ -65,31 +67,37 @@ def test_every_dtype_matches_cpu(dtype):
 
 @pytest.mark.parametrize("item_bytes", [1, 7, 8, 9, 255, 256, 257, 16383, 16384, 16385,
                                         3 * 16384 + 100, 1 << 20, (1 << 20) + 3])
+@needs_gpu
 def test_item_lengths_match_cpu(item_bytes):
     _same(_random((5, item_bytes), torch.uint8, seed=item_bytes))
 
 
+@needs_gpu
 def test_a_300_megabyte_item_matches_cpu():
     x = _random((1, 300 * (1 << 20) + 5), torch.uint8, seed=1)
     _same(x)
     _same(x[:, 3:])
 
 
+@needs_gpu
 def test_a_non_contiguous_item_larger_than_scratch_matches_cpu():
     x = _random((2, 4096, 9000), torch.float32, seed=2)  # 147 MB per item
     _same(x.transpose(1, 2))
 
 
+@needs_gpu
 @pytest.mark.parametrize("batch", [1, 2, 31, 257, 4096])
 def test_batch_sizes_match_cpu(batch):
     _same(_random((batch, 3, 17, 19), torch.float32, seed=batch))
 
 
+@needs_gpu
 def test_zero_length_items_match_cpu():
     _same(torch.empty((4, 0), device="cuda"))
     _same(torch.empty((3, 2, 0, 5), dtype=torch.int16, device="cuda"))
 
 
+@needs_gpu
 @pytest.mark.parametrize("start", range(1, 8))
 def test_misaligned_views_match_cpu(start):
     base = _random((6, 40003), torch.uint8, seed=start)
@@ -97,6 +105,7 @@ def test_misaligned_views_match_cpu(start):
     _same(base[:, start:start + 300])
 
 
+@needs_gpu
 def test_non_contiguous_views_match_cpu():
     x = _random((8, 3, 64, 48), torch.float32, seed=3)
     for v in [
@@ -112,6 +121,7 @@ def test_non_contiguous_views_match_cpu():
         _same(v)
 
 
+@needs_gpu
 @pytest.mark.parametrize("count", [1, 7, 1000, 4096, 10**6])
 def test_subsample_matches_cpu(count):
     x = _random((4, 16, 256), torch.float32, seed=5)
@@ -119,6 +129,7 @@ def test_subsample_matches_cpu(count):
     _same(x.transpose(1, 2), count)
 
 
+@needs_gpu
 def test_digest_is_independent_of_layout_and_device():
     x = _random((4, 3, 32, 32), torch.float32, seed=6)
     cl = x.contiguous(memory_format=torch.channels_last)
@@ -126,6 +137,7 @@ def test_digest_is_independent_of_layout_and_device():
     assert torch.equal(torchcache_c.hash_tensor(x), torchcache_c.hash_tensor(x.cpu()))
 
 
+@needs_gpu
 def test_side_streams_are_ordered_after_the_producer():
     streams = [torch.cuda.Stream() for _ in range(3)]
     for i, s in enumerate(streams):
@@ -137,6 +149,7 @@ def test_side_streams_are_ordered_after_the_producer():
         assert torch.equal(got, want)
 
 
+@needs_gpu
 def test_concurrent_threads_match_cpu():
     xs = [_random((16, 50000), torch.float32, seed=10 + i) for i in range(8)]
     want = [_cpu(x) for x in xs]
@@ -154,6 +167,7 @@ def test_concurrent_threads_match_cpu():
     assert all(torch.equal(g, w) for g, w in zip(got, want))
 
 
+@needs_gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_non_default_device_matches_cpu():
     x = _random((8, 3, 40, 40), torch.float32, device="cuda:1", seed=7)
@@ -162,6 +176,7 @@ def test_non_default_device_matches_cpu():
     _same(x.transpose(2, 3))
 
 
+@needs_gpu
 def test_hash_tensor_uses_the_gpu_without_falling_back(caplog):
     x = _random((3, 1000), torch.float32, seed=8)
     with caplog.at_level("WARNING", logger="torchcache_c"):

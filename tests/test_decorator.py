@@ -27,9 +27,15 @@ class Net(nn.Module):
 
 
 def test_every_torchcache_041_keyword_is_accepted():
+    """Accepted and carried as given; tests/test_keywords.py checks each one's effect."""
     m = torchcache(**TORCHCACHE_041_KWARGS, enabled=True)(Net)()
+    x = torch.randn(2, 3)
     with torch.no_grad():
-        assert m(torch.randn(2, 3)).shape == (2, 2)
+        first, again = m(x), m(x)
+        assert torch.equal(first, m.lin(x)) and torch.equal(again, first)
+    assert m.calls == 1
+    options = m.cache_instance.rebuild_state()["options"]
+    assert {k: options[k] for k in TORCHCACHE_041_KWARGS} == TORCHCACHE_041_KWARGS
 
 
 def test_unknown_keyword_raises_type_error():

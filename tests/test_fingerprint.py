@@ -25,12 +25,35 @@ def _linear_net():
     return Lin
 
 
-def test_init_args_change_key():
+def test_init_args_are_keyed_as_init_receives_them():
+    """Lin(3), Lin(d=3) and Lin() (d=3 by default) build the same module: with equal
+    weights they share entries. Other arguments give another key."""
     Lin = _linear_net()
-    a, b = Lin(3), Lin(d=3)
-    c = Lin(4)
-    assert len({a.cache_instance.keys.structural, b.cache_instance.keys.structural,
-                c.cache_instance.keys.structural}) == 3
+    a, b, c = Lin(3), Lin(d=3), Lin()
+    b.load_state_dict(a.state_dict())
+    c.load_state_dict(a.state_dict())
+    x = torch.randn(4, 3)
+    with torch.no_grad():
+        out = a(x)
+        assert torch.equal(b(x), out) and torch.equal(c(x), out)
+    assert a.calls == 1 and b.calls == c.calls == 0
+    assert a.cache_instance.module_hash == b.cache_instance.module_hash \
+        == c.cache_instance.module_hash
+
+    @torchcache()
+    class Scale(nn.Module):
+        def __init__(self, k=3):
+            super().__init__()
+            self.k = float(k)
+
+        def forward(self, x):
+            return x * self.k
+
+    three, four = Scale(3), Scale(k=4)
+    with torch.no_grad():
+        assert torch.equal(three(x), 3 * x) and torch.equal(four(x), 4 * x)
+    assert three.cache_instance.module_hash != four.cache_instance.module_hash
+    assert Lin(4).cache_instance.module_hash != a.cache_instance.module_hash
 
 
 def test_weights_loaded_after_init_change_key():

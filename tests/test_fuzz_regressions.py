@@ -110,3 +110,64 @@ def test_a_verified_record_whose_header_is_rewritten_is_dropped_not_overrun(tmp_
         assert store.gather(keys, dest) == b"\x00"
         assert "changed on disk" in store.take_faults()["changed"]
         assert list(store.lookup(keys)) == [0]
+
+
+# What each regression input must give, exactly: the records a store indexes from the whole
+# file and the bytes it serves for each key, what verify() reports, and, for the file written
+# half first and rewritten in place under an open store, what the second read serves and the
+# fault it counts. A new file under fuzz/regressions/ needs its line here.
+_ARANGE4 = torch.arange(4, dtype=torch.float32).numpy().tobytes()
+EXPECTED = {
+    "segment-verified-header-rewritten-raw_len": dict(
+        records=1, served={(11, 22): _ARANGE4},
+        verify=dict(records=1, corrupt=1, problems=[(SEGMENT, 192, "header checksum mismatch")]),
+        half_served={(11, 22): _ARANGE4}, rewritten_served={(11, 22): None},
+        rewritten_faults={"changed"},
+        rewritten_verify=dict(records=0, corrupt=1,
+                              problems=[(SEGMENT, 0, "header checksum mismatch")]),
+    ),
+}
+
+
+def _served(store: Store, wanted: dict) -> dict:
+    out = {}
+    for (k0, k1), payload in wanted.items():
+        keys = torch.tensor([[k0, k1]], dtype=torch.int64)
+        dest = torch.zeros(1, len(payload or _ARANGE4) // 4)
+        out[(k0, k1)] = (dest.numpy().tobytes() if store.gather(keys, dest) == b"\x01"
+                         else None)
+    return out
+
+
+def _verify(store: Store) -> dict:
+    report = store.verify()
+    return {k: report[k] for k in ("records", "corrupt", "problems")}
+
+
+def test_every_regression_input_has_its_expected_outcome():
+    assert sorted(p.name for p in REGRESSIONS) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("path", REGRESSIONS, ids=[p.name for p in REGRESSIONS])
+def test_fuzz_regression_input_gives_its_expected_outcome(path, tmp_path):
+    want = EXPECTED[path.name]
+    data = path.read_bytes()
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "whole" / SEGMENT).write_bytes(data)
+    with Store(str(tmp_path / "whole"), refresh_ms=0) as store:
+        assert store.stats()["records"] == want["records"]
+        assert _served(store, want["served"]) == want["served"]
+        assert _verify(store) == want["verify"]
+        assert _served(store, want["served"]) == want["served"]  # still, after verify
+
+    half = len(data) // 2
+    (tmp_path / "rewritten").mkdir()
+    seg = tmp_path / "rewritten" / SEGMENT
+    seg.write_bytes(data[:half])
+    with Store(str(tmp_path / "rewritten"), refresh_ms=0) as store:
+        assert _served(store, want["half_served"]) == want["half_served"]
+        with open(seg, "r+b") as f:
+            f.write(data[half:])
+        assert _served(store, want["rewritten_served"]) == want["rewritten_served"]
+        assert set(store.take_faults()) == want["rewritten_faults"]
+        assert _verify(store) == want["rewritten_verify"]

@@ -268,7 +268,13 @@ def test_library_code_counts_by_distribution_version():
     assert _origin_of(json.dumps) is not None  # standard library
 
 
-def test_memory_address_repr_warns_and_is_keyed_by_content(caplog):
+def test_memory_address_repr_warns_and_is_keyed_by_content(caplog, monkeypatch):
+    from torchcache_c import keys
+
+    # The warning is given once per kind and process: start from none given, so that the
+    # test does not depend on what ran before it in this process (mutmut reruns it).
+    monkeypatch.setattr(keys, "_warned_address", set())
+
     class Opaque:
         __slots__ = ()
 

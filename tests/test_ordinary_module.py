@@ -103,21 +103,22 @@ def test_zero_item_batch_returns_forwards_output():
         assert m(torch.randn(0, 6)).shape == (0, 4)
 
 
-@pytest.mark.parametrize("option, value, words", [
-    ("max_memory_cache_size", "1GB", "max_memory_cache_size must be a number of bytes"),
-    ("max_persistent_cache_size", -1, "max_persistent_cache_size"),
-    ("cache_dtype", "float16", "cache_dtype must be None or a floating"),
-    ("cache_dtype", torch.int8, "would truncate"),
-    ("memory_cache_device", "gpu", "memory_cache_device"),
-    ("memory_cache_device", 3, "memory_cache_device"),
-    ("subsample_count", -2, "subsample_count"),
-    ("persistent", "yes", "persistent must be True or False"),
-    ("persistent_module_hash", "../x", "persistent_module_hash"),
-    ("zstd_compression_level", 99, "zstd_compression_level"),
+@pytest.mark.parametrize("option, value, error, words", [
+    ("max_memory_cache_size", "1GB", TypeError, "max_memory_cache_size must be a number of bytes"),
+    ("max_persistent_cache_size", -1, TypeError, "max_persistent_cache_size"),
+    ("cache_dtype", "float16", TypeError, "cache_dtype must be None or a floating"),
+    ("cache_dtype", torch.int8, TypeError, "would truncate"),
+    ("memory_cache_device", "gpu", ValueError, "memory_cache_device"),
+    ("memory_cache_device", 3, TypeError, "memory_cache_device"),
+    ("subsample_count", -2, TypeError, "subsample_count"),
+    ("persistent", "yes", TypeError, "persistent must be True or False"),
+    ("persistent_module_hash", "../x", TypeError, "persistent_module_hash"),
+    ("zstd_compression_level", 99, TypeError, "zstd_compression_level"),
 ])
-def test_bad_option_fails_when_decorating_naming_the_option(option, value, words):
-    with pytest.raises((TypeError, ValueError), match=words):
+def test_bad_option_fails_when_decorating_naming_the_option(option, value, error, words):
+    with pytest.raises(error, match=words) as raised:
         torchcache(**{option: value})
+    assert type(raised.value) is error
 
 
 def test_bad_attribute_override_fails_at_construction_naming_it():

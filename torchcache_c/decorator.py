@@ -16,6 +16,7 @@ from the copy, so a copy whose weights are changed gets its own entries).
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import os
 import types
@@ -221,6 +222,21 @@ def _compiler_guard(fn: Callable) -> Callable:
 
 # ---- classes ----------------------------------------------------------------------------
 
+def _init_arguments(module_class: type, instance: Any, args: tuple,
+                    kwargs: dict) -> Tuple[tuple, dict]:
+    """The init arguments as __init__ receives them, by parameter name with defaults
+    filled in, so that Lin(3), Lin(d=3) and Lin() (d=3 by default) get one key. An
+    __init__ whose signature cannot be read keys the arguments as written."""
+    try:
+        bound = inspect.signature(module_class.__init__).bind(instance, *args, **kwargs)
+    except (TypeError, ValueError):
+        return args, kwargs
+    bound.apply_defaults()
+    named = dict(bound.arguments)
+    named.pop(next(iter(named)), None)  # self
+    return (), named
+
+
 def _wrap_class(module_class: type, options: Dict[str, Any]) -> type:
     class Cached(module_class):  # type: ignore[misc, valid-type]
         _torchcache_c_wrapper = True
@@ -230,7 +246,8 @@ def _wrap_class(module_class: type, options: Dict[str, Any]) -> type:
             opts = _instance_options(self, options)
             if opts["enabled"]:
                 frozen_check(self)
-            structural = structural_key(args, kwargs, _settings(opts))
+            structural = structural_key(*_init_arguments(module_class, self, args, kwargs),
+                                        _settings(opts))
             _attach_cache(self, opts, structural)
 
         @_compiler_guard
