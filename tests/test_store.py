@@ -263,11 +263,12 @@ def test_killed_writers_never_leave_servable_torn_records(tmp_path):
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     assert len(segments(tmp_path)) == 20
+    # Kill points are random: whatever each writer left, every record served is
+    # exact (check_served asserts it).  How many survive depends on timing, so it
+    # is not asserted here; tests/test_killed_writers.py pins a known batch.
     store = Store(str(tmp_path))
-    served = 0
     for salt in range(100):
-        served += check_served(store, keys_for(range(20 * 64), salt), 16384)
-    assert served > 0
+        check_served(store, keys_for(range(20 * 64), salt), 16384)
 
 
 def test_gather_of_rows_in_any_order_reads_each_row_exactly(tmp_path):
