@@ -93,6 +93,8 @@ class _StoreHandle:
         self.store = store
         self.lock = threading.Lock()
         self.layouts: Dict[str, dict] = {}
+        # issue 15 hook: the object-store tier behind this directory (remote.py), or None.
+        self.remote: Any = None
 
 
 _open_stores: "weakref.WeakValueDictionary[tuple, _StoreHandle]" = weakref.WeakValueDictionary()
@@ -337,6 +339,15 @@ class ModuleCache:
         else:
             with handle.lock:
                 present = self._lookup(handle.store, keys, len(layout["dtypes"]))
+            if handle.remote is not None and not bool(present.all()):
+                # issue 15 hook: the remote puts what it holds of the missing rows into
+                # the local store (verified, remote.py); look those rows up again.
+                rows = (~present).nonzero().squeeze(1)
+                n_leaves = len(layout["dtypes"])
+                if handle.remote.fill(handle.store, [self._leaf_keys(keys[rows], j)
+                                                     for j in range(n_leaves)], handle.lock):
+                    with handle.lock:
+                        present[rows] = self._lookup(handle.store, keys[rows], n_leaves)
         hit = present.nonzero().squeeze(1)
         hit_leaves: List[torch.Tensor] = []
         if len(hit):
@@ -444,10 +455,19 @@ class ModuleCache:
                 path = self.cache_dir
                 level = opts["zstd_compression_level"] if opts["zstd_compression"] else None
                 limit = int(opts["max_persistent_cache_size"])
-                self._handle = _open_store(("dir", str(path), level, limit), lambda: HostTier(
+                self._handle = _open_store(("dir", str(path), level, limit,
+                                            opts.get("persistent_remote")), lambda: HostTier(
                     _C.Store(str(path), max_bytes=limit, zstd_level=level,
                              zstd_threads=int(opts["zstd_compression_threads"]),
                              refresh_ms=_REFRESH_MS), _dtype_from_word))
+                # issue 15 hook: attach the object-store tier (remote.py) to the handle.
+                url = opts.get("persistent_remote")
+                if url is not None and self._handle.remote is None:
+                    from . import remote
+
+                    self._handle.remote = remote.attach(
+                        url, str(path), mhash, float(opts.get("remote_refresh_s", 5.0)),
+                        _dtype_from_word)
             else:
                 limit = int(opts["max_memory_cache_size"])
                 tier = _tier_device(opts["memory_cache_device"], device)
@@ -490,6 +510,11 @@ class ModuleCache:
             # the sidecar is written again.
             data = read_json_validated(str(self.cache_dir / f"layout-{ctx_hex}.json"),
                                        _layout_is_valid)
+            if data is None and handle.remote is not None:
+                # issue 15 hook: another node's layout, copied from the remote.
+                path = str(self.cache_dir / f"layout-{ctx_hex}.json")
+                if handle.remote.fetch_layout(f"layout-{ctx_hex}.json", path):
+                    data = read_json_validated(path, _layout_is_valid)
             if data is not None:
                 layout = {"spec": data["spec"], "dtypes": data["dtypes"]}
                 handle.layouts[ctx_hex] = layout
@@ -567,6 +592,8 @@ class ModuleCache:
                 stored_now.append(handle.store.put(self._leaf_keys(keys, j), self._stored(leaf)))
         with self._lock:
             self._counts["items_stored"] += min(stored_now)
+        if handle.remote is not None:
+            handle.remote.notify()  # issue 15 hook: the uploader may seal new records
         if handle.store.is_full:
             limit = "max_persistent_cache_size" if self.persistent else "max_memory_cache_size"
             self._log_once("full", "cache is full (%s reached); new outputs are not stored, "
