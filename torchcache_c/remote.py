@@ -372,7 +372,6 @@ class RemoteTier:
         # object_store lists whole path segments: the module key's "directory".
         objects = list_objects(self.store, self.module_key)
         self.stats["lists"] += 1
-        own = f"seg-{_host()}-{os.getpid()}-"
         new = []
         sizes = {meta["path"]: int(meta["size"]) for meta in objects}
         for meta in objects:
@@ -380,7 +379,7 @@ class RemoteTier:
             if path in self._seen:
                 continue
             m = _INDEX_NAME.match(path[len(self.prefix):])
-            if m is None or m.group(1).startswith(own):
+            if m is None:
                 self._seen.add(path)
                 continue
             new.append((path, m.group(1), m.group(2)))
