@@ -223,12 +223,39 @@ def test_second_process_serves_everything_from_the_bucket(tmp_path, s3):
     assert sum("/c-seg-" in n for n in objects(s3, {})) == sum("/c-seg-" in n for n in names)
 
 
-def test_file_url(tmp_path):
+def test_file_url_and_cli(tmp_path, capsys):
     url = f"file://{tmp_path / 'bucket'}"
     a = worker(tmp_path, "a", dir=str(tmp_path / "a"), url=url, items=70, batch=16)
     b = worker(tmp_path, "b", dir=str(tmp_path / "b"), url=url, items=70, batch=16)
     assert a["forward_rows"] == 70 and b["forward_rows"] == 0
     assert same(b, 70)
+    _cli_checks(url, tmp_path / "bucket", capsys)
+
+
+def _cli_checks(url: str, root: Path, capsys) -> None:
+    """info, verify and prune on a remote URL (a file:// tree, so bytes can be damaged)."""
+    from torchcache_c import cli
+
+    assert cli.main(["info", url, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    (mod,) = info["modules"]
+    assert mod["entries"] == 140 and mod["layouts"] == 1 and mod["orphan_chunks"] == 0
+    assert cli.main(["verify", url]) == 0
+    assert capsys.readouterr().out.strip().endswith("OK")
+    (chunk,) = (root / mod["module_key"]).glob("c-seg-*")
+    data = bytearray(chunk.read_bytes())
+    data[300] ^= 4
+    chunk.write_bytes(bytes(data))
+    assert cli.main(["verify", url, "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["modules"][0]["corrupt"] == 1
+    assert "checksum" in report["modules"][0]["problems"][0]["reason"]
+    assert cli.main(["prune", url, "--older-than", "0", "--dry-run"]) == 0
+    assert "would remove 1 of 1" in capsys.readouterr().out
+    assert list((root / mod["module_key"]).iterdir())
+    assert cli.main(["prune", url, "--older-than", "0", "--yes"]) == 0
+    capsys.readouterr()
+    assert not [p for p in (root / mod["module_key"]).rglob("*") if p.is_file()]
 
 
 def test_small_chunks_and_partial_overlap(tmp_path, s3):
@@ -292,6 +319,9 @@ def test_damaged_or_missing_objects_are_recomputed(tmp_path, s3):
     assert 0 < b["forward_rows"] < 100, b["stderr"][-3000:]
     assert same(b, 100)
     assert "failed its check" in b["stderr"]
+    from torchcache_c import cli
+
+    assert cli.main(["verify", s3]) == 1  # the damage, as the CLI sees it
 
 
 def test_writer_killed_during_upload_serves_nothing_wrong(tmp_path, s3):

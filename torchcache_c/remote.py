@@ -799,3 +799,136 @@ def _reinit_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reinit_in_child)
+
+
+# ---- the CLI on a remote URL (cli.py: info, verify, prune) ----------------------------
+
+class RemoteModule:
+    """One module key's objects in the remote (the fields cli._plan_prune reads)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.path = key
+        self.bytes = 0
+        self.last_used = 0.0
+        self.chunks: Dict[str, int] = {}   # name -> size
+        self.indexes: Dict[str, int] = {}
+        self.layouts: List[str] = []
+        self.other: List[str] = []
+        self.meta = None
+        self.foreign: List[str] = []
+
+    @property
+    def records(self) -> int:
+        total = 0
+        for name, size in self.indexes.items():
+            m = _INDEX_NAME.match(name)
+            seg_len = len(m.group(1).encode()) if m else 0
+            head = _INDEX_HEAD.size + seg_len
+            head += -head % 8
+            total += max(0, (size - head) // 40)
+        return total
+
+    @property
+    def orphans(self) -> List[str]:
+        """Chunks without an index (a writer stopped between its two PUTs)."""
+        return [c for c in self.chunks if "i" + c[1:] not in self.indexes]
+
+    @property
+    def objects(self) -> List[str]:
+        return [f"{self.key}/{n}" for n in
+                list(self.chunks) + list(self.indexes) + self.layouts + self.other]
+
+
+def scan_remote(url: str) -> List[RemoteModule]:
+    store = open_store(url)
+    modules: Dict[str, RemoteModule] = {}
+    for meta in list_objects(store, ""):
+        key, _, name = meta["path"].partition("/")
+        if not name or "/" in name:
+            continue
+        m = modules.setdefault(key, RemoteModule(key))
+        size = int(meta["size"])
+        m.bytes += size
+        modified = meta.get("last_modified")
+        if modified is not None:
+            m.last_used = max(m.last_used, modified.timestamp())
+        if name.startswith("c-seg-"):
+            m.chunks[name] = size
+        elif name.startswith("i-seg-"):
+            m.indexes[name] = size
+        elif _LAYOUT.match(name):
+            m.layouts.append(name)
+        else:
+            m.other.append(name)
+    return [modules[k] for k in sorted(modules)]
+
+
+def cli_info(url: str) -> Dict[str, Any]:
+    modules = scan_remote(url)
+    return {"url": url, "modules": [
+        {"module_key": m.key, "entries": m.records, "bytes": m.bytes, "chunks": len(m.chunks),
+         "indexes": len(m.indexes), "orphan_chunks": len(m.orphans),
+         "layouts": len(m.layouts), "last_modified": m.last_used} for m in modules]}
+
+
+def cli_verify(url: str) -> Dict[str, Any]:
+    """Every record of every indexed chunk checked as a reader would (C), plus chunks
+    that are missing, cut short or without an index."""
+    store = open_store(url)
+    results = []
+    for m in scan_remote(url):
+        problems: List[Dict[str, Any]] = []
+        records = nbytes = 0
+        for name in sorted(m.indexes):
+            match = _INDEX_NAME.match(name)
+            if match is None:
+                continue
+            segment, start = match.group(1), match.group(2)
+            chunk = f"c-{segment}-{start}"
+            try:
+                parsed = decode_index(get_bytes(store, f"{m.key}/{name}"), segment)
+            except BaseException as exc:
+                if not _client_error(exc):
+                    raise
+                problems.append({"object": name, "reason": f"cannot read: {exc}"})
+                continue
+            if parsed is None:
+                problems.append({"object": name, "reason": "not a valid index"})
+                continue
+            chunk_bytes, table = parsed
+            if m.chunks.get(chunk) != chunk_bytes:
+                problems.append({"object": chunk, "reason": "missing" if chunk not in m.chunks
+                                 else f"{m.chunks[chunk]} bytes, its index says {chunk_bytes}"})
+                continue
+            data = get_bytes(store, f"{m.key}/{chunk}")
+            for k0, k1, seg_off, obj_off, length in table.tolist():
+                try:
+                    got = _C.parse_record(data[obj_off:obj_off + length], segment, seg_off)
+                    if (got[0], got[1], got[4]) != (k0, k1, length):
+                        raise _C.StoreCorruptError("key or length differ from the index")
+                    records += 1
+                    nbytes += length
+                except (_C.StoreCorruptError, _C.StoreZstdError) as exc:
+                    problems.append({"object": chunk, "offset": obj_off, "reason": str(exc)})
+        for chunk in m.orphans:
+            problems.append({"object": chunk, "reason": "no index (never read; prune removes "
+                             "it with its module key)", "orphan": True})
+        corrupt = sum(1 for p in problems if not p.get("orphan"))
+        results.append({"module_key": m.key, "records": records, "bytes": nbytes,
+                        "chunks": len(m.chunks), "corrupt": corrupt, "problems": problems})
+    return {"url": url, "modules": results,
+            "ok": all(r["corrupt"] == 0 for r in results)}
+
+
+def cli_delete(url: str, module: RemoteModule) -> int:
+    """Removes a module key's objects, indexes first (so no reader is sent to a chunk
+    that is gone); returns the bytes freed."""
+    import obstore
+
+    store = open_store(url)
+    names = [f"{module.key}/{n}" for n in module.indexes] + \
+        [f"{module.key}/{n}" for n in list(module.chunks) + module.layouts + module.other]
+    for i in range(0, len(names), 1000):
+        obstore.delete(store, names[i:i + 1000])
+    return module.bytes
