@@ -397,3 +397,27 @@ def test_public_flush_is_exported():
 
     assert callable(remote.flush)
     assert torchcache_c.torchcache is torchcache
+
+
+def test_forked_worker_uploads_at_its_exit(tmp_path):
+    """A multiprocessing child (a DataLoader worker) ends with os._exit, skipping atexit:
+    its records are uploaded by a multiprocessing finalizer."""
+    import multiprocessing as mp
+
+    url = f"file://{tmp_path / 'bucket'}"
+
+    @torchcache(persistent=True, persistent_cache_dir=str(tmp_path / "local"),
+                persistent_remote=url, remote_refresh_s=0)
+    def triple(x):
+        return x * 3
+
+    def work():
+        triple(torch.arange(10.0).reshape(5, 2))
+
+    ctx = mp.get_context("fork")
+    p = ctx.Process(target=work)
+    p.start()
+    p.join(120)
+    assert p.exitcode == 0
+    names = [q.name for q in (tmp_path / "bucket").rglob("*") if q.is_file()]
+    assert any(n.startswith("i-seg-") and f"-{p.pid}-" in n for n in names), names

@@ -706,6 +706,7 @@ class _Uploader:
         # what was set up earlier (cache.py's removal of a private directory).
         atexit.unregister(flush_at_exit)
         atexit.register(flush_at_exit)
+        _register_in_worker()
 
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -773,6 +774,23 @@ def flush_at_exit() -> None:
         logger.warning("remote cache: not everything was uploaded at exit (a remote that "
                        "fails, or more than %.0f s of uploads); the rest stays in the local "
                        "directory only", FLUSH_S)
+
+
+_worker_finalizer: List[Any] = []
+
+
+def _register_in_worker() -> None:
+    """multiprocessing children (DataLoader workers) end with os._exit, which skips
+    atexit; multiprocessing runs its own finalizers first, so flush from one of those."""
+    import multiprocessing
+    import multiprocessing.util
+
+    if multiprocessing.parent_process() is None:
+        return
+    if _worker_finalizer and _worker_finalizer[0][0] == os.getpid():
+        return
+    _worker_finalizer[:] = [(os.getpid(), multiprocessing.util.Finalize(
+        None, flush_at_exit, exitpriority=100))]
 
 
 def attach(url: str, local_dir: str, module_key: str, refresh_s: float,
