@@ -255,7 +255,7 @@ def decode_index(data: memoryview, segment: str) -> Optional[Tuple[int, torch.Te
 
 class RemoteIndex:
     """Key -> (chunk, offset in chunk, length, offset in segment) for every record the
-    readers know of, as sorted int64 tensors (40 bytes a record); lookups are
+    readers know of, as sorted int64 tensors (48 bytes a record); lookups are
     vectorised (searchsorted)."""
 
     def __init__(self) -> None:
