@@ -98,8 +98,8 @@ def run(args, url: str, tmp: str) -> None:
         st.put(keys, values)
     wtier = remote.RemoteTier(url, writer_dir, key, 0, _dtype_from_word)
     t0 = time.perf_counter()
-    while not wtier.upload_step(final=True):
-        pass
+    wtier.notify()  # as the cached call does after a put; then the flush at exit's path
+    assert remote.flush(600)
     upload_s = time.perf_counter() - t0
     print(f"uploaded {args.items} records ({args.items * (128 + 4 * args.dim) / 2**20:.1f} "
           f"MiB) in {wtier.stats['chunks_uploaded']} chunk(s), {upload_s * 1e3:.0f} ms")

@@ -339,6 +339,7 @@ class RemoteTier:
         self._upload_backoff = 0.5
         self._final_failures = 0
         self.gave_up = False
+        self._writer_pid = -1  # the process whose puts this tier uploads
         self._bad_at: Dict[str, Tuple[int, int]] = {}  # segment -> (offset, length then)
         self.store = open_store(url)
         _uploader.register(self)
@@ -543,6 +544,7 @@ class RemoteTier:
 
     def notify(self) -> None:
         """Called after a put: new records may be ready to seal."""
+        self._writer_pid = os.getpid()
         if self._pending_since is None:
             self._pending_since = time.monotonic()
         _uploader.wake()
@@ -563,6 +565,8 @@ class RemoteTier:
 
     def upload_step(self, final: bool) -> bool:
         """Seal and upload what is due; True if nothing is left to do now."""
+        if self._writer_pid != os.getpid():
+            return True  # nothing stored by this process (a reader, or a forked child)
         now = time.monotonic()
         if now < self._retry_at:
             if not final:
@@ -721,6 +725,7 @@ class _Uploader:
             self._cond.notify_all()
 
     def _run(self) -> None:
+        finished: Set[int] = set()  # tiers done in this final round
         while True:
             with self._cond:
                 if self._idle and not self._final:
@@ -729,7 +734,12 @@ class _Uploader:
                 tiers = list(self._tiers)
             done = True
             for tier in tiers:
-                done &= tier.upload_step(final)
+                if final and id(tier) in finished:
+                    continue
+                ok = tier.upload_step(final)
+                if ok and final:
+                    finished.add(id(tier))
+                done &= ok
             with self._cond:
                 self._idle = done
                 if final and done:
