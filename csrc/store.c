@@ -2928,3 +2928,80 @@ done:
     tc_store_free(s);
     return rc;
 }
+
+/* ---- records held in memory (issue 15: the object-store tier) ----------------
+ * A record fetched from elsewhere (an object store, docs/remote.md) is checked
+ * exactly as a local read checks it: header_validate bound to the segment it
+ * was written in and its offset there, then payload_sum over its stored bytes.
+ * Nothing above this section calls these functions. */
+
+uint64_t tc_store_segment_id(const char *name)
+{
+    return segment_id(name);
+}
+
+int tc_store_record_parse(const uint8_t *buf, size_t len, uint64_t seg_id, uint64_t offset,
+                          int check_payload, tc_store_record *r, char *err, size_t err_len)
+{
+    memset(r, 0, sizeof(*r));
+    if (len < REC_HEADER_BYTES) {
+        set_err(err, err_len, "record truncated: %zu bytes, a header needs %d", len,
+                REC_HEADER_BYTES);
+        return TC_STORE_ECORRUPT;
+    }
+    rec_header h;
+    header_decode(buf, &h);
+    uint64_t total = 0;
+    const char *why = NULL;
+    int v = header_validate(&h, seg_id, offset, (uint64_t)len, &total, &why);
+    if (v == HDR_BAD) {
+        set_err(err, err_len, "bad record header: %s", why ? why : "invalid");
+        return TC_STORE_ECORRUPT;
+    }
+    if (v == HDR_SHORT) {
+        set_err(err, err_len, "record truncated: %zu bytes of a record of %llu", len,
+                (unsigned long long)(REC_HEADER_BYTES + round_up(h.stored_len, REC_ALIGN)));
+        return TC_STORE_ECORRUPT;
+    }
+    if (check_payload &&
+        payload_checksum(buf + REC_HEADER_BYTES, h.stored_len) != h.payload_sum) {
+        set_err(err, err_len, "payload checksum mismatch");
+        return TC_STORE_ECORRUPT;
+    }
+    r->key0 = h.key0;
+    r->key1 = h.key1;
+    r->dtype_word = h.dtype_word;
+    r->raw_len = h.raw_len;
+    r->stored_len = h.stored_len;
+    r->total = total;
+    r->compressed = (h.flags & REC_FLAG_ZSTD) != 0;
+    r->version = h.version;
+    r->ndim = h.ndim;
+    for (int d = 0; d < TC_STORE_MAX_NDIM; d++)
+        r->shape[d] = h.shape[d];
+    return TC_STORE_OK;
+}
+
+int tc_store_record_payload(const uint8_t *buf, const tc_store_record *r, uint8_t *dest,
+                            size_t dest_len, char *err, size_t err_len)
+{
+    if (dest_len != r->raw_len) {
+        set_err(err, err_len, "destination holds %zu bytes, the item %llu", dest_len,
+                (unsigned long long)r->raw_len);
+        return TC_STORE_EARG;
+    }
+    const uint8_t *payload = buf + REC_HEADER_BYTES;
+    if (!r->compressed) {
+        if (dest_len)
+            memcpy(dest, payload, dest_len);
+        return TC_STORE_OK;
+    }
+    char zerr[200] = "";
+    if (tc_zstd_decompress(dest, (size_t)r->raw_len, payload, (size_t)r->stored_len, zerr,
+                           sizeof(zerr)) != 0) {
+        set_err(err, err_len, "cannot decompress a record (%s); install libzstd (apt-get "
+                "install libzstd1, or conda install zstd)", zerr);
+        return TC_STORE_EZSTD;
+    }
+    return TC_STORE_OK;
+}

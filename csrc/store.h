@@ -171,4 +171,32 @@ int tc_store_compact(const char *dir, int64_t min_idle_s, tc_store_compact_resul
 /* Bytes per element of a dtype word, 0 if it is not a whole number of bytes. */
 size_t tc_store_itemsize(uint64_t dtype_word);
 
+/* ---- records held in memory (issue 15, docs/remote.md) ----------------------- */
+
+/* The id version 2 records of the segment file `name` are bound to (format.md, 4). */
+uint64_t tc_store_segment_id(const char *name);
+
+typedef struct {
+    uint64_t key0, key1;
+    uint64_t dtype_word;
+    uint64_t raw_len;    /* item bytes */
+    uint64_t stored_len; /* payload bytes in the record */
+    uint64_t total;      /* record bytes: header, payload and padding */
+    int compressed;      /* the payload is one zstd frame */
+    int version;
+    int ndim;
+    int64_t shape[TC_STORE_MAX_NDIM];
+} tc_store_record;
+
+/* Checks the record at buf[0..len) as a reader of its segment would: the header
+ * (docs/format.md, section 6) bound to the segment `seg_id` and the record's
+ * `offset` in it, the record whole inside len, and with check_payload the
+ * payload checksum.  TC_STORE_ECORRUPT with the reason in err when any fails. */
+int tc_store_record_parse(const uint8_t *buf, size_t len, uint64_t seg_id, uint64_t offset,
+                          int check_payload, tc_store_record *r, char *err, size_t err_len);
+/* The item bytes of a record parse accepted (decompressed if needed) into dest,
+ * which holds exactly r->raw_len bytes. */
+int tc_store_record_payload(const uint8_t *buf, const tc_store_record *r, uint8_t *dest,
+                            size_t dest_len, char *err, size_t err_len);
+
 #endif

@@ -856,9 +856,118 @@ static PyObject *store_compact(PyObject *module, PyObject *args, PyObject *kwarg
                          "merged", name);
 }
 
+/* ---- records held in memory (issue 15, docs/remote.md) ------------------------ */
+
+PyDoc_STRVAR(parse_record_doc,
+"parse_record(buf, segment, offset, pos=0, payload=True)\n"
+"    -> (key0, key1, dtype_word, item_shape, length, data)\n--\n\n"
+"Check the record that starts at buf[pos:] exactly as a reader of its segment\n"
+"file would (docs/format.md, sections 4 and 6): its header bound to the\n"
+"segment file name `segment` and its byte `offset` in that segment, the record\n"
+"whole inside buf, and with payload=True its payload checksum.  Returns the\n"
+"key halves (signed, as in an int64 keys tensor), the DLPack dtype word, the\n"
+"item shape, the record's length in bytes (header, payload, padding) and the\n"
+"item's bytes (decompressed), or None for data when payload=False.  Raises\n"
+"StoreCorruptError naming the check that failed, StoreZstdError if a\n"
+"compressed payload cannot be decompressed.  The GIL is released while the\n"
+"payload is checked and copied.");
+
+static PyObject *store_parse_record(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    (void)module;
+    static char *kwlist[] = {"buf", "segment", "offset", "pos", "payload", NULL};
+    Py_buffer view;
+    const char *segment;
+    unsigned long long offset;
+    Py_ssize_t pos = 0;
+    int want_payload = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*sK|np:parse_record", kwlist, &view,
+                                     &segment, &offset, &pos, &want_payload))
+        return NULL;
+    if (pos < 0 || pos > view.len) {
+        PyBuffer_Release(&view);
+        PyErr_Format(PyExc_ValueError, "pos %zd is outside the buffer of %zd bytes", pos,
+                     view.len);
+        return NULL;
+    }
+    const uint8_t *rec = (const uint8_t *)view.buf + pos;
+    size_t len = (size_t)(view.len - pos);
+    uint64_t seg_id = tc_store_segment_id(segment);
+    tc_store_record r;
+    char err[512] = "";
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = tc_store_record_parse(rec, len, seg_id, (uint64_t)offset, want_payload, &r, err,
+                               sizeof(err));
+    Py_END_ALLOW_THREADS
+    if (rc != TC_STORE_OK) {
+        PyBuffer_Release(&view);
+        raise_engine_error(rc, err);
+        return NULL;
+    }
+    PyObject *data = Py_NewRef(Py_None);
+    if (want_payload) {
+        Py_DECREF(data);
+        if (r.raw_len > (uint64_t)PY_SSIZE_T_MAX) {
+            PyBuffer_Release(&view);
+            return PyErr_NoMemory();
+        }
+        data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)r.raw_len);
+        if (data == NULL) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        rc = tc_store_record_payload(rec, &r, (uint8_t *)PyBytes_AS_STRING(data),
+                                     (size_t)r.raw_len, err, sizeof(err));
+        Py_END_ALLOW_THREADS
+        if (rc != TC_STORE_OK) {
+            Py_DECREF(data);
+            PyBuffer_Release(&view);
+            raise_engine_error(rc, err);
+            return NULL;
+        }
+    }
+    PyBuffer_Release(&view);
+    PyObject *shape = PyTuple_New(r.ndim);
+    if (shape == NULL) {
+        Py_DECREF(data);
+        return NULL;
+    }
+    for (int d = 0; d < r.ndim; d++) {
+        PyObject *x = PyLong_FromLongLong(r.shape[d]);
+        if (x == NULL) {
+            Py_DECREF(shape);
+            Py_DECREF(data);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(shape, d, x);
+    }
+    return Py_BuildValue("(LLKNKN)", (long long)r.key0, (long long)r.key1,
+                         (unsigned long long)r.dtype_word, shape, (unsigned long long)r.total,
+                         data);
+}
+
+PyDoc_STRVAR(segment_id_doc,
+"segment_id(name) -> int\n--\n\n"
+"The id version 2 records of the segment file `name` are bound to\n"
+"(docs/format.md, section 4).");
+
+static PyObject *store_segment_id(PyObject *module, PyObject *arg)
+{
+    (void)module;
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (name == NULL)
+        return NULL;
+    return PyLong_FromUnsignedLongLong(tc_store_segment_id(name));
+}
+
 static PyMethodDef store_functions[] = {
     {"compact", (PyCFunction)(void (*)(void))store_compact, METH_VARARGS | METH_KEYWORDS,
      compact_doc},
+    {"parse_record", (PyCFunction)(void (*)(void))store_parse_record,
+     METH_VARARGS | METH_KEYWORDS, parse_record_doc},
+    {"segment_id", (PyCFunction)store_segment_id, METH_O, segment_id_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -92,6 +92,15 @@ def _set_simd(level: str) -> None: ...
 def compact(
     path: Union[str, bytes, os.PathLike[str], os.PathLike[bytes]], min_idle_s: int = 3600
 ) -> _CompactResult: ...
+# issue 15 (docs/remote.md): a record fetched from an object store, checked as a local read.
+def parse_record(
+    buf: Union[bytes, bytearray, memoryview],
+    segment: str,
+    offset: int,
+    pos: int = 0,
+    payload: bool = True,
+) -> Tuple[int, int, int, Tuple[int, ...], int, Optional[bytes]]: ...
+def segment_id(name: str) -> int: ...
 
 class Store:
     def __new__(

@@ -212,6 +212,8 @@ def _meta_fields(m: ModuleDir) -> Dict[str, Any]:
 # ---- info ------------------------------------------------------------------------
 
 def cmd_info(args: argparse.Namespace) -> int:
+    if _is_remote(args.dir):  # issue 15: a remote URL
+        return _remote_info(args)
     cache = resolve(args.dir)
     modules: List[Dict[str, object]] = []
     for m in cache.modules:
@@ -249,6 +251,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 # ---- verify ----------------------------------------------------------------------
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    if _is_remote(args.dir):  # issue 15: a remote URL
+        return _remote_verify(args)
     cache = resolve(args.dir)
     results = []
     for m in cache.modules:
@@ -452,6 +456,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
             "days) and/or --max-size BYTES (remove the least recently used module keys "
             "until the cache holds at most BYTES, e.g. 10G); --keep N only protects the N "
             "most recently used module keys from those rules")
+    if _is_remote(args.dir):  # issue 15: a remote URL
+        return _remote_prune(args)
     if os.path.islink(args.dir):
         raise CliError(f"{args.dir} is a symbolic link; prune never follows links (pass the "
                        "directory it points to)")
@@ -560,6 +566,107 @@ def cmd_compact(args: argparse.Namespace) -> int:
     else:
         for path, r in results:
             print(summary(path, r))
+    return EXIT_OK
+
+
+# ---- remote URLs (issue 15, docs/remote.md): info, verify, prune --------------------
+
+def _is_remote(arg: str) -> bool:
+    return arg.startswith(("s3://", "gs://", "az://", "abfs://", "abfss://", "file://"))
+
+
+def _remote(arg: str) -> Any:
+    from . import remote
+
+    error = remote.missing_client_error(arg)
+    if error is not None:
+        raise CliError(str(error))
+    return remote
+
+
+def _remote_scan(args: argparse.Namespace) -> Any:
+    remote = _remote(args.dir)
+    try:
+        return remote, remote.scan_remote(args.dir)
+    except Exception as exc:  # the client's errors: unreachable, denied, no bucket
+        raise CliError(f"{args.dir}: cannot list the remote: {exc}") from None
+
+
+def _remote_info(args: argparse.Namespace) -> int:
+    remote, _ = _remote_scan(args)
+    data = remote.cli_info(args.dir)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return EXIT_OK
+    mods = data["modules"]
+    header = ["module key", "entries", "size", "chunks", "orphans", "layouts", "last modified"]
+    rows = [[m["module_key"], str(m["entries"]), _human(m["bytes"]), str(m["chunks"]),
+             str(m["orphan_chunks"]), str(m["layouts"]), _iso(m["last_modified"]) or "-"]
+            for m in mods]
+    rows.append(["total", str(sum(m["entries"] for m in mods)),
+                 _human(sum(m["bytes"] for m in mods)), str(sum(m["chunks"] for m in mods)),
+                 str(sum(m["orphan_chunks"] for m in mods)),
+                 str(sum(m["layouts"] for m in mods)), ""])
+    print(f"{args.dir}: {len(mods)} module key(s)")
+    print(_table(rows, header, left=(0, 6)))
+    return EXIT_OK
+
+
+def _remote_verify(args: argparse.Namespace) -> int:
+    remote, _ = _remote_scan(args)
+    try:
+        data = remote.cli_verify(args.dir)
+    except Exception as exc:
+        raise CliError(f"{args.dir}: {exc}") from None
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        for r in data["modules"]:
+            print(f"{r['module_key']}: {r['records']} records verified ({_human(r['bytes'])}) "
+                  f"in {r['chunks']} chunk(s), {r['corrupt']} problem(s)")
+            for p in r["problems"]:
+                where = f" @ {p['offset']}" if "offset" in p else ""
+                print(f"  {p['object']}{where}: {p['reason']}")
+        print("OK" if data["ok"] else "FAILED: damaged or missing objects; their records are "
+              "never served (readers compute those items)")
+    return EXIT_OK if data["ok"] else EXIT_CORRUPT
+
+
+def _remote_prune(args: argparse.Namespace) -> int:
+    remote, modules = _remote_scan(args)
+    now = time.time()
+    removal, rule, kept_bytes = _plan_prune(modules, now, args.older_than, args.max_size,
+                                            args.keep)
+    nbytes = sum(m.bytes for m in removal)
+    what = (f"{len(removal)} of {len(modules)} module key(s), {_human(nbytes)} ({nbytes} "
+            f"bytes), under {args.dir}")
+    if removal and not args.dry_run and not args.yes:
+        if not sys.stdin.isatty():
+            raise CliError(f"would remove {what}; stdin is not a terminal, so pass --yes "
+                           "to confirm (or --dry-run to see the list)")
+        if not _confirm(f"Remove {what}? [y/N] "):
+            print("nothing removed")
+            return EXIT_OK
+    freed = 0
+    if not args.dry_run:
+        for m in removal:
+            try:
+                freed += remote.cli_delete(args.dir, m)
+            except Exception as exc:
+                raise CliError(f"{args.dir}: removing {m.key} failed: {exc}") from None
+    entries = [{"module_key": m.key, "bytes": m.bytes, "last_modified": m.last_used,
+                "rule": rule[m.key]} for m in removal]
+    if args.json:
+        print(json.dumps({"url": args.dir, "dry_run": args.dry_run, "removed": entries,
+                          "bytes_freed": 0 if args.dry_run else freed,
+                          "bytes_after": kept_bytes}, indent=2))
+        return EXIT_OK
+    verb = "would remove" if args.dry_run else "removed"
+    for e in entries:
+        print(f"{verb} {e['module_key']} ({_human(e['bytes'])}, last modified "
+              f"{_iso(e['last_modified']) or '-'}, {e['rule']})")
+    print(f"{verb} {len(removal)} of {len(modules)} module key(s), {_human(nbytes)}"
+          + ("; nothing was changed" if args.dry_run else ""))
     return EXIT_OK
 
 

@@ -46,6 +46,9 @@ DEFAULTS: Dict[str, Any] = {
     "cache_dtype": None,
     "use_mmap_on_load": False,
     "enabled": True,
+    # issue 15 (docs/remote.md): an object store behind the persistent directory.
+    "persistent_remote": None,
+    "remote_refresh_s": 5.0,
 }
 _PREFIX = "torchcache_"
 # Settings that change what is stored under a key; the rest only change where/how.
@@ -69,6 +72,8 @@ def torchcache(
     cache_dtype: Optional[torch.dtype] = None,
     use_mmap_on_load: bool = False,
     enabled: bool = True,
+    persistent_remote: Optional[str] = None,
+    remote_refresh_s: Union[int, float] = 5.0,
 ) -> Callable[[T], T]:
     """Cache the output of an nn.Module subclass's forward (or of a function) per batch item.
 
@@ -94,6 +99,13 @@ def torchcache(
             still come back in the module's dtype.
         use_mmap_on_load: accepted for compatibility; the store always uses mmap.
         enabled: False calls forward directly.
+        persistent_remote: an object store behind the persistent directory, which
+            becomes its read-through cache: "s3://bucket/prefix", "gs://...",
+            "az://...", or "file:///path" (docs/remote.md). Needs persistent=True and
+            ``pip install "torchcache_c[remote]"``; credentials and endpoint come from
+            the client's environment variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID...).
+        remote_refresh_s: a miss lists the remote for other writers' new chunks at most
+            this often (seconds; 0: at every miss).
     """
     if _no_positional is not None:
         raise TypeError(
@@ -106,7 +118,8 @@ def torchcache(
         max_memory_cache_size=max_memory_cache_size, zstd_compression=zstd_compression,
         zstd_compression_level=zstd_compression_level,
         zstd_compression_threads=zstd_compression_threads, cache_dtype=cache_dtype,
-        use_mmap_on_load=use_mmap_on_load, enabled=enabled), "torchcache()")
+        use_mmap_on_load=use_mmap_on_load, enabled=enabled,
+        persistent_remote=persistent_remote, remote_refresh_s=remote_refresh_s), "torchcache()")
 
     def decorate(target: T) -> T:
         if isinstance(target, type) and issubclass(target, torch.nn.Module):
@@ -173,6 +186,18 @@ def validate_options(options: Dict[str, Any], where: str) -> Dict[str, Any]:
         raise _bad(where, "zstd_compression_threads", threads, "an int >= 0")
     if out["zstd_compression"] and not out["persistent"]:
         raise ValueError("Cannot use zstd compression without persistent cache")
+    # issue 15: the object-store tier (remote.py, docs/remote.md).
+    refresh = out.get("remote_refresh_s", 5.0)
+    if isinstance(refresh, bool) or not isinstance(refresh, (int, float)) or \
+            not math.isfinite(refresh) or refresh < 0:
+        raise _bad(where, "remote_refresh_s", refresh, "a number of seconds >= 0")
+    if out.get("persistent_remote") is not None:
+        from .remote import validate_url
+
+        validate_url(out["persistent_remote"], where)
+        if not out["persistent"]:
+            raise ValueError(f"{where}: persistent_remote needs persistent=True (the local "
+                             "persistent directory is the remote's read-through cache)")
     return out
 
 
