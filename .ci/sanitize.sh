@@ -28,4 +28,4 @@ ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
     python -m pytest -q -p no:cacheprovider \
         tests/test_hash_*.py tests/test_store*.py tests/test_multiprocess.py \
-        tests/test_call_path.py "$@"
+        tests/test_call_path.py tests/test_remote_record.py "$@"
