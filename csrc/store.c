@@ -2102,6 +2102,9 @@ static int gather_batched(tc_store *s, const uint64_t *keys, size_t n, uint64_t 
     return 0;
 }
 
+/* Refresh-and-retry rounds of a gather that met removed segments. */
+#define GATHER_RECOVERY_ROUNDS 3
+
 int tc_store_gather(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtype_word, int ndim,
                     const int64_t *shape, uint8_t *dest, uint8_t *served, char *err,
                     size_t err_len)
@@ -2138,23 +2141,31 @@ int tc_store_gather(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtype_
         return TC_STORE_OK;
     /* Segments went away during this gather (a compaction merged them, most
      * likely): index their records' other copies now and serve those rows,
-     * rather than have every reader recompute them. */
-    pthread_rwlock_wrlock(&s->lock);
-    size_t added = 0;
-    if (!s->closed)
-        refresh_locked(s, &added, 0, NULL, 0);
-    pthread_rwlock_unlock(&s->lock);
-    pthread_rwlock_rdlock(&s->lock);
-    if (s->closed) {
-        rc = closed_err(err, err_len);
-    } else {
+     * rather than have every reader recompute them.  A refresh can itself
+     * find more segments gone (one whose descriptor the gather still held, for
+     * example) after it dropped the entries of the first ones: their rows need
+     * another round, so the recovery repeats while that happens (bounded). */
+    for (int round = 0; round < GATHER_RECOVERY_ROUNDS && unserved && reindex; round++) {
+        pthread_rwlock_wrlock(&s->lock);
+        size_t added = 0;
+        if (!s->closed)
+            refresh_locked(s, &added, 0, NULL, 0);
+        pthread_rwlock_unlock(&s->lock);
+        pthread_rwlock_rdlock(&s->lock);
+        if (s->closed) {
+            pthread_rwlock_unlock(&s->lock);
+            return closed_err(err, err_len);
+        }
+        unserved = 0;
         for (size_t i = 0; i < n; i++) {
             if (!served[i] && probe(s, keys[2 * i], keys[2 * i + 1]) != NULL)
                 served[i] = (uint8_t)gather_row(s, keys[2 * i], keys[2 * i + 1], dtype_word,
                                                 ndim, shape, item_bytes, dest + i * item_bytes);
+            unserved += !served[i];
         }
+        reindex = __atomic_load_n(&s->reindex, __ATOMIC_ACQUIRE);
+        pthread_rwlock_unlock(&s->lock);
     }
-    pthread_rwlock_unlock(&s->lock);
     return rc;
 }
 /* ---- put -------------------------------------------------------------------- */
