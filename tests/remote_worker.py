@@ -5,7 +5,8 @@ local directory and one remote, run on a fixed data set.
 
 CONFIG: dir, url, items, batch, out (a .pt path: outputs, forward rows), and
 optionally first/last (which items), refresh_s, flush (call remote.flush() when done),
-barrier (a path prefix: write <prefix>.<rank>, wait for <prefix>.<peer>), rank, then
+barrier (a path prefix: write <prefix>.<rank>, wait for <prefix>.<peer>) or dist_port
+(a gloo process group of two DDP ranks on 127.0.0.1, and dist.barrier()), rank, then
 (a second pass over other items after the barrier), signal_ready (print "ready" and
 sleep before exiting, for a test that kills the process during the upload).
 """
@@ -76,7 +77,14 @@ def main() -> None:
     result = {"y": y, "n": n, "forward_rows": FORWARD_ROWS[0]}
     if cfg.get("flush"):
         result["flushed"] = remote_mod.flush(60)
-    if cfg.get("barrier"):
+    if cfg.get("dist_port"):
+        # DDP ranks: the gloo process group's barrier, as a training script has it.
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{cfg['dist_port']}",
+                                rank=cfg["rank"], world_size=2)
+        dist.barrier()
+    elif cfg.get("barrier"):
         barrier(cfg["barrier"], cfg["rank"])
     if cfg.get("then"):
         before = FORWARD_ROWS[0]
@@ -84,6 +92,10 @@ def main() -> None:
         y2, n2 = run(net, x, a, b, cfg["batch"])
         result.update(y2=y2, n2=n2, forward_rows_then=FORWARD_ROWS[0] - before)
     torch.save(result, cfg["out"])
+    if cfg.get("dist_port"):
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     if cfg.get("signal_ready"):
         print("ready", flush=True)
         remote_mod.flush(60)

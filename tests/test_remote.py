@@ -206,11 +206,19 @@ def test_small_chunks_and_partial_overlap(tmp_path, s3):
 
 
 def test_ranks_on_different_nodes_share_through_the_bucket(tmp_path, s3):
+    """Two DDP ranks (a gloo process group) with separate local directories, as on
+    two nodes: each computes its half, flushes, meets the other at dist.barrier(),
+    then serves the other's half from the bucket with no forward."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    port = _free_port()
     procs = []
     for rank in (0, 1):
         cfg = dict(dir=str(tmp_path / f"node{rank}"), url=s3, items=128, batch=16,
                    first=64 * rank, last=64 * rank + 64, flush=True,
-                   barrier=str(tmp_path / "barrier"), rank=rank, then=[0, 128],
+                   dist_port=port, rank=rank, then=[0, 128],
                    out=str(tmp_path / f"rank{rank}.pt"))
         procs.append(subprocess.Popen([sys.executable, WORKER, json.dumps(cfg)],
                                       env=dict(os.environ, PYTHONPATH=ROOT),
