@@ -7,8 +7,9 @@
 # built with that object (behaviour through the binding: fork, permissions,
 # power-loss images, compaction, the shim's fault handling).  A branch counts
 # when either run took it.  The gate stands just under what they reach
-# (80.3% of 1,339 branches on 2026-11-27 after the gather-recovery rounds added branches
-# that no harness drives yet; 75.3% by the C harnesses alone);
+# (79.96-80.28% of 1,339-1,342 branches in two runs on 2026-11-27, after the gather-recovery
+# rounds added branches; the Python pass varies by a few branches, hence the margin;
+# 75.1-75.3% by the C harnesses alone);
 # issue 12 asks for 95%: what is left is mostly allocation
 # failures inside compaction and resync, NFS-like late bytes and races between
 # a reader and a remover, which need more harness cases.
@@ -16,7 +17,7 @@
 # on a 2-core VM (STRESS_ITERATIONS shortens the threaded stress).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MIN="${COVERAGE_MIN:-79}"
+MIN="${COVERAGE_MIN:-78}"
 W="$(mktemp -d)"
 CFLAGS=(-g -O0 -std=c11 -D_GNU_SOURCE -Icsrc -Wall -Wextra --coverage)
 objs=()
