@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ._C import Store
 from .meta import META_NAME, META_TMP, read_module_meta
@@ -289,6 +289,27 @@ def _confirm(prompt: str) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
+def _removal_confirmed(what: str, args: argparse.Namespace,
+                       show: Optional[Callable[[], None]] = None) -> bool:
+    """The one confirmation rule of clear and both prunes: --yes (or a dry run, where
+    the command has one) proceeds; otherwise a terminal is asked (after `show` lists
+    what would go) and anything else is refused with what to pass.  False: the user
+    said no, and "nothing removed" has been printed."""
+    dry_run = getattr(args, "dry_run", None)
+    if args.yes or dry_run:
+        return True
+    if not sys.stdin.isatty():
+        hint = " (or --dry-run to see the list)" if dry_run is not None else ""
+        raise CliError(f"would remove {what}; stdin is not a terminal, so pass --yes "
+                       f"to confirm{hint}")
+    if show is not None:
+        show()
+    if _confirm(f"Remove {what}? [y/N] "):
+        return True
+    print("nothing removed")
+    return False
+
+
 def _remove_module(m: ModuleDir) -> int:
     """Unlinks our files through a descriptor of the directory opened without
     following links, so a directory swapped for a link is never entered."""
@@ -340,13 +361,8 @@ def cmd_clear(args: argparse.Namespace) -> int:
     nbytes = sum(m.bytes for m in cache.modules)
     what = (f"{nfiles} cache file(s), {_human(nbytes)}, of {len(cache.modules)} module key(s) "
             f"under {cache.root}")
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise CliError(f"would remove {what}; stdin is not a terminal, so pass --yes "
-                           "to confirm")
-        if not _confirm(f"Remove {what}? [y/N] "):
-            print("nothing removed")
-            return EXIT_OK
+    if not _removal_confirmed(what, args):
+        return EXIT_OK
     removed = sum(_remove_module(m) for m in cache.modules)
     dirs = 0
     if cache.is_root:
@@ -488,15 +504,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
                  "recently used module keys")
     what = (f"{len(removal)} of {len(cache.modules)} module key(s), {_human(nbytes)} "
             f"({nbytes} bytes), under {cache.root}")
-    if removal and not args.dry_run and not args.yes:
-        if not sys.stdin.isatty():
-            raise CliError(f"would remove {what}; stdin is not a terminal, so pass --yes "
-                           "to confirm (or --dry-run to see the list)")
-        if not args.json:
-            _print_prune(removal, rule, {}, "remove")
-        if not _confirm(f"Remove {what}? [y/N] "):
-            print("nothing removed")
-            return EXIT_OK
+    show = None if args.json else (lambda: _print_prune(removal, rule, {}, "remove"))
+    if removal and not _removal_confirmed(what, args, show):
+        return EXIT_OK
     left: Dict[str, str] = {}
     freed = 0
     if not args.dry_run:
@@ -640,13 +650,8 @@ def _remote_prune(args: argparse.Namespace) -> int:
     nbytes = sum(m.bytes for m in removal)
     what = (f"{len(removal)} of {len(modules)} module key(s), {_human(nbytes)} ({nbytes} "
             f"bytes), under {args.dir}")
-    if removal and not args.dry_run and not args.yes:
-        if not sys.stdin.isatty():
-            raise CliError(f"would remove {what}; stdin is not a terminal, so pass --yes "
-                           "to confirm (or --dry-run to see the list)")
-        if not _confirm(f"Remove {what}? [y/N] "):
-            print("nothing removed")
-            return EXIT_OK
+    if removal and not _removal_confirmed(what, args):
+        return EXIT_OK
     freed = 0
     if not args.dry_run:
         for m in removal:
