@@ -332,7 +332,40 @@ def test_unreachable_remote_at_start_is_a_warning(tmp_path, monkeypatch, caplog)
     with caplog.at_level(logging.WARNING, logger="torchcache_c"):
         assert torch.equal(g(x), x + 1)
         assert torch.equal(g(x), x + 1)
+        # a flush (a barrier, or the exit) gives up on it with one warning; the
+        # process's exit then does not wait for it again
+        from torchcache_c import remote
+
+        assert remote.flush(10) is False
     assert g.cache_instance.stats()["hits"] == 8
+    assert any("gave up uploading" in r.getMessage() for r in caplog.records)
+
+
+def test_exit_with_an_unreachable_remote_warns_once_and_keeps_the_local_copy(tmp_path):
+    """A process whose remote never answers ends normally: one warning that it gave up,
+    no second "not everything was uploaded" line, the records still in the local dir."""
+    env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{_free_port()}",
+               AWS_ALLOW_HTTP="true", AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y",
+               AWS_DEFAULT_REGION="us-east-1")
+    local = tmp_path / "c"
+    code = (
+        "import torch\n"
+        "from torchcache_c import torchcache\n"
+        f"@torchcache(persistent=True, persistent_cache_dir={str(local)!r},\n"
+        "            persistent_remote='s3://nowhere/p', remote_refresh_s=0)\n"
+        "def g(x):\n"
+        "    return x + 1\n"
+        "x = torch.arange(12.0).reshape(4, 3)\n"
+        "assert torch.equal(g(x), x + 1)\n"
+        "print('done')\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "done"
+    assert proc.stderr.count("gave up uploading") == 1, proc.stderr
+    assert "not everything was uploaded" not in proc.stderr, proc.stderr
+    segments = list(local.rglob("seg-*.tcs"))
+    assert segments and sum(p.stat().st_size for p in segments) > 0
 
 
 def test_public_flush_is_exported():

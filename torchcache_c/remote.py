@@ -567,6 +567,8 @@ class RemoteTier:
         """Seal and upload what is due; True if nothing is left to do now."""
         if self._writer_pid != os.getpid():
             return True  # nothing stored by this process (a reader, or a forked child)
+        if final and self.gave_up and _exiting:
+            return True  # gave up (and said so) at an earlier flush: exit does not wait again
         now = time.monotonic()
         if now < self._retry_at:
             if not final:
@@ -777,10 +779,16 @@ def flush(timeout: float = FLUSH_S) -> bool:
     return _uploader.flush(timeout)
 
 
+_exiting = False
+
+
 def flush_at_exit() -> None:
+    global _exiting
     if _uploader._pid != os.getpid():
         return
-    if not flush(FLUSH_S):
+    _exiting = True
+    if not flush(FLUSH_S) and _uploader._final:
+        # Timed out.  A remote that was given up on has said so in its own warning.
         logger.warning("remote cache: not everything was uploaded at exit (a remote that "
                        "fails, or more than %.0f s of uploads); the rest stays in the local "
                        "directory only", FLUSH_S)
