@@ -379,3 +379,27 @@ def test_cache_dtype_is_part_of_the_key():
         ref = Backbone()(x)
     assert not torch.equal(rounded, ref)      # float16-rounded, stored and returned
     assert torch.equal(out, ref)              # never another instance's rounded outputs
+
+
+def test_tensor_tokens_are_fixed_width_and_carry_quantization_and_layout():
+    """The digest words are written as 16 hex digits each (unpadded words could make two
+    digests' texts equal); quantized tensors are keyed by their integer values and their
+    quantization parameters; a sparse tensor names its layout and is read densely."""
+    import re
+
+    from torchcache_c.keys import tensor_digest
+
+    dense = torch.tensor([[1.0, 0.0, 0.0, 2.0]])
+    token = tensor_digest(dense)
+    assert re.fullmatch(r"tensor\(torch\.float32,\(1, 4\),[0-9a-f]{32}\)", token), token
+    q = [torch.quantize_per_tensor(dense, s, z, torch.qint8)
+         for s, z in ((0.5, 0), (0.25, 0), (0.5, 1))]
+    assert len({tensor_digest(t) for t in q}) == 3
+    # equal integer values, different scale: different tokens
+    assert torch.equal(q[0].int_repr(), torch.quantize_per_tensor(
+        dense * 0.5, 0.25, 0, torch.qint8).int_repr())
+    assert tensor_digest(q[0]) != tensor_digest(
+        torch.quantize_per_tensor(dense * 0.5, 0.25, 0, torch.qint8))
+    sparse = dense.to_sparse()
+    assert tensor_digest(sparse) != token and tensor_digest(sparse).startswith(token[:-1])
+    assert tensor_digest(sparse) == tensor_digest(dense.clone().to_sparse())

@@ -193,12 +193,30 @@ def _origin_of(obj: Any) -> Optional[str]:
 # ---- values -> deterministic text ---------------------------------------------------
 
 def tensor_digest(t: torch.Tensor) -> str:
+    """dtype, shape and content.  A quantized tensor is its integer values and its
+    quantization parameters; a sparse one its dense values and its layout (the layout
+    is named, so a sparse and a dense tensor of equal values differ; strided tensors'
+    tokens carry no layout).  The layout is checked before anything reshapes: sparse
+    tensors cannot be reshaped."""
     t = t.detach()
-    flat = t.reshape(1, -1) if t.numel() else t.reshape(1, 0)
-    if t.device.type not in ("cpu", "cuda") or t.layout != torch.strided or t.is_quantized:
-        flat = (t.dequantize() if t.is_quantized else t).to_dense().cpu().reshape(1, -1)
-    digest = hash_tensor(flat)
-    return f"tensor({t.dtype},{tuple(t.shape)},{digest[0, 0].item():x}{digest[0, 1].item():x})"
+    dtype, shape, extra = t.dtype, tuple(t.shape), ""
+    if t.is_quantized:
+        scheme = t.qscheme()
+        if scheme in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+            extra = f",{scheme},{t.q_scale()!r},{t.q_zero_point()}"
+        else:
+            extra = (f",{scheme},{t.q_per_channel_axis()},"
+                     f"{tensor_digest(t.q_per_channel_scales())},"
+                     f"{tensor_digest(t.q_per_channel_zero_points())}")
+        t = t.int_repr()
+    if t.layout != torch.strided:
+        extra += f",{t.layout}"
+        t = t.to_dense()
+    if t.device.type not in ("cpu", "cuda"):
+        t = t.cpu()
+    digest = hash_tensor(t.reshape(1, -1) if t.numel() else t.reshape(1, 0))
+    lo, hi = (int(w) & 0xFFFFFFFFFFFFFFFF for w in digest[0].tolist())
+    return f"tensor({dtype},{shape},{lo:016x}{hi:016x}{extra})"
 
 
 class _Walk:
