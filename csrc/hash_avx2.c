@@ -254,7 +254,7 @@ static inline __attribute__((always_inline)) void absorb_half(const uint8_t *q, 
         __m256i k2 = _mm256_xor_si256(_mm256_xor_si256(w, l2), ks2);
         __m256i m1 = _mm256_mul_epu32(k1, _mm256_srli_epi64(k1, 32));
         __m256i m2 = _mm256_mul_epu32(k2, _mm256_srli_epi64(k2, 32));
-        acc_a[v] = _mm256_add_epi64(acc_a[v], _mm256_add_epi64(w, m1));
+        acc_a[v] = _mm256_add_epi64(acc_a[v], _mm256_add_epi64(m1, w));
         acc_c[v] = _mm256_add_epi64(acc_c[v], m2);
     }
 }
