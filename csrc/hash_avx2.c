@@ -96,12 +96,12 @@ static inline uint64_t hsum4(__m256i v)
  * a few in general registers.  AVX2 has no 64-bit multiply and builds one from
  * three 32-bit ones; even so, on a Zen 3 core (2026-11-27, a tight loop of
  * independent fmix64) a four-lane fmix64 cost 0.64 ns per lane and a scalar one
- * 1.25 ns, and the two kinds run on separate execution units, so the block
- * finish puts 28 of 32 lanes in registers and 4 in scalars (12 and 4 for a
- * 16-lane block).  The even split that was here before was bound by its scalar
- * half.  The lane finish is done in two passes over all lanes (first the inner
- * fmix64 of every lane, then the outer ones) so that what is in flight at once
- * is independent work rather than one lane's chain of dependent multiplies. */
+ * 1.25 ns, and the two kinds run on separate execution units, so a block finish
+ * puts 28 of 32 lanes in registers and 4 in scalars (12 and 4 for a 16-lane
+ * block).  v1's lane finish (the store's checksum) is done in two passes over all
+ * lanes (first the inner fmix64 of every lane, then the outer ones) so that what
+ * is in flight at once is independent work rather than one lane's chain of
+ * dependent multiplies; v2's has one fmix64 per lane and no chain. */
 
 /* tch128-v1 block finish of lanes 0 .. 4 * nv + ns - 1 (the store's payload
  * checksum): the first 4 * nv in registers, the last ns in scalars.  Inlined
