@@ -6,7 +6,7 @@
 Part 1, bulk: for each working set (default 154 MB = 256x3x224x224 float32, and 1.2 GB =
 2048 such items) and each thread count (1 .. nproc; torch.set_num_threads, which
 hash_tensor follows too), the median time of
-  - hash_tensor(x)                                 (tch128-v1, this package)
+  - hash_tensor(x)                                 (tch128-v2, this package)
   - x.sum()                                        (reads every byte once: the floor)
   - XXH3-128 of the same buffer (python-xxhash)    (one thread: xxhash has none)
   - BLAKE3 of the same buffer (blake3 wheel, max_threads = threads)
@@ -16,10 +16,14 @@ of them alike.  Target: hash / sum >= 0.85 at every size and thread count.
 Part 2, items: ns per item for hash_tensor on an (N, item) batch (one thread) and
 for XXH3-128 of each item, from memory (128 MiB of items) and in cache (4 MiB: more than
 L2, within L3 on most machines; enough items that hash_tensor's per-call cost, a few
-microseconds, is not counted per item).  Next to them, the floor of tch128-v1's finish:
+microseconds, is not counted per item).  Next to them, the floor of tch128-v2's finish:
 the fmix64 that the definition needs per item (docs/hash.md, section 9) times the
 fastest this core runs independent fmix64 (a C loop of scalar, AVX2 and mixed chains,
-compiled at run time); where floor/XXH3 is above 2, no v1 engine can meet the target.
+compiled at run time); where floor/XXH3 is above 2, no v2 engine can meet the target.
+What is compared: both sides are C loops over the items of one batch on one thread,
+timed in that thread's CPU time (hash_tensor: one call for the whole batch, whose fixed
+cost of a few microseconds is spread over thousands of items; XXH3-128: one
+XXH3_128bits call per item from a C loop, no Python per item).
 XXH3-128 is python-xxhash's own XXH3_128bits called from a small C loop (built
 with the system C compiler at run time) so no Python call overhead is counted;
 without a compiler it falls back to a Python loop minus the measured cost of
@@ -273,12 +277,12 @@ def fmix_floor():
 
 
 def fmix_count(item: int) -> int:
-    """fmix64 that tch128-v1 needs for a 1-d item of `item` bytes (docs/hash.md, section 9):
-    4 per lane holding data in each block (lanes of pure padding are constants), 2 per
-    block term, and 2 per metadata word (6 for a 1-d item) + 2 for the item."""
+    """fmix64 that tch128-v2 needs for a 1-d item of `item` bytes (docs/hash.md, section 9):
+    1 per lane holding data in each block (lanes of pure padding are constants), 2 per
+    block term, and 2 for the item (the metadata digest is formed once per batch)."""
     blocks, rest = divmod(item, 16384)
     lanes = [32] * blocks + ([min(32, -(-rest // 8))] if rest else [])
-    return sum(4 * n + 2 for n in lanes) + 2 * 6 + 2
+    return sum(n + 2 for n in lanes) + 2
 
 
 def items(item_sizes, repeats: int) -> dict:

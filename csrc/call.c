@@ -3,7 +3,7 @@
  *
  * call_fetch takes the call's input tensors and, with the GIL released once, hashes
  * every input's items, combines them with the context digest into item keys (the
- * same tch128-v1 digest that hash_tensor(stack([ctx, d_1, ..., d_k], 1)) gives: the
+ * same tch128-v2 digest that hash_tensor(stack([ctx, d_1, ..., d_k], 1)) gives: the
  * keys of existing stores keep hitting), XORs in each output leaf's constant, looks
  * every leaf key up, splits hits from misses and gathers the hits' records straight
  * into the rows of newly allocated full-batch output tensors, handed back as DLPack

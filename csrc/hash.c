@@ -1,4 +1,4 @@
-/* hash.c -- the item driver of tch128-v1 (docs/hash.md), the same for every SIMD
+/* hash.c -- the item driver of tch128-v2 (docs/hash.md), the same for every SIMD
  * level: cuts an item's byte stream into blocks, walks strided items and
  * samples, and finishes items with their metadata.  The arithmetic is done by
  * the kernels in use (hash_dispatch.c); this file never names an instruction
@@ -25,6 +25,34 @@ void tc_block_digest(const tc_hash_kernels *k, const uint8_t *p, size_t n, uint6
         k->block1(pad, (n + 7) / 8, h);
         return;
     }
+    size_t full = n / TC_HASH_STRIPE_BYTES;
+    size_t rest = n - full * TC_HASH_STRIPE_BYTES;
+    if (rest) {
+        /* The last stripe is zero-padded (docs/hash.md, section 3). */
+        memcpy(pad, p + full * TC_HASH_STRIPE_BYTES, rest);
+        memset(pad + rest, 0, sizeof(pad) - rest);
+    }
+    if (k->short_block && n <= TC_SHORT_BLOCK_STRIPES * TC_HASH_STRIPE_BYTES) {
+        /* A short block in one call, its accumulators never leaving registers. */
+        k->short_block(p, full, rest ? pad : NULL, h);
+        return;
+    }
+    uint64_t a[TC_HASH_LANES], c[TC_HASH_LANES];
+    memcpy(a, tc_keys + TC_K_IV1, sizeof(a));
+    memcpy(c, tc_keys + TC_K_IV2, sizeof(c));
+    k->stripes(p, full, 0, a, c);
+    if (rest)
+        k->stripes(pad, 1, full, a, c);
+    k->finish(a, c, h);
+}
+
+void tc_hash_block(const uint8_t *p, size_t n, uint64_t h[2])
+{
+    /* tch128-v1's block digest (the store's payload checksum, docs/format.md):
+     * the stripe loop is v2's, only the finish differs.  No one-stripe shortcut:
+     * a short block is one zero-padded stripe. */
+    const tc_hash_kernels *k = tc_hash_kernels_active();
+    uint8_t pad[TC_HASH_STRIPE_BYTES];
     uint64_t a[TC_HASH_LANES], c[TC_HASH_LANES];
     memcpy(a, tc_keys + TC_K_IV1, sizeof(a));
     memcpy(c, tc_keys + TC_K_IV2, sizeof(c));
@@ -32,23 +60,17 @@ void tc_block_digest(const tc_hash_kernels *k, const uint8_t *p, size_t n, uint6
     k->stripes(p, full, 0, a, c);
     size_t rest = n - full * TC_HASH_STRIPE_BYTES;
     if (rest) {
-        /* The last stripe is zero-padded (docs/hash.md, section 3). */
         memcpy(pad, p + full * TC_HASH_STRIPE_BYTES, rest);
         memset(pad + rest, 0, sizeof(pad) - rest);
         k->stripes(pad, 1, full, a, c);
     }
-    k->finish(a, c, h);
-}
-
-void tc_hash_block(const uint8_t *p, size_t n, uint64_t h[2])
-{
-    tc_block_digest(tc_hash_kernels_active(), p, n, h);
+    k->finish_v1(a, c, h);
 }
 
 void tc_block_terms(const uint8_t *p, size_t n, uint64_t b, uint64_t t[2])
 {
     uint64_t h[2];
-    tc_hash_block(p, n, h);
+    tc_block_digest(tc_hash_kernels_active(), p, n, h);
     /* Terms are keyed by the block index and summed, so blocks can be hashed in
      * any order, on several threads or on a GPU, and still give one digest
      * (docs/hash.md, section 4). */
@@ -115,10 +137,10 @@ size_t tc_item_meta(const tc_item *item, uint64_t sample_count, uint64_t nblocks
 tc_digest tc_finish_item(uint64_t t1, uint64_t t2, uint64_t nblocks, uint64_t sample_count,
                          const tc_item *item)
 {
-    uint64_t meta[TC_HASH_META_MAX];
-    size_t nmeta = tc_item_meta(item, sample_count, nblocks, meta);
+    uint64_t meta[TC_HASH_META_MAX], md[2];
+    tc_meta_digest(meta, tc_item_meta(item, sample_count, nblocks, meta), md);
     uint64_t t[2] = {t1, t2};
-    tc_items_final_portable(1, t, NULL, meta, nmeta, t);
+    tc_items_final_portable(1, t, NULL, md, t);
     tc_digest out = {t[0], t[1]};
     return out;
 }
@@ -199,6 +221,12 @@ static void feed_sample(tc_hash_stream *s, const tc_item *item, uint64_t numel, 
     }
 }
 
+uint64_t tc_effective_sample_count(uint64_t sample_count, uint64_t numel)
+{
+    /* docs/hash.md, section 6: N >= numel is the full-content digest. */
+    return sample_count >= numel ? 0 : sample_count;
+}
+
 tc_digest tc_hash_item(const tc_item *item, uint64_t sample_count, tc_hash_stream *s)
 {
     uint64_t numel = 1;
@@ -210,8 +238,7 @@ tc_digest tc_hash_item(const tc_item *item, uint64_t sample_count, tc_hash_strea
             compact = 0;
         expect *= item->shape[d];
     }
-    if (sample_count >= numel)
-        sample_count = 0;
+    sample_count = tc_effective_sample_count(sample_count, numel);
     tc_stream_init(s);
     if (numel == 0) {
         /* no bytes */

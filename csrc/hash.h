@@ -1,4 +1,4 @@
-/* hash.h -- the item hash "tch128-v1" (docs/hash.md): public engine interface.
+/* hash.h -- the item hash "tch128-v2" (docs/hash.md): public engine interface.
  * Plain C, no Python.  Every function here is thread-safe once tc_hash_init()
  * has returned. */
 #ifndef TC_HASH_H
@@ -78,7 +78,9 @@ int tc_hash_batch(const tc_batch *x, uint64_t sample_count, int threads, uint64_
 /* Constants shared with the CUDA engine. */
 uint64_t tc_hash_key(uint64_t index);
 uint64_t tc_fmix64(uint64_t z);
-/* Block digest (h1, h2) of n bytes, 0 < n <= TC_HASH_BLOCK_BYTES, with the active SIMD level. */
+/* tch128-v1's block digest (h1, h2) of n bytes, 0 < n <= TC_HASH_BLOCK_BYTES, with the
+ * active SIMD level: the store's payload checksum (docs/format.md), kept at v1 so that
+ * stores written before tch128-v2 verify.  Not the item hash's block digest. */
 void tc_hash_block(const uint8_t *p, size_t n, uint64_t h[2]);
 
 #endif

@@ -1,7 +1,7 @@
-/* hash_avx2.c -- the tch128-v1 kernels with AVX2 (hash_internal.h): in the stripe
+/* hash_avx2.c -- the tch128-v2 kernels with AVX2 (hash_internal.h): in the stripe
  * loop the 32 lanes are eight ymm registers per accumulator; the block finish and
- * the item finish run half their lanes (items) four to a register and half in
- * scalars.  Compiled with -mavx2 only (setup.py, SIMD_SOURCES); called only when
+ * the item finish run most of their lanes (items) four to a register and a few in
+ * scalars.  Also tch128-v1's block finish, for the store's payload checksum.  Compiled with -mavx2 only (setup.py, SIMD_SOURCES); called only when
  * the CPU reports AVX2 (hash_dispatch.c).  Must give exactly the results of
  * hash_portable.c. */
 #include "hash_internal.h"
@@ -96,18 +96,19 @@ static inline uint64_t hsum4(__m256i v)
  * a few in general registers.  AVX2 has no 64-bit multiply and builds one from
  * three 32-bit ones; even so, on a Zen 3 core (2026-11-27, a tight loop of
  * independent fmix64) a four-lane fmix64 cost 0.64 ns per lane and a scalar one
- * 1.25 ns, and the two kinds run on separate execution units, so the block
- * finish puts 28 of 32 lanes in registers and 4 in scalars (12 and 4 for a
- * 16-lane block).  The even split that was here before was bound by its scalar
- * half.  The lane finish is done in two passes over all lanes (first the inner
- * fmix64 of every lane, then the outer ones) so that what is in flight at once
- * is independent work rather than one lane's chain of dependent multiplies. */
+ * 1.25 ns, and the two kinds run on separate execution units, so a block finish
+ * puts 28 of 32 lanes in registers and 4 in scalars (12 and 4 for a 16-lane
+ * block).  v1's lane finish (the store's checksum) is done in two passes over all
+ * lanes (first the inner fmix64 of every lane, then the outer ones) so that what
+ * is in flight at once is independent work rather than one lane's chain of
+ * dependent multiplies; v2's has one fmix64 per lane and no chain. */
 
-/* Block finish of lanes 0 .. 4 * nv + ns - 1: the first 4 * nv in registers, the
- * last ns in scalars.  Inlined with constant nv and ns, so fully unrolled. */
-static inline __attribute__((always_inline)) void finish_lanes(const uint64_t *a,
-                                                               const uint64_t *c, int nv,
-                                                               int ns, uint64_t h[2])
+/* tch128-v1 block finish of lanes 0 .. 4 * nv + ns - 1 (the store's payload
+ * checksum): the first 4 * nv in registers, the last ns in scalars.  Inlined
+ * with constant nv and ns, so fully unrolled. */
+static inline __attribute__((always_inline)) void finish_lanes_v1(const uint64_t *a,
+                                                                  const uint64_t *c, int nv,
+                                                                  int ns, uint64_t h[2])
 {
     __m256i x1[8], x2[8];
     uint64_t y1[8], y2[8];
@@ -140,20 +141,60 @@ static inline __attribute__((always_inline)) void finish_lanes(const uint64_t *a
     h[1] += hsum4(h2) + g2;
 }
 
+static void finish_v1_avx2(const uint64_t a[TC_HASH_LANES], const uint64_t c[TC_HASH_LANES],
+                           uint64_t h[2])
+{
+    h[0] = h[1] = 0;
+    finish_lanes_v1(a, c, 7, 4, h);
+}
+
+/* tch128-v2 block finish (one fmix64 per accumulator) of lanes 0 .. 4 * nv + ns - 1
+ * whose accumulators are av[0..nv-1], cv[0..nv-1] (registers) and a[4 * nv ..],
+ * c[4 * nv ..] (the ns scalar lanes).  Inlined with constant nv and ns. */
+static inline __attribute__((always_inline)) void finish_lanes(const __m256i *av,
+                                                               const __m256i *cv,
+                                                               const uint64_t *a,
+                                                               const uint64_t *c, int nv,
+                                                               int ns, uint64_t h[2])
+{
+    int j0 = 4 * nv; /* first scalar lane */
+    __m256i h1 = _mm256_setzero_si256(), h2 = _mm256_setzero_si256();
+    uint64_t g1 = 0, g2 = 0;
+    for (int v = 0; v < nv; v++) {
+        __m256i f1 = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_FIN1 + 4 * v));
+        __m256i f2 = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_FIN2 + 4 * v));
+        h1 = _mm256_add_epi64(h1, fmix4(_mm256_xor_si256(av[v], f1)));
+        h2 = _mm256_add_epi64(h2, _mm256_xor_si256(cv[v], f2));
+    }
+    for (int j = 0; j < ns; j++) {
+        g1 += fmix_gpr(a[j0 + j] ^ tc_keys[TC_K_FIN1 + j0 + j]);
+        g2 += c[j0 + j] ^ tc_keys[TC_K_FIN2 + j0 + j];
+    }
+    h[0] += hsum4(h1) + g1;
+    h[1] += hsum4(h2) + g2;
+}
+
 static void finish_avx2(const uint64_t a[TC_HASH_LANES], const uint64_t c[TC_HASH_LANES],
                         uint64_t h[2])
 {
+    __m256i av[8], cv[8];
+    for (int v = 0; v < 7; v++) {
+        av[v] = _mm256_loadu_si256((const __m256i *)(a + 4 * v));
+        cv[v] = _mm256_loadu_si256((const __m256i *)(c + 4 * v));
+    }
     h[0] = h[1] = 0;
-    finish_lanes(a, c, 7, 4, h);
+    finish_lanes(av, cv, a, c, 7, 4, h);
 }
 
-void tc_block1_avx2(const uint8_t *stripe, size_t lanes, uint64_t h[2])
+/* The one-stripe block of `n` lanes (n a multiple of 8): accumulators of the
+ * first 4 * nv lanes stay in registers, the other ns go through memory to the
+ * scalar finish.  Inlined with constant n, nv and ns. */
+static inline __attribute__((always_inline)) void block1_lanes(const uint8_t *stripe, int n,
+                                                               int nv, int ns, uint64_t h[2])
 {
-    /* Whole steps of eight lanes; the lanes past `lanes` read zeros, as the
-     * tail table assumes. */
-    int n = (int)((lanes + 7) / 8) * 8;
     const __m256i ks1 = _mm256_set1_epi64x((long long)tc_keys[TC_K_STRIPE1]);
     const __m256i ks2 = _mm256_set1_epi64x((long long)tc_keys[TC_K_STRIPE2]);
+    __m256i av[8], cv[8];
     uint64_t a[TC_HASH_LANES], c[TC_HASH_LANES];
     for (int v = 0; v < n / 4; v++) {
         __m256i w = _mm256_loadu_si256((const __m256i *)(stripe + 32 * v));
@@ -163,29 +204,88 @@ void tc_block1_avx2(const uint8_t *stripe, size_t lanes, uint64_t h[2])
         __m256i iv2 = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_IV2 + 4 * v));
         __m256i k1 = _mm256_xor_si256(_mm256_xor_si256(w, l1), ks1);
         __m256i k2 = _mm256_xor_si256(_mm256_xor_si256(w, l2), ks2);
-        __m256i av = _mm256_add_epi64(_mm256_add_epi64(iv1, w),
-                                      _mm256_mul_epu32(k1, _mm256_srli_epi64(k1, 32)));
-        __m256i cv = _mm256_add_epi64(iv2, _mm256_mul_epu32(k2, _mm256_srli_epi64(k2, 32)));
-        _mm256_storeu_si256((__m256i *)(a + 4 * v), av);
-        _mm256_storeu_si256((__m256i *)(c + 4 * v), cv);
+        av[v] = _mm256_add_epi64(_mm256_add_epi64(iv1, w),
+                                 _mm256_mul_epu32(k1, _mm256_srli_epi64(k1, 32)));
+        cv[v] = _mm256_add_epi64(iv2, _mm256_mul_epu32(k2, _mm256_srli_epi64(k2, 32)));
+        if (v >= nv) {
+            _mm256_storeu_si256((__m256i *)(a + 4 * v), av[v]);
+            _mm256_storeu_si256((__m256i *)(c + 4 * v), cv[v]);
+        }
     }
     h[0] = tc_lane_tail[n][0];
     h[1] = tc_lane_tail[n][1];
-    /* Most lanes in registers, a few in scalars (above). */
-    switch (n) {
-    case 8:
-        finish_lanes(a, c, 2, 0, h);
+    finish_lanes(av, cv, a, c, nv, ns, h);
+}
+
+void tc_block1_avx2(const uint8_t *stripe, size_t lanes, uint64_t h[2])
+{
+    /* Whole steps of eight lanes; the lanes past `lanes` read zeros, as the
+     * tail table assumes.  Most lanes in registers, a few in scalars (above). */
+    switch ((lanes + 7) / 8) {
+    case 1:
+        block1_lanes(stripe, 8, 2, 0, h);
         break;
-    case 16:
-        finish_lanes(a, c, 3, 4, h);
+    case 2:
+        block1_lanes(stripe, 16, 3, 4, h);
         break;
-    case 24:
-        finish_lanes(a, c, 5, 4, h);
+    case 3:
+        block1_lanes(stripe, 24, 5, 4, h);
         break;
     default:
-        finish_lanes(a, c, 7, 4, h);
+        block1_lanes(stripe, 32, 7, 4, h);
         break;
     }
+}
+
+/* Absorbs stripe s (keys KS1[s], KS2[s]) into the accumulators of the 16 lanes
+ * 16 * half .. 16 * half + 15, four registers each; q points at those lanes'
+ * 128 bytes of the stripe. */
+static inline __attribute__((always_inline)) void absorb_half(const uint8_t *q, size_t s,
+                                                              int half, __m256i acc_a[4],
+                                                              __m256i acc_c[4])
+{
+    __m256i ks1 = _mm256_set1_epi64x((long long)tc_keys[TC_K_STRIPE1 + s]);
+    __m256i ks2 = _mm256_set1_epi64x((long long)tc_keys[TC_K_STRIPE2 + s]);
+    for (int v = 0; v < 4; v++) {
+        __m256i w = _mm256_loadu_si256((const __m256i *)(q + 32 * v));
+        __m256i l1 = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_LANE1 + 16 * half + 4 * v));
+        __m256i l2 = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_LANE2 + 16 * half + 4 * v));
+        __m256i k1 = _mm256_xor_si256(_mm256_xor_si256(w, l1), ks1);
+        __m256i k2 = _mm256_xor_si256(_mm256_xor_si256(w, l2), ks2);
+        __m256i m1 = _mm256_mul_epu32(k1, _mm256_srli_epi64(k1, 32));
+        __m256i m2 = _mm256_mul_epu32(k2, _mm256_srli_epi64(k2, 32));
+        acc_a[v] = _mm256_add_epi64(acc_a[v], _mm256_add_epi64(m1, w));
+        acc_c[v] = _mm256_add_epi64(acc_c[v], m2);
+    }
+}
+
+/* Short blocks (2 to 16 stripes): the 32 lanes in two passes of 16, so that a
+ * pass's eight accumulators stay in registers through the stripes and the
+ * finish (all 32 lanes at once need 16 of AVX2's 16 ymm registers and spill).
+ * The stripes of a short block are in cache after the first pass.  Large
+ * blocks keep stripes_avx2, whose single pass suits data coming from DRAM. */
+void tc_short_block_avx2(const uint8_t *p, size_t full, const uint8_t *last, uint64_t h[2])
+{
+    __m256i h1 = _mm256_setzero_si256(), h2 = _mm256_setzero_si256();
+    for (int half = 0; half < 2; half++) {
+        __m256i acc_a[4], acc_c[4];
+        for (int v = 0; v < 4; v++) {
+            acc_a[v] = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_IV1 + 16 * half + 4 * v));
+            acc_c[v] = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_IV2 + 16 * half + 4 * v));
+        }
+        for (size_t s = 0; s < full; s++)
+            absorb_half(p + s * TC_HASH_STRIPE_BYTES + 128 * half, s, half, acc_a, acc_c);
+        if (last)
+            absorb_half(last + 128 * half, full, half, acc_a, acc_c);
+        for (int v = 0; v < 4; v++) {
+            __m256i f1 = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_FIN1 + 16 * half + 4 * v));
+            __m256i f2 = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_FIN2 + 16 * half + 4 * v));
+            h1 = _mm256_add_epi64(h1, fmix4(_mm256_xor_si256(acc_a[v], f1)));
+            h2 = _mm256_add_epi64(h2, _mm256_xor_si256(acc_c[v], f2));
+        }
+    }
+    h[0] = hsum4(h1);
+    h[1] = hsum4(h2);
 }
 
 static inline __m256i rotl4(__m256i x, int r)
@@ -198,9 +298,8 @@ static inline __m256i rotl4(__m256i x, int r)
  * constant nv and ns. */
 static inline __attribute__((always_inline)) void items_group(const uint64_t *in,
                                                               const uint64_t *kb,
-                                                              const uint64_t *meta,
-                                                              size_t nmeta, uint64_t *out,
-                                                              int nv, int ns)
+                                                              const uint64_t md[2],
+                                                              uint64_t *out, int nv, int ns)
 {
     __m256i s1[2], s2[2];
     uint64_t r1[4], r2[4];
@@ -226,30 +325,16 @@ static inline __attribute__((always_inline)) void items_group(const uint64_t *in
             r2[i] = fmix_gpr(r2[i] ^ kb[1]);
         }
     }
-    const __m256i seed1 = _mm256_set1_epi64x((long long)tc_keys[TC_K_SEED1]);
-    const __m256i seed2 = _mm256_set1_epi64x((long long)tc_keys[TC_K_SEED2]);
+    /* docs/hash.md, section 5: the sums meet the metadata digest. */
+    const __m256i md1 = _mm256_set1_epi64x((long long)md[0]);
+    const __m256i md2 = _mm256_set1_epi64x((long long)md[1]);
     for (int v = 0; v < nv; v++) {
-        s1[v] = _mm256_xor_si256(s1[v], seed1);
-        s2[v] = _mm256_xor_si256(s2[v], seed2);
+        s1[v] = _mm256_xor_si256(s1[v], md1);
+        s2[v] = _mm256_xor_si256(s2[v], md2);
     }
     for (int i = 0; i < ns; i++) {
-        r1[i] ^= tc_keys[TC_K_SEED1];
-        r2[i] ^= tc_keys[TC_K_SEED2];
-    }
-    const __m256i gamma = _mm256_set1_epi64x((long long)TC_GAMMA);
-    for (size_t m = 0; m < nmeta; m++) {
-        uint64_t m2s = tc_rotl64(meta[m], 32);
-        __m256i m1 = _mm256_set1_epi64x((long long)meta[m]);
-        __m256i m2 = _mm256_set1_epi64x((long long)m2s);
-        for (int v = 0; v < nv; v++) {
-            s1[v] = _mm256_add_epi64(fmix4(_mm256_xor_si256(s1[v], m1)), gamma);
-            s2[v] = _mm256_add_epi64(fmix4(_mm256_xor_si256(s2[v], m2)), gamma);
-        }
-        /* tc_meta_absorb, in general registers. */
-        for (int i = 0; i < ns; i++) {
-            r1[i] = fmix_gpr(r1[i] ^ meta[m]) + TC_GAMMA;
-            r2[i] = fmix_gpr(r2[i] ^ m2s) + TC_GAMMA;
-        }
+        r1[i] ^= md[0];
+        r2[i] ^= md[1];
     }
     for (int v = 0; v < nv; v++) {
         __m256i d1 = fmix4(_mm256_add_epi64(s1[v], rotl4(s2[v], 29)));
@@ -265,20 +350,21 @@ static inline __attribute__((always_inline)) void items_group(const uint64_t *in
     }
 }
 
-void tc_items_final_avx2(size_t n, const uint64_t *in, const uint64_t *kb, const uint64_t *meta,
-                         size_t nmeta, uint64_t *out)
+void tc_items_final_avx2(size_t n, const uint64_t *in, const uint64_t *kb, const uint64_t md[2],
+                         uint64_t *out)
 {
     /* Every register group reads all of its input before it writes (out may be
      * in), and groups do not overlap. */
     size_t i = 0;
     for (; i + 12 <= n; i += 12)
-        items_group(in + 2 * i, kb, meta, nmeta, out + 2 * i, 2, 4);
+        items_group(in + 2 * i, kb, md, out + 2 * i, 2, 4);
     for (; i + 4 <= n; i += 4)
-        items_group(in + 2 * i, kb, meta, nmeta, out + 2 * i, 1, 0);
-    tc_items_final_portable(n - i, in + 2 * i, kb, meta, nmeta, out + 2 * i);
+        items_group(in + 2 * i, kb, md, out + 2 * i, 1, 0);
+    tc_items_final_portable(n - i, in + 2 * i, kb, md, out + 2 * i);
 }
 
 const tc_hash_kernels tc_kernels_avx2 = {
-    TC_SIMD_AVX2, stripes_avx2, finish_avx2, tc_block1_avx2, tc_items_final_avx2,
+    TC_SIMD_AVX2, stripes_avx2, finish_avx2, finish_v1_avx2, tc_block1_avx2,
+    tc_short_block_avx2, tc_items_final_avx2,
 };
 #endif

@@ -1,4 +1,5 @@
-/* hash_avx512.c -- the tch128-v1 stripe loop and block finish with AVX-512F/DQ:
+/* hash_avx512.c -- the tch128-v2 stripe loop and block finish with AVX-512F/DQ
+ * (and tch128-v1's block finish, for the store's payload checksum):
  * the 32 lanes are four zmm registers per accumulator.  The one-stripe block
  * and the item finish are the AVX2 kernels (an AVX-512 CPU has AVX2).
  * Compiled with -mavx512f -mavx512dq only (setup.py, SIMD_SOURCES); called only
@@ -64,6 +65,22 @@ static void finish_avx512(const uint64_t a[TC_HASH_LANES], const uint64_t c[TC_H
         __m512i cv = _mm512_loadu_si512((const void *)(c + 8 * v));
         __m512i f1 = _mm512_loadu_si512((const void *)(tc_keys + TC_K_FIN1 + 8 * v));
         __m512i f2 = _mm512_loadu_si512((const void *)(tc_keys + TC_K_FIN2 + 8 * v));
+        h1 = _mm512_add_epi64(h1, fmix64x8(_mm512_xor_si512(av, f1)));
+        h2 = _mm512_add_epi64(h2, _mm512_xor_si512(cv, f2));
+    }
+    h[0] = (uint64_t)_mm512_reduce_add_epi64(h1);
+    h[1] = (uint64_t)_mm512_reduce_add_epi64(h2);
+}
+
+static void finish_v1_avx512(const uint64_t a[TC_HASH_LANES], const uint64_t c[TC_HASH_LANES],
+                             uint64_t h[2])
+{
+    __m512i h1 = _mm512_setzero_si512(), h2 = _mm512_setzero_si512();
+    for (int v = 0; v < 4; v++) {
+        __m512i av = _mm512_loadu_si512((const void *)(a + 8 * v));
+        __m512i cv = _mm512_loadu_si512((const void *)(c + 8 * v));
+        __m512i f1 = _mm512_loadu_si512((const void *)(tc_keys + TC_K_FIN1 + 8 * v));
+        __m512i f2 = _mm512_loadu_si512((const void *)(tc_keys + TC_K_FIN2 + 8 * v));
         h1 = _mm512_add_epi64(h1, fmix64x8(_mm512_add_epi64(av, fmix64x8(_mm512_xor_si512(cv, f1)))));
         h2 = _mm512_add_epi64(h2, fmix64x8(_mm512_add_epi64(cv, fmix64x8(_mm512_xor_si512(av, f2)))));
     }
@@ -72,6 +89,7 @@ static void finish_avx512(const uint64_t a[TC_HASH_LANES], const uint64_t c[TC_H
 }
 
 const tc_hash_kernels tc_kernels_avx512 = {
-    TC_SIMD_AVX512, stripes_avx512, finish_avx512, tc_block1_avx2, tc_items_final_avx2,
+    TC_SIMD_AVX512, stripes_avx512, finish_avx512, finish_v1_avx512, tc_block1_avx2,
+    tc_short_block_avx2, tc_items_final_avx2,
 };
 #endif

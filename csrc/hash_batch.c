@@ -40,8 +40,7 @@ typedef struct {
     uint64_t units;           /* items (ONE_BLOCK, ITEMS) or blocks of all items (BLOCKS) */
     uint64_t chunk;           /* units claimed at a time */
     _Atomic uint64_t next;    /* first unit not yet claimed */
-    const uint64_t *meta;
-    size_t nmeta;
+    uint64_t md[2];           /* the metadata digest (docs/hash.md, section 5) */
     uint64_t *digests;
 } tc_job;
 
@@ -72,7 +71,7 @@ static void one_block_items(tc_job *job, uint64_t begin, uint64_t end)
     for (uint64_t i = begin; i < end; i++)
         tc_block_digest(job->k, item_base(job->x, (int64_t)i), job->item_bytes,
                         job->digests + 2 * i);
-    job->k->items_final((size_t)(end - begin), out, tc_block0_key, job->meta, job->nmeta, out);
+    job->k->items_final((size_t)(end - begin), out, tc_block0_key, job->md, out);
 }
 
 static void block_terms(tc_job *job, uint64_t *sums, uint64_t begin, uint64_t end)
@@ -158,15 +157,14 @@ int tc_hash_batch(const tc_batch *x, uint64_t sample_count, int threads, uint64_
 {
     uint64_t numel;
     int compact = item_is_compact(&x->item, &numel);
-    if (sample_count >= numel)
-        sample_count = 0;
+    sample_count = tc_effective_sample_count(sample_count, numel);
     size_t item_bytes = (size_t)numel * x->item.itemsize;
     uint64_t blocks_per_item = (item_bytes + TC_HASH_BLOCK_BYTES - 1) / TC_HASH_BLOCK_BYTES;
     uint64_t meta[TC_HASH_META_MAX];
     tc_job job = {
         .x = x, .k = tc_hash_kernels_active(), .sample_count = sample_count,
         .blocks_per_item = blocks_per_item, .item_bytes = item_bytes,
-        .meta = meta, .digests = digests,
+        .digests = digests,
     };
     atomic_init(&job.next, 0);
     if (x->batch <= 0)
@@ -176,15 +174,15 @@ int tc_hash_batch(const tc_batch *x, uint64_t sample_count, int threads, uint64_
         job.units = (uint64_t)x->batch;
     } else if (item_bytes == 0) {
         /* No blocks: every item is the finish of zero sums. */
-        job.nmeta = tc_item_meta(&x->item, 0, 0, meta);
+        tc_meta_digest(meta, tc_item_meta(&x->item, 0, 0, meta), job.md);
         memset(digests, 0, 2 * sizeof(uint64_t) * (size_t)x->batch);
-        job.k->items_final((size_t)x->batch, digests, NULL, meta, job.nmeta, digests);
+        job.k->items_final((size_t)x->batch, digests, NULL, job.md, digests);
         return 0;
     } else {
         job.mode = blocks_per_item == 1 ? MODE_ONE_BLOCK : MODE_BLOCKS;
         job.units = job.mode == MODE_ONE_BLOCK ? (uint64_t)x->batch
                                                : blocks_per_item * (uint64_t)x->batch;
-        job.nmeta = tc_item_meta(&x->item, 0, blocks_per_item, meta);
+        tc_meta_digest(meta, tc_item_meta(&x->item, 0, blocks_per_item, meta), job.md);
     }
     uint64_t unit_bytes = job.mode == MODE_BLOCKS ? TC_HASH_BLOCK_BYTES : item_bytes;
     job.chunk = unit_bytes ? TC_CHUNK_BYTES / unit_bytes : 1;
@@ -224,7 +222,7 @@ int tc_hash_batch(const tc_batch *x, uint64_t sample_count, int threads, uint64_
                 t += workers[k].sums[j];
             digests[j] = t;
         }
-        job.k->items_final((size_t)x->batch, digests, NULL, meta, job.nmeta, digests);
+        job.k->items_final((size_t)x->batch, digests, NULL, job.md, digests);
         free(sums);
     }
     return rc;

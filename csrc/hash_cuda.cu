@@ -1,4 +1,4 @@
-/* hash_cuda.cu -- tch128-v1 (docs/hash.md) as CUDA kernels; docs/cuda.md
+/* hash_cuda.cu -- tch128-v2 (docs/hash.md) as CUDA kernels; docs/cuda.md
  * explains the decomposition.  C-style CUDA: extern "C" kernels, no cudart,
  * no templates.  setup.py compiles this file to a fatbin that the extension
  * embeds; cuda.c loads it through the driver API and launches:

@@ -1,6 +1,6 @@
 /* hash_cuda_common.h -- what the CUDA kernels (hash_cuda.cu) and their host
  * launcher (cuda.c) share: the kernel argument structs, the plan that cuts a
- * batch into launches, and the tch128-v1 arithmetic (docs/hash.md) as inline
+ * batch into launches, and the tch128-v2 arithmetic (docs/hash.md) as inline
  * __host__ __device__ functions.
  *
  * It is valid C11 and valid CUDA C++, so the launcher and the kernels agree on
@@ -143,8 +143,9 @@ TC_HD void tc_cu_lane_block(const uint8_t *p, uint64_t n, unsigned lane, const u
         uint64_t w = valid >= 8 ? tc_cu_load_word(t, mis) : tc_cu_load_partial(t, valid);
         tc_cu_absorb(&st, w, ks[full], ks[TC_HASH_BLOCK_STRIPES + full]);
     }
-    *h1 = tc_cu_fmix64(st.a + tc_cu_fmix64(st.c ^ tc_cu_key(TC_K_FIN1 + lane)));
-    *h2 = tc_cu_fmix64(st.c + tc_cu_fmix64(st.a ^ tc_cu_key(TC_K_FIN2 + lane)));
+    /* tch128-v2's lane finish: one fmix64, for the first accumulator. */
+    *h1 = tc_cu_fmix64(st.a ^ tc_cu_key(TC_K_FIN1 + lane));
+    *h2 = st.c ^ tc_cu_key(TC_K_FIN2 + lane);
 }
 
 /* Block b's terms of the item's sums (docs/hash.md, section 4).  Sums mod 2^64
@@ -166,19 +167,23 @@ TC_HD void tc_cu_meta_absorb(uint64_t *s1, uint64_t *s2, uint64_t m)
 }
 
 /* The metadata finish of tc_stream_final (docs/hash.md, section 5): t[0], t[1]
- * are the item's sums of block terms; the digest replaces them. */
+ * are the item's sums of block terms; the digest replaces them.  The metadata
+ * digest (M1, M2) is the same for every item; each thread forms it (a few
+ * dozen multiplies, nothing against the blocks). */
 TC_HD void tc_cu_finish(uint64_t t[2], uint64_t sample_count, uint64_t dtype_word,
                         uint64_t nbytes, uint64_t nblocks, int ndim, const int64_t *shape)
 {
-    uint64_t s1 = t[0] ^ tc_cu_key(TC_K_SEED1);
-    uint64_t s2 = t[1] ^ tc_cu_key(TC_K_SEED2);
-    tc_cu_meta_absorb(&s1, &s2, sample_count);
-    tc_cu_meta_absorb(&s1, &s2, dtype_word);
-    tc_cu_meta_absorb(&s1, &s2, nbytes);
-    tc_cu_meta_absorb(&s1, &s2, nblocks);
-    tc_cu_meta_absorb(&s1, &s2, (uint64_t)ndim);
+    uint64_t m1 = tc_cu_key(TC_K_SEED1);
+    uint64_t m2 = tc_cu_key(TC_K_SEED2);
+    tc_cu_meta_absorb(&m1, &m2, sample_count);
+    tc_cu_meta_absorb(&m1, &m2, dtype_word);
+    tc_cu_meta_absorb(&m1, &m2, nbytes);
+    tc_cu_meta_absorb(&m1, &m2, nblocks);
+    tc_cu_meta_absorb(&m1, &m2, (uint64_t)ndim);
     for (int d = 0; d < ndim; d++)
-        tc_cu_meta_absorb(&s1, &s2, (uint64_t)shape[d]);
+        tc_cu_meta_absorb(&m1, &m2, (uint64_t)shape[d]);
+    uint64_t s1 = t[0] ^ m1;
+    uint64_t s2 = t[1] ^ m2;
     t[0] = tc_cu_fmix64(s1 + tc_cu_rotl64(s2, 29));
     t[1] = tc_cu_fmix64(s2 ^ t[0]);
 }

@@ -1,4 +1,4 @@
-/* hash_internal.h -- what the tch128-v1 kernels (hash_portable.c and one file per
+/* hash_internal.h -- what the tch128-v2 kernels (hash_portable.c and one file per
  * instruction set) share with the item driver (hash.c, hash_batch.c) and the
  * dispatcher (hash_dispatch.c).  Not installed, not part of any interface.
  *
@@ -31,8 +31,8 @@
 extern uint64_t tc_keys[TC_K_COUNT];
 /* tc_lane_tail[L] = the (h1, h2) contributions of lanes L..31 of a block of one
  * stripe in which those lanes read only zero padding: such a lane's
- * accumulators depend on the keys alone, so its share of the block finish is a
- * constant (docs/hash.md, section 4). */
+ * accumulators depend on the keys alone, so its share of the (v2) block finish
+ * is a constant (docs/hash.md, section 4). */
 extern uint64_t tc_lane_tail[TC_HASH_LANES + 1][2];
 /* fmix64(0 + CB1), fmix64(0 + CB2): block 0's term keys. */
 extern uint64_t tc_block0_key[2];
@@ -46,21 +46,34 @@ typedef struct {
      * into the lane accumulators a[32] and c[32]. */
     void (*stripes)(const uint8_t *p, size_t nstripes, size_t s0, uint64_t a[TC_HASH_LANES],
                     uint64_t c[TC_HASH_LANES]);
-    /* Reduces the lane accumulators to the block digest (h1, h2). */
+    /* Reduces the lane accumulators to the block digest (h1, h2) of tch128-v2. */
     void (*finish)(const uint64_t a[TC_HASH_LANES], const uint64_t c[TC_HASH_LANES],
                    uint64_t h[2]);
+    /* The same with tch128-v1's block finish: only tc_hash_block, the store's
+     * payload checksum (docs/format.md), uses it, so that stores written before
+     * v2 still verify. */
+    void (*finish_v1)(const uint64_t a[TC_HASH_LANES], const uint64_t c[TC_HASH_LANES],
+                      uint64_t h[2]);
     /* Block digest of a block of one stripe (at most 256 bytes): `stripe` holds
      * that stripe's first `lanes` words, zero-padded up to a multiple of eight
      * words; the lanes after those are added from tc_lane_tail. */
     void (*block1)(const uint8_t *stripe, size_t lanes, uint64_t h[2]);
+    /* Block digest (h1, h2) of a short block: `full` whole stripes at p, then, if
+     * `last` is not NULL, one more (zero-padded) stripe at `last`; at most
+     * TC_SHORT_BLOCK_STRIPES stripes in all.  NULL where the level has nothing
+     * better than stripes + finish. */
+    void (*short_block)(const uint8_t *p, size_t full, const uint8_t *last, uint64_t h[2]);
     /* Finishes n items (docs/hash.md, section 5).  in[2i], in[2i+1] are item i's
      * term sums (T1, T2), or, when kb is not NULL, the digest (h1, h2) of its only
-     * block, whose term fmix64(h ^ kb[k]) is formed first.  meta[0..nmeta-1] are
-     * the metadata words, the same for every item.  Writes out[2i], out[2i+1];
-     * out may be in. */
-    void (*items_final)(size_t n, const uint64_t *in, const uint64_t *kb, const uint64_t *meta,
-                        size_t nmeta, uint64_t *out);
+     * block, whose term fmix64(h ^ kb[k]) is formed first.  md[0], md[1] are the
+     * metadata digest (M1, M2), the same for every item (tc_meta_digest).
+     * Writes out[2i], out[2i+1]; out may be in. */
+    void (*items_final)(size_t n, const uint64_t *in, const uint64_t *kb, const uint64_t md[2],
+                        uint64_t *out);
 } tc_hash_kernels;
+
+/* Blocks of at most this many stripes (4 KiB) may take short_block. */
+#define TC_SHORT_BLOCK_STRIPES 16
 
 extern const tc_hash_kernels tc_kernels_portable;
 #if defined(__x86_64__) || defined(_M_X64)
@@ -69,8 +82,9 @@ extern const tc_hash_kernels tc_kernels_avx2;
 extern const tc_hash_kernels tc_kernels_avx512;
 /* Shared by the AVX-512 table (hash_avx2.c). */
 void tc_block1_avx2(const uint8_t *stripe, size_t lanes, uint64_t h[2]);
-void tc_items_final_avx2(size_t n, const uint64_t *in, const uint64_t *kb, const uint64_t *meta,
-                         size_t nmeta, uint64_t *out);
+void tc_short_block_avx2(const uint8_t *p, size_t full, const uint8_t *last, uint64_t h[2]);
+void tc_items_final_avx2(size_t n, const uint64_t *in, const uint64_t *kb, const uint64_t md[2],
+                         uint64_t *out);
 #endif
 
 /* The kernels in use (hash_dispatch.c); one atomic load.  A caller loads them
@@ -86,10 +100,19 @@ void tc_block_digest(const tc_hash_kernels *k, const uint8_t *p, size_t n, uint6
 #define TC_HASH_META_MAX (5 + 64)
 size_t tc_item_meta(const tc_item *item, uint64_t sample_count, uint64_t nblocks,
                     uint64_t *meta);
+/* The sample count that defines the digest (docs/hash.md, section 6): 0 when
+ * sample_count >= numel.  The one place that rule is written; tc_hash_item and
+ * tc_hash_batch both ask it. */
+uint64_t tc_effective_sample_count(uint64_t sample_count, uint64_t numel);
+/* The metadata digest (M1, M2) of docs/hash.md, section 5: the same for every
+ * item of a batch, so a batch forms it once. */
+void tc_meta_digest(const uint64_t *meta, size_t nmeta, uint64_t md[2]);
 
 /* The portable scalar pieces, for the SIMD files' remainders. */
 void tc_items_final_portable(size_t n, const uint64_t *in, const uint64_t *kb,
-                             const uint64_t *meta, size_t nmeta, uint64_t *out);
+                             const uint64_t md[2], uint64_t *out);
+void tc_finish_v1_portable(const uint64_t a[TC_HASH_LANES], const uint64_t c[TC_HASH_LANES],
+                           uint64_t h[2]);
 
 static inline uint64_t tc_rotl64(uint64_t x, unsigned r)
 {
@@ -108,14 +131,23 @@ static inline uint64_t tc_fmix(uint64_t z)
     return z;
 }
 
-/* One lane's share of the block finish (docs/hash.md, section 4), added to h1, h2. */
+/* One lane's share of the tch128-v2 block finish (docs/hash.md, section 4),
+ * added to h1, h2: one fmix64, for the accumulator that holds every data bit. */
 static inline void tc_lane_finish(uint64_t a, uint64_t c, int j, uint64_t *h1, uint64_t *h2)
+{
+    *h1 += tc_fmix(a ^ tc_keys[TC_K_FIN1 + j]);
+    *h2 += c ^ tc_keys[TC_K_FIN2 + j];
+}
+
+/* The same with tch128-v1's block finish (two fmix64 per accumulator), which the
+ * store's payload checksum keeps (docs/format.md). */
+static inline void tc_lane_finish_v1(uint64_t a, uint64_t c, int j, uint64_t *h1, uint64_t *h2)
 {
     *h1 += tc_fmix(a + tc_fmix(c ^ tc_keys[TC_K_FIN1 + j]));
     *h2 += tc_fmix(c + tc_fmix(a ^ tc_keys[TC_K_FIN2 + j]));
 }
 
-/* One step of the item finish (docs/hash.md, section 5). */
+/* One step of the metadata digest (docs/hash.md, section 5). */
 static inline void tc_meta_absorb(uint64_t *s1, uint64_t *s2, uint64_t m)
 {
     *s1 = tc_fmix(*s1 ^ m) + TC_GAMMA;

@@ -1,5 +1,6 @@
-/* hash_portable.c -- the reference kernels of tch128-v1 (docs/hash.md) in plain C:
- * keys, fmix64, the stripe loop, the block finish and the item finish.
+/* hash_portable.c -- the reference kernels of tch128-v2 (docs/hash.md) in plain C:
+ * keys, fmix64, the stripe loop, the block finish and the item finish; and
+ * tch128-v1's block finish, which the store's payload checksum keeps.
  *
  * This file is the definition the SIMD kernels (hash_avx2.c, hash_avx512.c) and
  * the CUDA engine are tested against, and the only path on other architectures.
@@ -88,6 +89,16 @@ static void finish_portable(const uint64_t a[TC_HASH_LANES], const uint64_t c[TC
     h[1] = h2;
 }
 
+void tc_finish_v1_portable(const uint64_t a[TC_HASH_LANES], const uint64_t c[TC_HASH_LANES],
+                           uint64_t h[2])
+{
+    uint64_t h1 = 0, h2 = 0;
+    for (int j = 0; j < TC_HASH_LANES; j++)
+        tc_lane_finish_v1(a[j], c[j], j, &h1, &h2);
+    h[0] = h1;
+    h[1] = h2;
+}
+
 static void block1_portable(const uint8_t *stripe, size_t lanes, uint64_t h[2])
 {
     uint64_t h1 = tc_lane_tail[lanes][0], h2 = tc_lane_tail[lanes][1];
@@ -104,8 +115,17 @@ static void block1_portable(const uint8_t *stripe, size_t lanes, uint64_t h[2])
 }
 
 /* docs/hash.md, section 5. */
+void tc_meta_digest(const uint64_t *meta, size_t nmeta, uint64_t md[2])
+{
+    uint64_t m1 = tc_keys[TC_K_SEED1], m2 = tc_keys[TC_K_SEED2];
+    for (size_t m = 0; m < nmeta; m++)
+        tc_meta_absorb(&m1, &m2, meta[m]);
+    md[0] = m1;
+    md[1] = m2;
+}
+
 void tc_items_final_portable(size_t n, const uint64_t *in, const uint64_t *kb,
-                             const uint64_t *meta, size_t nmeta, uint64_t *out)
+                             const uint64_t md[2], uint64_t *out)
 {
     for (size_t i = 0; i < n; i++) {
         uint64_t t1 = in[2 * i], t2 = in[2 * i + 1];
@@ -113,10 +133,8 @@ void tc_items_final_portable(size_t n, const uint64_t *in, const uint64_t *kb,
             t1 = tc_fmix(t1 ^ kb[0]);
             t2 = tc_fmix(t2 ^ kb[1]);
         }
-        uint64_t s1 = t1 ^ tc_keys[TC_K_SEED1];
-        uint64_t s2 = t2 ^ tc_keys[TC_K_SEED2];
-        for (size_t m = 0; m < nmeta; m++)
-            tc_meta_absorb(&s1, &s2, meta[m]);
+        uint64_t s1 = t1 ^ md[0];
+        uint64_t s2 = t2 ^ md[1];
         uint64_t d1 = tc_fmix(s1 + tc_rotl64(s2, 29));
         out[2 * i] = d1;
         out[2 * i + 1] = tc_fmix(s2 ^ d1);
@@ -124,6 +142,6 @@ void tc_items_final_portable(size_t n, const uint64_t *in, const uint64_t *kb,
 }
 
 const tc_hash_kernels tc_kernels_portable = {
-    TC_SIMD_PORTABLE, stripes_portable, finish_portable, block1_portable,
-    tc_items_final_portable,
+    TC_SIMD_PORTABLE, stripes_portable, finish_portable, tc_finish_v1_portable,
+    block1_portable, NULL, tc_items_final_portable,
 };

@@ -55,7 +55,7 @@ static void batch_of(const tc_view *x, tc_batch *b)
 
 PyDoc_STRVAR(hash_into_doc,
 "hash_into(x, out, sample_count=0, stream=0, threads=1)\n--\n\n"
-"Write the tch128-v1 digest of every item x[i] into out[i] (an int64 (B, 2)\n"
+"Write the tch128-v2 digest of every item x[i] into out[i] (an int64 (B, 2)\n"
 "CPU tensor).  sample_count=0 hashes every byte; N > 0 hashes the sample of\n"
 "N elements defined in docs/hash.md.  For a CUDA x, stream is the address of\n"
 "the CUDA stream to run on.  A large CPU batch is split over up to `threads`\n"
@@ -179,7 +179,7 @@ static PyObject *py_build_info(PyObject *self, PyObject *unused)
         "cuda_kernel_kinds", kind_names,
         "zstd", have_zstd ? Py_True : Py_False,
         "zstd_version", have_zstd ? zstd_version : "",
-        "hash", "tch128-v1");
+        "hash", "tch128-v2");
 }
 
 PyDoc_STRVAR(set_simd_doc,

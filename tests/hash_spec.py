@@ -45,8 +45,8 @@ def _block_terms(block: bytes, b: int):
             k2 = w ^ key(32 + j) ^ key(128 + s)
             a[j] = (a[j] + w + (k1 & 0xFFFFFFFF) * (k1 >> 32)) & M64
             c[j] = (c[j] + (k2 & 0xFFFFFFFF) * (k2 >> 32)) & M64
-    h1 = sum(fmix64((a[j] + fmix64(c[j] ^ key(256 + j))) & M64) for j in range(32)) & M64
-    h2 = sum(fmix64((c[j] + fmix64(a[j] ^ key(288 + j))) & M64) for j in range(32)) & M64
+    h1 = sum(fmix64(a[j] ^ key(256 + j)) for j in range(32)) & M64
+    h2 = sum(c[j] ^ key(288 + j) for j in range(32)) & M64
     t1 = fmix64(h1 ^ fmix64((b + key(320)) & M64))
     t2 = fmix64(h2 ^ fmix64((b + key(321)) & M64))
     return t1, t2
@@ -63,10 +63,11 @@ def digest(stream: bytes, *, dtype_word: int, shape, itemsize: int, sample_count
     for d in shape:
         numel *= d
     meta = [sample_count, dtype_word, numel * itemsize, nblocks, len(shape), *shape]
-    s1, s2 = t1 ^ key(322), t2 ^ key(323)
+    m1, m2 = key(322), key(323)
     for m in meta:
-        s1 = (fmix64(s1 ^ m) + GAMMA) & M64
-        s2 = (fmix64(s2 ^ rotl(m, 32)) + GAMMA) & M64
+        m1 = (fmix64(m1 ^ m) + GAMMA) & M64
+        m2 = (fmix64(m2 ^ rotl(m, 32)) + GAMMA) & M64
+    s1, s2 = t1 ^ m1, t2 ^ m2
     d1 = fmix64((s1 + rotl(s2, 29)) & M64)
     d2 = fmix64(s2 ^ d1)
     return d1, d2

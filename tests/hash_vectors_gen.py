@@ -63,7 +63,7 @@ def main() -> None:
             "digest": [f"{w:016x}" for w in words],
         })
     out = {
-        "hash": "tch128-v1",
+        "hash": "tch128-v2",
         "input_rule": "byte k of the item stream is (k * 31 + seed) % 256; & 1 for bool",
         "digest_words": "d1, d2 as 16 hex digits each (docs/hash.md, section 5)",
         "vectors": vectors,

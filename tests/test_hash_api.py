@@ -162,7 +162,7 @@ def test_build_info_describes_the_build():
     assert info["version"] == torchcache_c.__version__
     assert info["simd"] in ("portable", "avx2", "avx512")
     assert isinstance(info["cuda_kernels"], bool) and isinstance(info["zstd"], bool)
-    assert info["hash"] == "tch128-v1"
+    assert info["hash"] == "tch128-v2"
 
 
 @pytest.mark.parametrize("shape", [(1, 3_000_001), (7, 1_000_003), (300, 20_000)])

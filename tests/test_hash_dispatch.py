@@ -13,9 +13,10 @@ from torchcache_c import _C, build_info, hash_tensor
 # Item sizes in bytes around every boundary of the driver and the kernels: one
 # word, one step of eight lanes (64 B; one-stripe items of whole steps are read in
 # place, others through a zero-padded copy), the block finish's 8/16/24/32-lane
-# variants, one stripe (256 B), one block (16 KiB).
+# variants, one stripe (256 B), the short blocks that AVX2 hashes in two passes
+# (2..16 stripes, 4 KiB; 1000 B ends in a partial stripe), one block (16 KiB).
 ITEM_BYTES = [0, 1, 7, 8, 9, 63, 64, 65, 120, 127, 128, 129, 191, 192, 193, 255, 256, 257,
-              511, 512, 3072, 16383, 16384, 16385, 40000]
+              511, 512, 1000, 3072, 4095, 4096, 4097, 16383, 16384, 16385, 40000]
 # Batch sizes around the kernels' groups of items: the AVX2 item finish takes
 # groups of 12 (8 in registers, 4 in scalars), then groups of 4, then one at a time.
 BATCHES = [1, 3, 4, 5, 7, 8, 9, 11, 12, 13, 15, 16, 17, 23, 24, 25, 28, 33]

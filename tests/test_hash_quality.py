@@ -1,4 +1,4 @@
-"""Quality of tch128-v1, shown rather than assumed (docs/hash.md, section 8)."""
+"""Quality of tch128-v2, shown rather than assumed (docs/hash.md, section 8)."""
 
 import torch
 

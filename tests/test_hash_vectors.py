@@ -1,4 +1,4 @@
-"""tch128-v1 test vectors: every SIMD level, and a pure-Python reading of docs/hash.md."""
+"""tch128-v2 test vectors: every SIMD level, and a pure-Python reading of docs/hash.md."""
 
 import json
 from pathlib import Path
