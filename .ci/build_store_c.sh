@@ -18,7 +18,7 @@ if ! "$CC" -fsanitize=thread -x c - -o /dev/null <<<'int main(void){return 0;}' 
     apt-get install -y -qq gcc libasan8 libubsan1 libtsan2 >/dev/null
 fi
 CFLAGS=(-g -std=c11 -D_GNU_SOURCE -Icsrc -Wall -Wextra "$@")
-SRC=(csrc/store.c csrc/hash.c csrc/hash_portable.c csrc/hash_dispatch.c csrc/hash_batch.c
+SRC=(csrc/store.c csrc/store_index.c csrc/hash.c csrc/hash_portable.c csrc/hash_dispatch.c csrc/hash_batch.c
      csrc/zstd_dl.c)
 objs=()
 work="$(mktemp -d)"

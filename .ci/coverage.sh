@@ -21,7 +21,7 @@ MIN="${COVERAGE_MIN:-78}"
 W="$(mktemp -d)"
 CFLAGS=(-g -O0 -std=c11 -D_GNU_SOURCE -Icsrc -Wall -Wextra --coverage)
 objs=()
-for src in csrc/store.c csrc/hash.c csrc/hash_portable.c csrc/hash_dispatch.c \
+for src in csrc/store.c csrc/store_index.c csrc/hash.c csrc/hash_portable.c csrc/hash_dispatch.c \
            csrc/hash_batch.c csrc/zstd_dl.c; do
     gcc "${CFLAGS[@]}" -c "$src" -o "$W/$(basename "${src%.c}").o"
     objs+=("$W/$(basename "${src%.c}").o")

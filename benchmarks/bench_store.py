@@ -11,7 +11,13 @@
   put:    64 items of 1 MiB appended to a directory, vs os.write of the same bytes;
           and 256 records of 3 KB per call (the shape of a training batch), vs one
           os.write of the same bytes per call;
-  open:   indexing a directory of 1,000,000 records (64-byte items);
+  open:   indexing a directory of 1,000,000 records (64-byte items) written by one
+          store, with the index file its writer left at close (docs/format.md,
+          section 9) and, as the reference, by the scan (the file moved aside);
+          wall and CPU time of the opening process (CPU time: the machine may be
+          shared), median of 3; then a fresh process's first lookup+gather of
+          256 of its records (indexed unverified: checked at first use) against
+          the same call repeated;
   segments: a directory of 1 / 100 / 1,000 / 10,000 segments of one record each
           (written by writers that are gone, as in a long-lived shared cache),
           read with RLIMIT_NOFILE at 64: open time, the cost of one miss (which
@@ -21,7 +27,7 @@
   fds <= 2 and every record served at 10,000 segments; first gather <= 2x warm;
   open of 1M records <= 0.1 s.
 
-Usage: python benchmarks/bench_store.py [DIR] [--segments-only]
+Usage: python benchmarks/bench_store.py [DIR] [--segments-only | --open-only]
        (DIR: where to write, default /tmp)
 """
 
@@ -210,8 +216,11 @@ def segments_at_64_fds(root: str) -> None:
         store.close()
 
 
-def main(root: str, segments_only: bool) -> None:
+def main(root: str, segments_only: bool, open_only: bool = False) -> None:
     torch.set_num_threads(1)
+    if open_only:
+        bench_open_million(root)
+        return
     bench_segments(root)
     if segments_only:
         return
@@ -239,16 +248,60 @@ def main(root: str, segments_only: bool) -> None:
     gb = 4 * len(raw) / 1e9
     print(f"put {gb / p:5.2f} GB/s   os.write {gb / w:5.2f} GB/s   ratio {w / p:.2f}")
 
+    bench_open_million(root)
+
+
+OPEN_CHILD = """
+import sys, time, torch
+from torchcache_c._C import Store
+torch.set_num_threads(1)
+a, c = time.perf_counter(), time.process_time()
+s = Store(sys.argv[1])
+o, oc = time.perf_counter() - a, time.process_time() - c
+n = s.stats()["records"]
+ids = torch.randperm(1_000_000, generator=torch.Generator().manual_seed(int(sys.argv[2])))[:256]
+k = torch.stack([ids, ids * 3 + 1], 1).contiguous()
+dest = torch.zeros(256, 16)
+def call():
+    a = time.perf_counter(); p = s.lookup(k); g = s.gather(k, dest)
+    t = time.perf_counter() - a
+    assert bytes(p) == bytes(g) == b"\\x01" * 256
+    return t
+f = call()
+w = min(call() for _ in range(100))
+print(o, oc, n, f, w)
+"""
+
+
+def bench_open_million(root: str) -> None:
     d = tempfile.mkdtemp(dir=root)
     with Store(d) as store:
         for i in range(0, 1_000_000, 100_000):
             store.put(keys(i, 100_000), torch.randn(100_000, 16))
-    a = time.perf_counter()
-    store = Store(d)
-    o = time.perf_counter() - a
-    print(f"open of {store.stats()['records']} records: {o:.3f} s")
+    (index,) = [n for n in os.listdir(d) if n.startswith("idx-")]
+    aside = os.path.join(root, index + ".aside")
+    results = {}
+    for label in ("index file", "scan"):
+        if label == "scan":
+            os.rename(os.path.join(d, index), aside)
+        runs = []
+        for seed in range(3):
+            out = subprocess.run([sys.executable, "-c", OPEN_CHILD, d, str(seed)], check=True,
+                                 capture_output=True, text=True).stdout
+            runs.append([float(x) for x in out.split()])
+            # this process wrote the segment and still runs: a reader never
+            # replaces its index, so every scan run scans
+            assert (label == "scan") == (index not in os.listdir(d))
+        results[label] = [sorted(r[i] for r in runs)[1] for i in range(5)]
+    os.rename(aside, os.path.join(d, index))
+    for label, (o, oc, n, f, w) in results.items():
+        print(f"open of {int(n)} records [{label}]: {o:.3f} s (CPU {oc:.3f} s)   fresh process's "
+              f"first lookup+gather of 256 x 64 B {f * 1e6:7.1f} us, warm {w * 1e6:6.1f} us, "
+              f"first/warm {f / w:5.2f} (median of 3 processes)")
+    ix, sc = results["index file"], results["scan"]
+    print(f"open with the index file / by the scan: {ix[0] / sc[0]:.3f} (CPU {ix[1] / sc[1]:.3f})")
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--segments-only"]
-    main(args[0] if args else "/tmp", "--segments-only" in sys.argv)
+    args = [a for a in sys.argv[1:] if a not in ("--segments-only", "--open-only")]
+    main(args[0] if args else "/tmp", "--segments-only" in sys.argv, "--open-only" in sys.argv)

@@ -79,6 +79,9 @@
 /* Payload verification reads at most this much at a time (a multiple of the
  * 16 KiB checksum block). */
 #define VERIFY_CHUNK_BYTES (1u << 20)
+/* Bytes of segments read through their index files that one store asks the
+ * kernel to read ahead (index_adopt). */
+#define PREFETCH_BYTES (1ull << 30)
 /* Refresh: segments whose writer is gone are re-checked for growth a few per
  * refresh, round robin, so one refresh costs O(active + this), not O(segments). */
 #define REFRESH_IDLE_CHECKS 32
@@ -128,6 +131,8 @@ typedef struct {
     int live_writer;   /* its writer may still append: checked at every refresh */
     int ignored;       /* named like a segment but not a regular file: never read */
     int gone;          /* removed or replaced: its records read as misses (atomic) */
+    int has_v1;        /* holds version 1 records: never given an index file */
+    int index_save;    /* scanned in full at open: write its index file (store_index.c) */
 } segment;
 
 enum { ENTRY_VERIFIED = 1u, ENTRY_DEAD = 2u };
@@ -175,6 +180,7 @@ struct tc_store {
     uint64_t reported[TC_FAULT_KINDS]; /* fault_lock */
     char fault_msg[TC_FAULT_KINDS][200]; /* fault_lock */
     uint8_t *scan_buf; /* SCAN_WINDOW_BYTES, for scans under the write lock */
+    uint64_t prefetched; /* bytes of indexed segments handed to readahead (index_adopt) */
     uint64_t last_refresh_ns;
     struct tc_store *fork_prev, *fork_next; /* the list of open stores, for fork */
     int in_fork_list;
@@ -442,9 +448,13 @@ static int header_check(const rec_header *h, uint64_t segment_id, uint64_t offse
 
 /* ---- the index: open addressing, linear probing ----------------------------- */
 
+/* A key's slot is the high bits of its hash, so slots follow the hash's order
+ * at every table size: a persisted index written in that order loads with
+ * inserts that walk the table front to back (store_index.c), and a grow
+ * rehashes front to back too. */
 static size_t slot_of(const tc_store *s, uint64_t k0, uint64_t k1)
 {
-    return (size_t)tc_fmix64(k0 ^ (k1 * GAMMA)) & (s->nslots - 1);
+    return (size_t)(tc_index_key_order(k0, k1) >> (64 - __builtin_ctzll((uint64_t)s->nslots)));
 }
 
 static entry *index_find(const tc_store *s, uint64_t k0, uint64_t k1)
@@ -465,10 +475,35 @@ static int entry_live(const entry *e)
     return e != NULL && !(__atomic_load_n(&e->state, __ATOMIC_ACQUIRE) & ENTRY_DEAD);
 }
 
-static int index_grow(tc_store *s)
+/* Tables of 2 MiB or more are mapped with huge pages where the kernel allows
+ * them: a table of a million keys (84 MB) otherwise costs 20,000 page faults,
+ * a quarter of the time an open with a persisted index takes. */
+#define SLOTS_MAP_BYTES (2u << 20)
+
+static entry *slots_alloc(size_t n)
 {
-    size_t n = s->nslots ? s->nslots * 2 : 1024;
-    entry *slots = calloc(n, sizeof(entry));
+    size_t bytes = n * sizeof(entry);
+    if (bytes < SLOTS_MAP_BYTES)
+        return calloc(n, sizeof(entry));
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    madvise(p, bytes, MADV_HUGEPAGE);
+    return p;
+}
+
+static void slots_free(entry *p, size_t n)
+{
+    if (p != NULL && n * sizeof(entry) >= SLOTS_MAP_BYTES)
+        munmap(p, n * sizeof(entry));
+    else
+        free(p);
+}
+
+/* Re-makes the table with n slots (a power of two above the entries). */
+static int index_resize(tc_store *s, size_t n)
+{
+    entry *slots = slots_alloc(n);
     if (slots == NULL)
         return -1;
     entry *old = s->slots;
@@ -486,8 +521,23 @@ static int index_grow(tc_store *s)
         slots[j] = *e;
         s->nused++;
     }
-    free(old);
+    slots_free(old, old_n);
     return 0;
+}
+
+static int index_grow(tc_store *s)
+{
+    return index_resize(s, s->nslots ? s->nslots * 2 : 1024);
+}
+
+/* Room for `more` entries without a grow (one resize instead of a doubling
+ * per power of two when a persisted index brings many at once). */
+static int index_reserve(tc_store *s, size_t more)
+{
+    size_t n = s->nslots ? s->nslots : 1024;
+    while ((s->nused + more + 1) * 10 > n * 7)
+        n *= 2;
+    return n == s->nslots ? 0 : index_resize(s, n);
 }
 
 /* Adds key -> (seg, offset) unless a live entry has the key (first valid wins,
@@ -1128,6 +1178,8 @@ static int segment_scan(tc_store *s, size_t si, size_t *added)
          * fixed cost would dominate a scan of millions) and records larger
          * than the window verify at first use. */
         uint32_t state = 0;
+        if (h.version == REC_VERSION_V1)
+            g->has_v1 = 1;
         int whole = g->path == NULL || g->scan_end + total <= w.start + w.len;
         if (whole && h.stored_len >= SCAN_VERIFY_MIN &&
             !entry_live(index_find(s, h.key0, h.key1))) {
@@ -1207,6 +1259,116 @@ static int segment_recheck(tc_store *s, size_t si, int64_t now_wall, size_t *add
     return segment_scan(s, si, added);
 }
 
+/* ---- the persisted index (store_index.c, docs/format.md section 9) ----------- */
+
+/* Indexes segment si from its index file, if one checks: its entries go in
+ * unverified (each record is checked in full at its first use, so an entry
+ * pointing at wrong bytes is a miss) and the scan goes on from the prefix the
+ * file covers.  Without one, or on any doubt, nothing changes: the scan reads
+ * the segment from scan_end as before. */
+static void index_adopt(tc_store *s, size_t si, size_t *added)
+{
+    segment *g = &s->segs[si];
+    if (g->scan_end != 0)
+        return;
+    tc_index_segment seg = {g->id, (uint64_t)g->ino, g->file_len};
+    tc_index_entry *ents = NULL;
+    tc_index_head head;
+    long n = tc_index_read(s->dir, g->name, &seg, s->opt.allow_other_owners, &ents, &head,
+                           NULL);
+    if (n < 0)
+        return;
+    if (index_reserve(s, (size_t)n) < 0) {
+        tc_index_free(ents, (size_t)n);
+        return; /* scanned instead */
+    }
+    for (long i = 0; i < n; i++) {
+        int ins = index_insert(s, ents[i].key0, ents[i].key1, si, ents[i].offset,
+                               ents[i].raw_len, 0);
+        *added += ins > 0 ? (size_t)ins : 0;
+    }
+    tc_index_free(ents, (size_t)n);
+    g->scan_end = head.covered;
+    s->corrupt += head.corrupt;
+    /* The scan would have read these bytes; ask for them in the background
+     * instead, so that first uses read from the page cache, not from the disk
+     * one record at a time (bounded: a huge cache must not flush the page
+     * cache at every open). */
+    if (g->fd >= 0 && s->prefetched < PREFETCH_BYTES) {
+        uint64_t len = PREFETCH_BYTES - s->prefetched;
+        len = head.covered < len ? head.covered : len;
+        posix_fadvise(g->fd, 0, (off_t)len, POSIX_FADV_WILLNEED);
+        s->prefetched += len;
+    }
+}
+
+/* A segment gets an index file when it has many records and they are small
+ * on average: the scan then spends its time on headers and keys, which the
+ * file saves.  Records of SCAN_VERIFY_MIN bytes or more have their payloads
+ * verified by the scan at memory speed while it reads them; with an index,
+ * each would be read again at its first use, so a first batch of 3 KB
+ * records costs about 2x more and the open saves less than it costs. */
+static int index_worth(size_t count, uint64_t raw_bytes)
+{
+    return count >= TC_INDEX_MIN_RECORDS && raw_bytes < (uint64_t)count * SCAN_VERIFY_MIN;
+}
+
+/* Writes the index files of the segments marked index_save (this store's own
+ * segment at close; segments of finished writers that an open scanned in
+ * full): the live entries of each that lie in its scanned prefix, found in one
+ * pass over the table.  Keys whose first copy lies in another segment are not
+ * listed (the scan would not index them there either).  Best effort: a
+ * directory we may not write, or no memory, leaves the segment to be scanned. */
+static void index_save_marked(tc_store *s)
+{
+    size_t nsegs = s->nsegs, marked = 0;
+    for (size_t si = 0; si < nsegs; si++)
+        marked += s->segs[si].index_save != 0;
+    if (marked == 0 || s->dir == NULL)
+        return;
+    size_t *count = calloc(nsegs, sizeof(size_t));
+    uint64_t *raw = calloc(nsegs, sizeof(uint64_t));
+    tc_index_entry **ents = calloc(nsegs, sizeof(*ents));
+    if (count == NULL || raw == NULL || ents == NULL)
+        goto out;
+    for (size_t i = 0; i < s->nslots; i++) {
+        const entry *e = &s->slots[i];
+        if (e->seg != 0 && !(e->state & ENTRY_DEAD) && s->segs[e->seg - 1].index_save &&
+            e->offset < s->segs[e->seg - 1].scan_end) {
+            count[e->seg - 1]++;
+            raw[e->seg - 1] += e->raw_len;
+        }
+    }
+    for (size_t si = 0; si < nsegs; si++) {
+        if (s->segs[si].index_save && index_worth(count[si], raw[si]))
+            ents[si] = malloc(count[si] * sizeof(tc_index_entry));
+        count[si] = 0;
+    }
+    for (size_t i = 0; i < s->nslots; i++) {
+        const entry *e = &s->slots[i];
+        size_t si = e->seg - 1;
+        if (e->seg != 0 && !(e->state & ENTRY_DEAD) && ents[si] != NULL &&
+            e->offset < s->segs[si].scan_end)
+            ents[si][count[si]++] = (tc_index_entry){e->key0, e->key1, e->offset, e->raw_len};
+    }
+    for (size_t si = 0; si < nsegs; si++) {
+        segment *g = &s->segs[si];
+        if (ents[si] != NULL) {
+            tc_index_head head = {g->id, (uint64_t)g->ino, g->scan_end, count[si], 0};
+            tc_index_write(s->dir, g->name, &head, ents[si], s->opt.file_mode);
+        }
+    }
+out:
+    for (size_t si = 0; si < nsegs; si++) {
+        s->segs[si].index_save = 0;
+        if (ents != NULL)
+            free(ents[si]);
+    }
+    free(ents);
+    free(raw);
+    free(count);
+}
+
 /* A directory entry not seen before: a segment to index, or a name to ignore
  * (recorded, so it is looked at once).  Returns 0, or -1 without memory. */
 static int segment_discover(tc_store *s, const char *name, unsigned char d_type,
@@ -1283,7 +1445,18 @@ static int segment_discover(tc_store *s, const char *name, unsigned char d_type,
     pthread_mutex_unlock(&s->fd_lock);
     if (!cached)
         close(fd);
+    uint64_t corrupt = s->corrupt;
+    index_adopt(s, (size_t)si, added);
+    size_t before = *added;
+    uint64_t from = g->scan_end;
     int rc = segment_scan(s, (size_t)si, added);
+    g = &s->segs[si];
+    /* A long scan of a clean segment whose writer is gone leaves an index file
+     * behind for the next open (written at the end of tc_store_open). */
+    if (rc == 0 && *added - before >= TC_INDEX_MIN_RECORDS && g->scan_end > from &&
+        s->corrupt == corrupt && !g->live_writer && !g->has_v1 && !g->resync_more &&
+        g->resync_from == 0)
+        g->index_save = 1;
     /* trim the cache back to its cap now, not at the next read */
     pthread_mutex_lock(&s->fd_lock);
     fd_trim_locked(s, s->fd_cap);
@@ -1679,6 +1852,8 @@ int tc_store_open(const char *dir, const tc_store_options *opt, tc_store **out, 
         size_t added = 0;
         if (rc == TC_STORE_OK)
             rc = refresh_locked(s, &added, 1, err, err_len);
+        if (rc == TC_STORE_OK)
+            index_save_marked(s);
         /* A listing that failed (EMFILE, EIO) is a fault like any other: the
          * store opens empty-handed and the next refresh lists again. */
         if (rc != TC_STORE_OK) {
@@ -1696,6 +1871,11 @@ static void close_locked(tc_store *s)
     if (s->closed)
         return;
     s->closed = 1;
+    if (s->dir != NULL && s->own >= 0 && !s->stop_writing && s->segs[s->own].fd >= 0) {
+        /* the next open reads this segment's index instead of scanning it */
+        s->segs[s->own].index_save = 1;
+        index_save_marked(s);
+    }
     for (size_t i = 0; i < s->nsegs; i++) {
         segment *g = &s->segs[i];
         if (g->path == NULL && g->base)
@@ -1713,7 +1893,7 @@ static void close_locked(tc_store *s)
     free(s->open_segs);
     s->open_segs = NULL;
     s->nopen = s->cap_open = 0;
-    free(s->slots);
+    slots_free(s->slots, s->nslots);
     s->slots = NULL;
     s->nslots = s->nused = 0;
     free(s->scan_buf);
@@ -1749,6 +1929,98 @@ static int closed_err(char *err, size_t err_len)
 
 /* ---- lookup / entry_info / gather ------------------------------------------- */
 
+static ssize_t read_most(int fd, struct iovec *iov, int niov, uint64_t off);
+
+/* Bytes a lookup reads at once to verify records at their first use. */
+#define VERIFY_BATCH_BYTES (1u << 20)
+
+static int entry_place_cmp(const void *a, const void *b)
+{
+    const entry *x = *(entry *const *)a, *y = *(entry *const *)b;
+    if (x->seg != y->seg)
+        return x->seg < y->seg ? -1 : 1;
+    return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+/* First use of many records at once (a fresh process's first batch, records
+ * indexed from an index file): the unverified live entries among keys are
+ * sorted by place and read in runs of up to VERIFY_BATCH_BYTES with one pread
+ * each, then each record's header is checked in full (bound to its place, key
+ * and size compared with the entry) and its payload checksum computed from
+ * memory.  Entries that check become verified, those that do not are dropped
+ * as probe would drop them; any other (a read fault, a record larger than a
+ * run) is left to probe's one-record path.  Read lock held. */
+static void verify_batch(tc_store *s, const uint64_t *keys, size_t n)
+{
+    if (s->dir == NULL || n < 2)
+        return;
+    entry **todo = NULL;
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        entry *e = index_find(s, keys[2 * i], keys[2 * i + 1]);
+        if (!entry_live(e) || (__atomic_load_n(&e->state, __ATOMIC_ACQUIRE) & ENTRY_VERIFIED) ||
+            __atomic_load_n(&s->segs[e->seg - 1].gone, __ATOMIC_ACQUIRE) ||
+            e->raw_len > VERIFY_BATCH_BYTES / 2)
+            continue;
+        if (todo == NULL && (todo = malloc(n * sizeof(*todo))) == NULL)
+            return;
+        todo[m++] = e;
+    }
+    uint8_t *buf = m >= 2 ? malloc(VERIFY_BATCH_BYTES) : NULL;
+    if (buf == NULL) {
+        free(todo);
+        return;
+    }
+    qsort(todo, m, sizeof(*todo), entry_place_cmp);
+    for (size_t a = 0; a < m;) {
+        size_t si = todo[a]->seg - 1;
+        uint64_t start = todo[a]->offset, end = start;
+        size_t b = a;
+        /* a run: same segment, records close together, all within the buffer */
+        for (; b < m && todo[b]->seg == todo[a]->seg; b++) {
+            uint64_t rec_end = todo[b]->offset + REC_HEADER_BYTES + round_up(todo[b]->raw_len,
+                                                                              REC_ALIGN);
+            if (b > a && (todo[b]->offset > end + SCAN_SMALL_READ ||
+                          rec_end - start > VERIFY_BATCH_BYTES))
+                break;
+            if (rec_end > end)
+                end = rec_end;
+        }
+        int fd = seg_acquire(s, si);
+        ssize_t got = -1;
+        if (fd >= 0) {
+            struct iovec iov = {buf, (size_t)(end - start)};
+            got = read_most(fd, &iov, 1, start);
+            seg_release(s, si);
+        }
+        const segment *g = &s->segs[si];
+        for (size_t k = a; k < b && got > 0; k++) {
+            entry *e = todo[k];
+            uint64_t at = e->offset - start;
+            if (at + REC_HEADER_BYTES > (uint64_t)got ||
+                (__atomic_load_n(&e->state, __ATOMIC_ACQUIRE) & (ENTRY_VERIFIED | ENTRY_DEAD)))
+                continue;
+            rec_header h;
+            header_decode(buf + at, &h);
+            uint64_t total;
+            if (h.key0 != e->key0 || h.key1 != e->key1 || h.raw_len != e->raw_len ||
+                header_check(&h, g->id, e->offset, UINT64_MAX / 2, &total) != HDR_OK) {
+                entry_kill(s, e, 1); /* as entry_header drops it */
+                continue;
+            }
+            if (at + REC_HEADER_BYTES + h.stored_len > (uint64_t)got)
+                continue; /* cut short: probe reads it alone and decides */
+            if (payload_checksum(buf + at + REC_HEADER_BYTES, h.stored_len) != h.payload_sum)
+                entry_kill(s, e, 1);
+            else
+                __atomic_fetch_or(&e->state, ENTRY_VERIFIED, __ATOMIC_ACQ_REL);
+        }
+        a = b;
+    }
+    free(buf);
+    free(todo);
+}
+
 int tc_store_lookup(tc_store *s, const uint64_t *keys, size_t n, uint8_t *present, char *err,
                     size_t err_len)
 {
@@ -1759,6 +2031,7 @@ int tc_store_lookup(tc_store *s, const uint64_t *keys, size_t n, uint8_t *presen
         return closed_err(err, err_len);
     }
     size_t misses = 0;
+    verify_batch(s, keys, n);
     for (size_t i = 0; i < n; i++) {
         present[i] = probe(s, keys[2 * i], keys[2 * i + 1]) != NULL;
         misses += !present[i];
@@ -2726,9 +2999,34 @@ static int write_fully(int fd, const void *p, size_t n, uint64_t off)
  * checksum is computed; one that fails is overwritten by the next.  Returns 1
  * (walked to its end), 0 (walked in part: keep the segment), or -1 with err set
  * (a write failed or no memory: the merge is abandoned). */
+/* The records written to a merged segment, for its index file. */
+typedef struct {
+    tc_index_entry *e;
+    size_t n, cap;
+    int failed; /* out of memory: no index (the segment is scanned instead) */
+} index_list;
+
+static void index_list_add(index_list *l, uint64_t k0, uint64_t k1, uint64_t off,
+                           uint64_t raw_len)
+{
+    if (l->failed)
+        return;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 1024;
+        tc_index_entry *e = realloc(l->e, cap * sizeof(*e));
+        if (e == NULL) {
+            l->failed = 1;
+            return;
+        }
+        l->e = e;
+        l->cap = cap;
+    }
+    l->e[l->n++] = (tc_index_entry){k0, k1, off, raw_len};
+}
+
 static int compact_segment(tc_store *s, size_t si, key_set *seen, int out_fd, uint64_t out_id,
                            uint64_t *out_off, uint8_t *chunk, tc_store_compact_result *r,
-                           char *err, size_t err_len)
+                           index_list *il, char *err, size_t err_len)
 {
     segment *g = &s->segs[si];
     window w = {s->scan_buf, SCAN_WINDOW_BYTES, 0, 0, -1, 0};
@@ -2807,6 +3105,7 @@ static int compact_segment(tc_store *s, size_t si, key_set *seen, int out_fd, ui
                     break;
                 }
                 *out_off = start + total;
+                index_list_add(il, h.key0, h.key1, start, h.raw_len);
                 r->records++;
                 r->bytes += total;
             } else {
@@ -2844,6 +3143,7 @@ int tc_store_compact(const char *dir, int64_t min_idle_s, tc_store_compact_resul
     size_t *victims = calloc(s->nsegs ? s->nsegs : 1, sizeof(size_t));
     uint8_t *chunk = malloc(VERIFY_CHUNK_BYTES);
     key_set seen = {0};
+    index_list il = {0};
     size_t nv = 0;
     char tmp_path[PATH_MAX] = "", final_path[PATH_MAX] = "";
     int out_fd = -1;
@@ -2883,7 +3183,7 @@ int tc_store_compact(const char *dir, int64_t min_idle_s, tc_store_compact_resul
     uint64_t out_off = 0;
     for (size_t v = 0; v < nv; v++) {
         int walked = compact_segment(s, victims[v], &seen, out_fd, segment_id(name), &out_off,
-                                     chunk, r, err, err_len);
+                                     chunk, r, &il, err, err_len);
         if (walked < 0) {
             rc = TC_STORE_EIO;
             goto done;
@@ -2910,6 +3210,16 @@ int tc_store_compact(const char *dir, int64_t min_idle_s, tc_store_compact_resul
     }
     if (merged && merged_len)
         snprintf(merged, merged_len, "%s", name);
+    /* its index file, so that the next open reads the merged records without a
+     * scan (after the rename: an index never names a segment that is not there) */
+    struct stat ost;
+    uint64_t il_raw = 0;
+    for (size_t i = 0; i < il.n; i++)
+        il_raw += il.e[i].raw_len;
+    if (!il.failed && index_worth(il.n, il_raw) && fstat(out_fd, &ost) == 0) {
+        tc_index_head head = {segment_id(name), (uint64_t)ost.st_ino, out_off, il.n, 0};
+        tc_index_write(dir, name, &head, il.e, 0);
+    }
     /* Remove a merged segment only if it is still the file we read, unchanged. */
     for (size_t v = 0; v < nv; v++) {
         segment *g = &s->segs[victims[v]];
@@ -2919,10 +3229,12 @@ int tc_store_compact(const char *dir, int64_t min_idle_s, tc_store_compact_resul
             st.st_ino == g->ino && (uint64_t)st.st_size == g->file_len &&
             mtime_of(&st) == g->mtime_ns &&
             !tc_store_writer_may_append(g->name, g->mtime_ns, wall_ns(), idle_ns, s->host) &&
-            unlink(g->path) == 0)
+            unlink(g->path) == 0) {
             r->removed++;
-        else
+            tc_index_remove(dir, g->name);
+        } else {
             r->kept++;
+        }
     }
     r->kept += r->segments - nv;
     fsync(dfd);
@@ -2934,6 +3246,7 @@ done:
         unlink(tmp_path);
     pthread_rwlock_unlock(&s->lock);
     free(seen.keys);
+    free(il.e);
     free(chunk);
     free(victims);
     tc_store_free(s);

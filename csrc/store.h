@@ -199,4 +199,52 @@ int tc_store_record_parse(const uint8_t *buf, size_t len, uint64_t seg_id, uint6
 int tc_store_record_payload(const uint8_t *buf, const tc_store_record *r, uint8_t *dest,
                             size_t dest_len, char *err, size_t err_len);
 
+/* ---- the persisted index of a segment (csrc/store_index.c, docs/format.md 9) ---- */
+
+/* One record of a segment's prefix: its key, offset and item bytes (raw_len). */
+typedef struct {
+    uint64_t key0, key1;
+    uint64_t offset;
+    uint64_t raw_len;
+} tc_index_entry;
+
+/* What an index file says about itself. */
+typedef struct {
+    uint64_t seg_id;  /* tc_store_segment_id of the segment's name */
+    uint64_t seg_ino; /* the segment file's inode when the index was written */
+    uint64_t covered; /* the prefix [0, covered) whose records are listed */
+    uint64_t count;   /* entries */
+    uint64_t corrupt; /* records of the prefix skipped as corrupt (for stats) */
+} tc_index_head;
+
+/* The segment an index is read for, as the reader found it. */
+typedef struct {
+    uint64_t id;  /* tc_store_segment_id(name) */
+    uint64_t ino;
+    uint64_t len; /* its length now */
+} tc_index_segment;
+
+/* The smallest segment (in records) for which an index file is written. */
+#define TC_INDEX_MIN_RECORDS 1024
+
+/* The order of entries in an index file (the in-memory index's slot hash). */
+uint64_t tc_index_key_order(uint64_t key0, uint64_t key1);
+/* "idx-<rest>.tci", the index file of segment "seg-<rest>.tcs"; -1 if not a segment name. */
+int tc_index_name(const char *seg_name, char *buf, size_t len);
+/* Reads and checks the index file of segment seg_name in dir (regular file, owner
+ * rule, size bounds, checksums, bound to seg's id and inode, covering no more than
+ * seg->len).  Returns the number of entries, in a malloc'd *out the caller frees,
+ * or -1 (none, or it does not check: *why says which; the segment is then scanned). */
+long tc_index_read(const char *dir, const char *seg_name, const tc_index_segment *seg,
+                   int allow_other_owners, tc_index_entry **out, tc_index_head *head,
+                   const char **why);
+/* Frees the entries tc_index_read returned (count: what it returned). */
+void tc_index_free(tc_index_entry *e, size_t count);
+/* Writes the index of segment seg_name (head->count entries, reordered and
+ * encoded in place) through a temporary file and rename.  0, or -1 with errno. */
+int tc_index_write(const char *dir, const char *seg_name, const tc_index_head *head,
+                   tc_index_entry *entries, unsigned file_mode);
+/* Removes the index file of a segment (compaction, after removing the segment). */
+void tc_index_remove(const char *dir, const char *seg_name);
+
 #endif

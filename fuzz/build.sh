@@ -12,7 +12,7 @@ CFLAGS=(-g -O1 -std=c11 -D_GNU_SOURCE -Icsrc -Wall -Wextra
 # Every engine file (no Python.h) except the SIMD ones, which setup.py's
 # SIMD_SOURCES lists with their instruction-set flags.
 SIMD="$(python3 .ci/simd_sources.py)"
-ENGINE=(csrc/hash.c csrc/hash_portable.c csrc/hash_dispatch.c csrc/hash_batch.c csrc/store.c
+ENGINE=(csrc/hash.c csrc/hash_portable.c csrc/hash_dispatch.c csrc/hash_batch.c csrc/store.c csrc/store_index.c
         csrc/zstd_dl.c)
 objs=()
 for src in "${ENGINE[@]}"; do

@@ -37,6 +37,9 @@ _LAYOUT = re.compile(r"layout-.+\.json\Z", re.DOTALL)
 # Temporary files: ".layout-X.json.<pid>.<thread id>.tmp" (torchcache_c 0.1) and
 # ".layout-X.json.<pid>.<16 hex>.tmp" (sidecar.write_json_atomic).
 _LAYOUT_TMP = re.compile(r"\.layout-.+\.json\.\d+\.[0-9a-f]+\.tmp\Z", re.DOTALL)
+# docs/format.md, section 9: a segment's index file and its temporary files
+# (csrc/store_index.c): derived data, removed with the segments.
+_INDEX = re.compile(r"\.?idx-.+\.tci(\.\d+\.[0-9a-f]{16}\.tmp)?\Z", re.DOTALL)
 
 EXIT_OK, EXIT_CORRUPT, EXIT_ERROR = 0, 1, 2
 
@@ -53,6 +56,7 @@ class ModuleDir:
     segments: List[str] = field(default_factory=list)
     layouts: List[str] = field(default_factory=list)
     layout_tmps: List[str] = field(default_factory=list)
+    indexes: List[str] = field(default_factory=list)  # segment index files (format.md, 9)
     meta_files: List[str] = field(default_factory=list)  # module.json and its temporaries
     foreign: List[str] = field(default_factory=list)
     bytes: int = 0
@@ -66,7 +70,8 @@ class ModuleDir:
     @property
     def ours(self) -> List[str]:
         # module.json last: a directory half removed still says whose it was.
-        return self.segments + self.layouts + self.layout_tmps + self.meta_files[::-1]
+        return (self.segments + self.indexes + self.layouts + self.layout_tmps
+                + self.meta_files[::-1])
 
     @property
     def last_used(self) -> float:
@@ -79,7 +84,8 @@ def _is_ours(name: str, directory: Path) -> bool:
     so that one is ours only when it holds valid torchcache_c metadata (meta.py)."""
     if name == META_NAME:
         return read_module_meta(directory) is not None
-    return bool(_SEGMENT.match(name) or _LAYOUT.match(name) or _LAYOUT_TMP.match(name)
+    return bool(_SEGMENT.match(name) or _INDEX.match(name) or _LAYOUT.match(name)
+                or _LAYOUT_TMP.match(name)
                 or META_TMP.match(name) or COMPACT_TMP.match(name))
 
 
@@ -104,9 +110,11 @@ def _scan_module(path: Path) -> ModuleDir:
                 m.layouts.append(entry.name)
             elif _LAYOUT_TMP.match(entry.name):
                 m.layout_tmps.append(entry.name)
+            elif _INDEX.match(entry.name):
+                m.indexes.append(entry.name)
             else:
                 m.meta_files.append(entry.name)
-    for names in (m.segments, m.layouts, m.layout_tmps, m.meta_files, m.foreign):
+    for names in (m.segments, m.indexes, m.layouts, m.layout_tmps, m.meta_files, m.foreign):
         names.sort()
     return m
 

@@ -537,6 +537,8 @@ static const struct {
     {"compact", op_compact, 0, 0, 0},
 };
 
+static int index_faults(void); /* the persisted index's block, at the end */
+
 int main(void)
 {
     snprintf(root, sizeof(root), "/tmp/tc-faults-XXXXXX");
@@ -587,6 +589,8 @@ int main(void)
         if (failures)
             break;
     }
+    if (!failures)
+        total += index_faults();
     rm_dir(dir);
     rm_dir(other);
     rm_dir(template_dir);
@@ -598,4 +602,180 @@ int main(void)
     }
     printf("store_faults: OK (%ld fault runs)\n", total);
     return 0;
+}
+
+/* ---- the persisted index (csrc/store_index.c, docs/format.md section 9) ------
+ * A segment of IDX_N small records by a writer that exited: an open that scans
+ * it writes its index file, an open that finds one reads it, and a writer's
+ * close writes one for its own segment.  Each with its Nth wrapped call failing
+ * (once, and for ever): the operation returns OK or a documented error, and
+ * then, faults off, a fresh reader serves every record exactly, verifies
+ * nothing corrupt and finds no temporary index file left behind. */
+
+#define IDX_N 1100 /* above the 1024 records that get an index */
+static char idx_plain[128];
+
+static void idx_items(uint64_t first, size_t n, uint64_t **keys, int64_t (**items)[NUMEL])
+{
+    *keys = __real_malloc(n * 2 * sizeof(uint64_t));
+    *items = __real_malloc(n * sizeof(**items));
+    if (*keys == NULL || *items == NULL)
+        abort();
+    for (size_t i = 0; i < n; i++) {
+        uint64_t k0 = first + i, k1 = (first + i) * 31 + 5;
+        (*keys)[2 * i] = k0;
+        (*keys)[2 * i + 1] = k1;
+        for (int j = 0; j < NUMEL; j++)
+            (*items)[i][j] = (int64_t)(k0 * 1000003u + (uint64_t)j * (k1 | 1));
+    }
+}
+
+static void idx_put(const char *path, uint64_t first, size_t n, tc_store **keep)
+{
+    uint64_t *keys;
+    int64_t(*items)[NUMEL];
+    idx_items(first, n, &keys, &items);
+    tc_store_options opt = {0};
+    tc_store *s;
+    char err[256];
+    size_t stored;
+    if (tc_store_open(path, &opt, &s, err, sizeof(err)) != TC_STORE_OK ||
+        tc_store_put(s, keys, n, I64, 1, SHAPE, (const uint8_t *)items, &stored, err,
+                     sizeof(err)) != TC_STORE_OK || stored != n)
+        abort();
+    free(keys);
+    free(items);
+    if (keep)
+        *keep = s;
+    else
+        tc_store_free(s);
+}
+
+static int idx_has(const char *prefix)
+{
+    DIR *d = __real_opendir(dir);
+    struct dirent *de;
+    int found = 0;
+    while (d != NULL && (de = __real_readdir(d)) != NULL)
+        found |= strncmp(de->d_name, prefix, strlen(prefix)) == 0;
+    if (d != NULL)
+        closedir(d);
+    return found;
+}
+
+/* With faults off: all of 0..n-1 served exactly, nothing corrupt, no temporary. */
+static void idx_check(long at, size_t n)
+{
+    tc_store_options opt = {0};
+    tc_store *s;
+    char err[256];
+    check(tc_store_open(dir, &opt, &s, err, sizeof(err)) == TC_STORE_OK, "index: reopen", at);
+    if (failures)
+        return;
+    uint64_t *keys;
+    int64_t(*items)[NUMEL];
+    idx_items(0, n, &keys, &items);
+    int64_t(*dest)[NUMEL] = __real_malloc(n * sizeof(*dest));
+    uint8_t *served = __real_malloc(n);
+    if (dest == NULL || served == NULL)
+        abort();
+    check(tc_store_gather(s, keys, n, I64, 1, SHAPE, (uint8_t *)dest, served, err,
+                          sizeof(err)) == TC_STORE_OK, "index: gather after", at);
+    size_t ok = 0;
+    for (size_t i = 0; i < n; i++)
+        ok += served[i] && memcmp(dest[i], items[i], sizeof(items[i])) == 0;
+    check(ok == n, "index: a record is not served exactly after a fault", at);
+    tc_store_verify_result r;
+    check(tc_store_verify(s, &r, NULL, NULL, err, sizeof(err)) == TC_STORE_OK &&
+              r.corrupt == 0, "index: corrupt records after a fault", at);
+    check(!idx_has(".idx-"), "index: a temporary index file was left", at);
+    free(keys);
+    free(items);
+    free(dest);
+    free(served);
+    tc_store_free(s);
+}
+
+static int idx_op_open(void)
+{
+    tc_store_options opt = {0};
+    tc_store *s = NULL;
+    char err[256];
+    int rc = tc_store_open(dir, &opt, &s, err, sizeof(err));
+    if (rc == TC_STORE_OK) {
+        uint64_t *keys;
+        int64_t(*items)[NUMEL];
+        idx_items(0, 64, &keys, &items);
+        uint8_t present[64];
+        rc = tc_store_lookup(s, keys, 64, present, err, sizeof(err));
+        free(keys);
+        free(items);
+        tc_store_free(s);
+    }
+    return rc;
+}
+
+static int index_faults(void)
+{
+    snprintf(idx_plain, sizeof(idx_plain), "%s/idx-plain", root);
+    pid_t pid = fork();
+    if (pid == 0) {
+        idx_put(idx_plain, 0, IDX_N, NULL); /* its close writes an index: removed below */
+        _exit(0);
+    }
+    int status, total = 0;
+    waitpid(pid, &status, 0);
+    {
+        DIR *d = __real_opendir(idx_plain);
+        struct dirent *de;
+        char p[512];
+        while (d != NULL && (de = __real_readdir(d)) != NULL) {
+            if (strncmp(de->d_name, "idx-", 4) == 0) {
+                snprintf(p, sizeof(p), "%s/%s", idx_plain, de->d_name);
+                unlink(p);
+            }
+        }
+        if (d != NULL)
+            closedir(d);
+    }
+    /* 0: an open scans and writes the index; 1: an open reads it; 2: a close writes one */
+    static const char *names[] = {"index: scan+write", "index: read", "index: close"};
+    for (int op = 0; op < 3; op++) {
+        for (forever = 0; forever <= 1; forever++) {
+            long n;
+            for (n = 1;; n++) {
+                rm_dir(dir);
+                copy_dir(idx_plain, dir);
+                variant = (int)(n % 12);
+                tc_store *writer = NULL;
+                if (op == 1) {
+                    check(idx_op_open() == TC_STORE_OK && idx_has("idx-"),
+                          "index: an open of a finished writer's segment wrote no index", n);
+                }
+                if (op == 2)
+                    idx_put(dir, IDX_N, IDX_N, &writer);
+                calls = 0;
+                fail_at = n;
+                int rc = TC_STORE_OK;
+                if (op == 2)
+                    tc_store_free(writer);
+                else
+                    rc = idx_op_open();
+                long made = calls;
+                fail_at = 0;
+                check(rc_ok(rc), "index: unexpected return code", n);
+                idx_check(n, op == 2 ? 2 * IDX_N : IDX_N);
+                total++;
+                if (made < n || failures)
+                    break;
+            }
+            printf("store_faults: %-18s %-7s %4ld tries\n", names[op],
+                   forever ? "forever" : "once", n);
+            if (failures)
+                return total;
+        }
+    }
+    rm_dir(dir);
+    rm_dir(idx_plain);
+    return total;
 }
