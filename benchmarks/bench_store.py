@@ -35,6 +35,7 @@ import tempfile
 import time
 
 import torch
+from _machine import cpu_description, load_average
 
 from torchcache_c._C import Store
 
@@ -212,6 +213,8 @@ def segments_at_64_fds(root: str) -> None:
 
 def main(root: str, segments_only: bool) -> None:
     torch.set_num_threads(1)
+    print(f"CPU: {cpu_description()}; torch {torch.__version__}; 1 thread; "
+          f"load average {load_average()}")
     bench_segments(root)
     if segments_only:
         return

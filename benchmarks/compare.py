@@ -46,6 +46,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from _machine import cpu_description
 from torch import nn
 
 RELEASES = ("0.4.1", "0.6.0")
@@ -307,15 +308,7 @@ def correctness(system: str, root: Path) -> dict:
 
 # --------------------------------------------------------------------------- report
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
+    return (f"{cpu_description()}, torch {torch.__version__}, "
             f"Python {platform.python_version()}")
 
 
