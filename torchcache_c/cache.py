@@ -688,24 +688,30 @@ class ModuleCache:
 
     def _store(self, handle: _StoreHandle, found: "_Found", leaves, layout) -> None:
         """Store the computed rows (found.miss, or every row) of each leaf."""
-        if handle.store.is_full or handle.store.io_error:
+        store = handle.store
+        if store.is_full or store.io_error:
             return
         if self._limit() == 0:
             limit = "max_persistent_cache_size" if self.persistent else "max_memory_cache_size"
             self._log_once("full", "%s=0: new outputs are not stored, forward keeps running",
                            limit)
             return
+        # One lock hold for every leaf of the call (a miss's bookkeeping is per call,
+        # not per leaf: issue 11).
+        keys, rows = found.keys, found.miss_rows
         stored_now = []
-        constants = _leaf_constants(len(leaves))
-        for j, leaf in enumerate(leaves):
+        if isinstance(keys, bytes):
+            constants = _leaf_constants(len(leaves))
             with handle.lock:
-                if isinstance(found.keys, bytes):
-                    stored_now.append(handle.store.put_rows(
-                        found.keys, found.miss_rows, constants[16 * j:16 * j + 16],
-                        self._stored(leaf)))
-                else:
-                    keys = found.keys if found.miss is None else found.keys[found.miss]
-                    stored_now.append(handle.store.put(_leaf_keys(keys, j), self._stored(leaf)))
+                for j, leaf in enumerate(leaves):
+                    stored_now.append(store.put_rows(keys, rows, constants[16 * j:16 * j + 16],
+                                                     self._stored(leaf)))
+        else:
+            if found.miss is not None:
+                keys = keys[found.miss]
+            with handle.lock:
+                for j, leaf in enumerate(leaves):
+                    stored_now.append(store.put(_leaf_keys(keys, j), self._stored(leaf)))
         stored = min(stored_now)
         with self._lock:
             self._counts["items_stored"] += stored
