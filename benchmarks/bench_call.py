@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -39,6 +38,7 @@ import time
 from pathlib import Path
 
 import torch
+from _machine import cpu_description, load_average
 from torch import nn
 
 SIZES = (1, 8, 32, 256)
@@ -176,20 +176,6 @@ def run_worker(python: Path, system: str, rounds: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def cpu_model() -> str:
-    fields = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return platform.processor() or platform.machine()
-    model = fields.get("model name", platform.machine())
-    if "cpu family" in fields and "model" in fields:
-        model += f" (family {fields['cpu family']}, model {fields['model']})"
-    return model
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -214,9 +200,8 @@ def main() -> None:
 
 
 def report(results: dict, releases, args) -> None:
-    print(f"\nCPU: {cpu_model()}, {os.cpu_count()} CPUs; torch {torch.__version__}, "
-          f"Python {platform.python_version()}; 1 thread; load average "
-          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"\nCPU: {cpu_description()}; torch {torch.__version__}, "
+          f"Python {platform.python_version()}; 1 thread; load average {load_average()}")
     print("command: python benchmarks/bench_call.py " + " ".join(sys.argv[1:]))
     ours = results["torchcache_c"]["rows"]
     names = [f"tc {results[r]['version']}" for r in releases]

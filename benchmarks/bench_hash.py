@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -54,33 +53,12 @@ from pathlib import Path
 import blake3
 import torch
 import xxhash
+from _machine import cpu_description, load_average
 
 import torchcache_c
 from torchcache_c import _C, hash_tensor
 
 ITEM_SHAPE = (3, 224, 224)
-
-
-def cpu_description() -> str:
-    fields = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return platform.processor() or platform.machine()
-    flags = set(fields.get("flags", "").split())
-    simd = ",".join(f for f in ("avx2", "avx512f", "avx512dq") if f in flags) or "none"
-    return (f"{fields.get('model name', '?')} (vendor {fields.get('vendor_id', '?')}, "
-            f"family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}, "
-            f"cache size {fields.get('cache size', '?')}, {os.cpu_count()} CPUs, simd {simd})")
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
 
 
 def round_robin(fns: dict, repeats: int, clock=time.perf_counter) -> dict:
@@ -379,16 +357,16 @@ def main() -> None:
     print(f"CPU: {cpu_description()}")
     print(f"torch {torch.__version__}, torchcache_c {info['version']} ({info['hash']}, "
           f"simd {info['simd']}), python-xxhash {xxhash.VERSION}, blake3 {blake3.__version__}")
-    print(f"load average before: {loadavg()}")
+    print(f"load average before: {load_average()}")
     runs = []
     for run in range(args.runs):
         if args.runs > 1:
-            print(f"\n# Run {run + 1} of {args.runs} (load average {loadavg()})")
+            print(f"\n# Run {run + 1} of {args.runs} (load average {load_average()})")
         runs.append((bulk([float(s) for s in args.sizes.split(",")], threads, args.repeats),
                      items([int(s) for s in args.items.split(",")], args.repeats)))
     if args.runs > 1:
         summary(runs)
-    print(f"\nload average after: {loadavg()}")
+    print(f"\nload average after: {load_average()}")
 
 
 if __name__ == "__main__":

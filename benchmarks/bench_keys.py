@@ -20,11 +20,11 @@ Printed side by side, in one run:
 from __future__ import annotations
 
 import argparse
-import platform
 import timeit
 
 import torch
 import torch.nn as nn
+from _machine import cpu_description
 
 from torchcache_c import torchcache
 
@@ -79,17 +79,6 @@ class ResNet50(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=20000)
@@ -119,7 +108,7 @@ def main() -> None:
         id_loop = best(lambda: [id(t) for t in tensors], args.repeat)
         plain = ResNet50.__mro__[1]().eval()   # the undecorated class
         fwd = best(lambda: plain(x), 5)
-    print(f"CPU: {cpu_model()}; torch {torch.__version__}; 1 thread")
+    print(f"CPU: {cpu_description()}; torch {torch.__version__}; 1 thread")
     print(f"module: {n_modules} submodules, {n_params} parameters, {n_buffers} buffers")
     print(f"{'check (no grad)':<22}{check:10.2f} us")
     print(f"{'check (grad enabled)':<22}{check_grad:10.2f} us")

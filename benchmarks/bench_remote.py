@@ -24,6 +24,7 @@ import time
 import urllib.request
 
 import torch
+from _machine import cpu_description, load_average
 
 from torchcache_c import _C
 from torchcache_c import remote
@@ -165,8 +166,9 @@ def run(args, url: str, tmp: str) -> None:
 
     each_ms = median_ms(client_each, 3)
     mib = args.batch * 4 * args.dim / 2**20
+    print(f"CPU: {cpu_description()}; load average {load_average()}")
     print(f"batch of {args.batch} hits, {args.dim} float32 each ({mib:.2f} MiB), "
-          f"median of {args.trials}; load average {os.getloadavg()[0]:.2f}")
+          f"median of {args.trials}")
     print(f"  remote, cold local (fill + lookup + gather): {remote_ms:8.2f} ms, "
           f"{per_batch:.1f} GET(s) per batch")
     print(f"  remote, first batch (+ list, index GETs):    {first_ms:8.2f} ms")

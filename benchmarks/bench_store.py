@@ -41,6 +41,7 @@ import tempfile
 import time
 
 import torch
+from _machine import cpu_description, load_average
 
 from torchcache_c._C import Store
 
@@ -218,6 +219,8 @@ def segments_at_64_fds(root: str) -> None:
 
 def main(root: str, segments_only: bool, open_only: bool = False) -> None:
     torch.set_num_threads(1)
+    print(f"CPU: {cpu_description()}; torch {torch.__version__}; 1 thread; "
+          f"load average {load_average()}")
     if open_only:
         bench_open_million(root)
         return

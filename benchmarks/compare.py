@@ -46,6 +46,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from _machine import cpu_description
 from torch import nn
 
 RELEASES = ("0.4.1", "0.6.0")
@@ -307,15 +308,7 @@ def correctness(system: str, root: Path) -> dict:
 
 # --------------------------------------------------------------------------- report
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
+    return (f"{cpu_description()}, torch {torch.__version__}, "
             f"Python {platform.python_version()}")
 
 
@@ -400,7 +393,8 @@ def main() -> None:
     ap.add_argument("--miss-trials", type=int, default=3)
     ap.add_argument("--disk-trials", type=int, default=3)
     ap.add_argument("--vit-items", type=int, default=2048)
-    ap.add_argument("--vit-epochs", type=int, default=4)
+    ap.add_argument("--vit-epochs", type=int, default=4,
+                    help="at least 2: the first epoch fills the cache, later ones hit it")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--releases", default=",".join(RELEASES),
                     help="torchcache releases to compare with, comma-separated, or 'none'")
@@ -412,6 +406,9 @@ def main() -> None:
                     help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.vit_epochs < 2 or args.epochs < 1:
+        ap.error("--vit-epochs must be at least 2 (the first fills the cache, the median is "
+                 "over the later ones) and --epochs at least 1")
     if args.worker == "disk-hit":
         worker_disk_hit(args)
         return

@@ -58,8 +58,42 @@ static uint64_t load_le64(const unsigned char *p)
     return x;
 }
 
-/* A 16-byte digest (bytes, as hashlib gives it) as the two words of an int64 pair
- * (cache.py's _digest_pair: little-endian halves). */
+/* ---- the arguments every entry point checks ---------------------------------- */
+
+/* `want` positional arguments, the first a Store: the store's engine, or NULL with
+ * an exception set. */
+static tc_store *entry_store(const char *name, PyObject *const *args, Py_ssize_t nargs,
+                             Py_ssize_t want)
+{
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", name, want,
+                     nargs);
+        return NULL;
+    }
+    return tc_store_module_get(args[0]);
+}
+
+enum { BYTES_NONE_OK = 1, BYTES_EMPTY_OK = 2 };
+
+/* obj holds whole `unit`-byte units: bytes whose length is a multiple of unit (not 0
+ * unless BYTES_EMPTY_OK), or None with BYTES_NONE_OK.  Returns the number of units
+ * (0 for None), or -1 with TypeError("<what> must be <shape>"). */
+static Py_ssize_t bytes_units(PyObject *obj, const char *what, const char *shape,
+                              Py_ssize_t unit, int flags)
+{
+    if (obj == Py_None && (flags & BYTES_NONE_OK))
+        return 0;
+    if (PyBytes_Check(obj)) {
+        Py_ssize_t n = PyBytes_GET_SIZE(obj);
+        if (n % unit == 0 && (n > 0 || (flags & BYTES_EMPTY_OK)))
+            return n / unit;
+    }
+    PyErr_Format(PyExc_TypeError, "%s must be %s", what, shape);
+    return -1;
+}
+
+/* `count` 16-byte digests (bytes, as hashlib gives them) as the two words of int64
+ * pairs (cache.py's _digest_pair: little-endian halves). */
 static int digest_words(PyObject *obj, const char *what, Py_ssize_t count, uint64_t *words)
 {
     if (!PyBytes_Check(obj) || PyBytes_GET_SIZE(obj) != 16 * count) {
@@ -70,19 +104,6 @@ static int digest_words(PyObject *obj, const char *what, Py_ssize_t count, uint6
     for (Py_ssize_t i = 0; i < 2 * count; i++)
         words[i] = load_le64(p + 8 * i);
     return 0;
-}
-
-static void batch_of(const tc_view *x, tc_batch *b)
-{
-    b->base = x->data;
-    b->batch_stride = x->strides[0] * (int64_t)x->itemsize;
-    b->batch = x->shape[0];
-    b->item.base = NULL;
-    b->item.itemsize = x->itemsize;
-    b->item.ndim = x->ndim - 1;
-    b->item.shape = x->shape + 1;
-    b->item.strides = x->strides + 1;
-    b->item.dtype_word = x->dtype_word;
 }
 
 /* ---- output tensors handed to torch as DLPack capsules ------------------------- */
@@ -185,7 +206,7 @@ static int build_keys(fetch_job *j)
     int rc = matrix && column ? 0 : -1;
     for (Py_ssize_t t = 0; rc == 0 && t < j->n_inputs; t++) {
         tc_batch b;
-        batch_of(&j->views[t], &b);
+        tc_batch_of(&j->views[t], &b);
         rc = tc_hash_batch(&b, j->sample_count, j->threads, column);
         for (int64_t i = 0; rc == 0 && i < batch; i++) {
             matrix[2 * (i * width + 1 + t)] = column[2 * i];
@@ -328,14 +349,15 @@ static int lookup_and_gather(fetch_job *j)
 
 static void run_fetch(fetch_job *j)
 {
-    if (build_keys(j) == 0 && j->n_leaves > 0)
+    if ((j->n_inputs == 0 || build_keys(j) == 0) && j->n_leaves > 0)
         lookup_and_gather(j);
 }
 
 PyDoc_STRVAR(call_fetch_doc,
 "call_fetch(store, inputs, ctx, leaves, sample_count, threads)\n--\n\n"
 "The bytes of one cached call on a host store.  inputs: the call's tensors (each\n"
-"(B, ...)); ctx: the call's 16-byte context digest; leaves: the 16-byte\n"
+"(B, ...)), or the keys an earlier call_fetch returned for them (bytes: looked up\n"
+"again, not hashed); ctx: the call's 16-byte context digest; leaves: the 16-byte\n"
 "constants of the output leaves (concatenated), or None when the output layout is\n"
 "not known yet (keys only).  Returns None when an input is not a host tensor (the\n"
 "caller takes its own path), else (keys, hits, miss, outputs): keys, B * 16 bytes,\n"
@@ -347,11 +369,7 @@ PyDoc_STRVAR(call_fetch_doc,
 
 static PyObject *py_call_fetch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 6) {
-        PyErr_Format(PyExc_TypeError, "call_fetch() takes 6 arguments (%zd given)", nargs);
-        return NULL;
-    }
-    tc_store *store = tc_store_module_get(args[0]);
+    tc_store *store = entry_store("call_fetch", args, nargs, 6);
     if (store == NULL)
         return NULL;
     fetch_job job;
@@ -361,13 +379,11 @@ static PyObject *py_call_fetch(PyObject *self, PyObject *const *args, Py_ssize_t
         return NULL;
     uint64_t leaf_buf[2 * 8];
     uint64_t *leaf_words = NULL;
-    if (args[3] != Py_None) {
-        if (!PyBytes_Check(args[3]) || PyBytes_GET_SIZE(args[3]) == 0 ||
-            PyBytes_GET_SIZE(args[3]) % 16) {
-            PyErr_SetString(PyExc_TypeError, "leaves must be None or 16 bytes per leaf");
-            return NULL;
-        }
-        job.n_leaves = PyBytes_GET_SIZE(args[3]) / 16;
+    job.n_leaves = bytes_units(args[3], "leaves", "None or 16 bytes per leaf", 16,
+                               BYTES_NONE_OK);
+    if (job.n_leaves < 0)
+        return NULL;
+    if (job.n_leaves > 0) {
         leaf_words = job.n_leaves <= 8 ? leaf_buf
                                        : PyMem_Malloc(sizeof(uint64_t) * 2 * (size_t)job.n_leaves);
         if (leaf_words == NULL)
@@ -387,42 +403,56 @@ static PyObject *py_call_fetch(PyObject *self, PyObject *const *args, Py_ssize_t
     job.sample_count = (uint64_t)sample_count;
     job.threads = threads < 1 ? 1 : threads > 1024 ? 1024 : (int)threads;
 
-    PyObject *seq = PySequence_Fast(args[1], "inputs must be a sequence of tensors");
-    if (seq == NULL)
-        goto fail_early;
-    job.n_inputs = PySequence_Fast_GET_SIZE(seq);
+    PyObject *seq = NULL, *result = NULL, *keys = NULL, *present = NULL;
     tc_view view_buf[4];
     Py_ssize_t exported = 0;
-    PyObject *result = NULL, *keys = NULL, *present = NULL;
-    job.views = job.n_inputs <= 4 ? view_buf : PyMem_Calloc((size_t)job.n_inputs, sizeof(tc_view));
-    if (job.views == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
     int64_t input_bytes = 0;
-    int fallback = job.n_inputs == 0;
-    for (; !fallback && exported < job.n_inputs; exported++) {
-        tc_view *v = &job.views[exported];
-        if (export_view(PySequence_Fast_GET_ITEM(seq, exported), "input", v) < 0) {
-            /* Not a tensor this path can read (sparse, quantized...): the caller's
-             * own path says what is wrong with it. */
-            PyErr_Clear();
-            fallback = 1;
-            break;
+    if (PyBytes_Check(args[1])) {
+        /* The item keys an earlier call_fetch returned for these inputs: look them up
+         * again without hashing (after the remote tier filled the store). */
+        Py_ssize_t n = bytes_units(args[1], "keys", "bytes, 16 per row", 16, 0);
+        if (n < 0)
+            goto fail_early;
+        job.batch = n;
+        keys = Py_NewRef(args[1]);
+    } else {
+        seq = PySequence_Fast(args[1], "inputs must be a sequence of tensors or keys as bytes");
+        if (seq == NULL)
+            goto fail_early;
+        job.n_inputs = PySequence_Fast_GET_SIZE(seq);
+        job.views = job.n_inputs <= 4 ? view_buf
+                                      : PyMem_Calloc((size_t)job.n_inputs, sizeof(tc_view));
+        if (job.views == NULL) {
+            PyErr_NoMemory();
+            goto done;
         }
-        if (!is_host(v) || v->ndim < 1 || v->shape[0] != job.views[0].shape[0])
-            fallback = 1;
-        input_bytes += tc_view_numel(v) * (int64_t)v->itemsize;
+        int fallback = job.n_inputs == 0;
+        for (; !fallback && exported < job.n_inputs; exported++) {
+            tc_view *v = &job.views[exported];
+            if (export_view(PySequence_Fast_GET_ITEM(seq, exported), "input", v) < 0) {
+                /* Not a tensor this path can read (sparse, quantized...): the caller's
+                 * own path says what is wrong with it. */
+                PyErr_Clear();
+                fallback = 1;
+                break;
+            }
+            if (!is_host(v) || v->ndim < 1 || v->shape[0] != job.views[0].shape[0])
+                fallback = 1;
+            input_bytes += tc_view_numel(v) * (int64_t)v->itemsize;
+        }
+        if (fallback || job.views[0].shape[0] <= 0) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        job.batch = job.views[0].shape[0];
+        keys = PyBytes_FromStringAndSize(NULL, 16 * (Py_ssize_t)job.batch);
+        if (keys == NULL)
+            goto done;
     }
-    if (fallback || job.views[0].shape[0] <= 0) {
-        result = Py_NewRef(Py_None);
-        goto done;
-    }
-    job.batch = job.views[0].shape[0];
-    keys = PyBytes_FromStringAndSize(NULL, 16 * (Py_ssize_t)job.batch);
     present = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)job.batch);
-    if (keys == NULL || present == NULL)
+    if (present == NULL)
         goto done;
+    /* Written only by build_keys, which a keys argument skips (n_inputs 0). */
     job.keys = (uint64_t *)PyBytes_AS_STRING(keys);
     job.present = (uint8_t *)PyBytes_AS_STRING(present);
     job.outs = job.n_leaves ? PyMem_Calloc((size_t)job.n_leaves, sizeof(leaf_out)) : NULL;
@@ -480,7 +510,7 @@ done:
         tc_view_release(&job.views[t]);
     if (job.views != NULL && job.views != view_buf)
         PyMem_Free(job.views);
-    Py_DECREF(seq);
+    Py_XDECREF(seq);
     if (leaf_words != leaf_buf)
         PyMem_Free(leaf_words);
     return result;
@@ -501,22 +531,16 @@ PyDoc_STRVAR(call_put_doc,
 
 static PyObject *py_call_put(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 5) {
-        PyErr_Format(PyExc_TypeError, "call_put() takes 5 arguments (%zd given)", nargs);
-        return NULL;
-    }
-    tc_store *store = tc_store_module_get(args[0]);
+    tc_store *store = entry_store("call_put", args, nargs, 5);
     if (store == NULL)
         return NULL;
-    if (!PyBytes_Check(args[1]) || PyBytes_GET_SIZE(args[1]) % 16) {
-        PyErr_SetString(PyExc_TypeError, "keys must be bytes, 16 per row");
+    Py_ssize_t batch = bytes_units(args[1], "keys", "bytes, 16 per row", 16, BYTES_EMPTY_OK);
+    if (batch < 0)
         return NULL;
-    }
-    int64_t batch = PyBytes_GET_SIZE(args[1]) / 16;
-    if (args[2] != Py_None && (!PyBytes_Check(args[2]) || PyBytes_GET_SIZE(args[2]) % 8)) {
-        PyErr_SetString(PyExc_TypeError, "rows must be None or int64 indices as bytes");
+    Py_ssize_t n_rows = bytes_units(args[2], "rows", "None or int64 indices as bytes", 8,
+                                    BYTES_NONE_OK | BYTES_EMPTY_OK);
+    if (n_rows < 0)
         return NULL;
-    }
     uint64_t leaf[2];
     if (digest_words(args[3], "leaf", 1, leaf) < 0)
         return NULL;
@@ -524,7 +548,7 @@ static PyObject *py_call_put(PyObject *self, PyObject *const *args, Py_ssize_t n
     if (export_view(args[4], "src", &src) < 0)
         return NULL;
     PyObject *result = NULL;
-    int64_t n = args[2] == Py_None ? batch : PyBytes_GET_SIZE(args[2]) / 8;
+    int64_t n = args[2] == Py_None ? (int64_t)batch : (int64_t)n_rows;
     if (!is_host(&src) || !src.contiguous || src.ndim < 1 || src.shape[0] != n ||
         src.ndim - 1 > TC_STORE_MAX_NDIM) {
         PyErr_Format(PyExc_ValueError,

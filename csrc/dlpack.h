@@ -13,6 +13,8 @@
 #include <Python.h>
 #include <stdint.h>
 
+#include "hash.h"
+
 enum { TC_DL_CPU = 1, TC_DL_CUDA = 2, TC_DL_CUDA_HOST = 3, TC_DL_CUDA_MANAGED = 13 };
 enum { TC_DL_INT = 0, TC_DL_UINT = 1, TC_DL_FLOAT = 2, TC_DL_BFLOAT = 4, TC_DL_COMPLEX = 5, TC_DL_BOOL = 6 };
 
@@ -64,5 +66,20 @@ int tc_view_from_object(PyObject *obj, const char *what, tc_view *v);
 void tc_view_release(tc_view *v);
 /* Number of elements (product of shape), 0 for an empty tensor. */
 int64_t tc_view_numel(const tc_view *v);
+
+/* Describes a batch view (dimension 0 is the batch, ndim >= 1) for the hash engine:
+ * b borrows v's data, shape and strides, so v must outlive it. */
+static inline void tc_batch_of(const tc_view *v, tc_batch *b)
+{
+    b->base = v->data;
+    b->batch_stride = v->strides[0] * (int64_t)v->itemsize;
+    b->batch = v->shape[0];
+    b->item.base = NULL;
+    b->item.itemsize = v->itemsize;
+    b->item.ndim = v->ndim - 1;
+    b->item.shape = v->shape + 1;
+    b->item.strides = v->strides + 1;
+    b->item.dtype_word = v->dtype_word;
+}
 
 #endif

@@ -39,20 +39,6 @@ static int check_digest_out(const tc_view *out, int64_t batch)
     return 0;
 }
 
-/* Describes a batch view (dimension 0 is the batch) for the hash engine. */
-static void batch_of(const tc_view *x, tc_batch *b)
-{
-    b->base = x->data;
-    b->batch_stride = x->strides[0] * (int64_t)x->itemsize;
-    b->batch = x->shape[0];
-    b->item.base = NULL;
-    b->item.itemsize = x->itemsize;
-    b->item.ndim = x->ndim - 1;
-    b->item.shape = x->shape + 1;
-    b->item.strides = x->strides + 1;
-    b->item.dtype_word = x->dtype_word;
-}
-
 PyDoc_STRVAR(hash_into_doc,
 "hash_into(x, out, sample_count=0, stream=0, threads=1)\n--\n\n"
 "Write the tch128-v2 digest of every item x[i] into out[i] (an int64 (B, 2)\n"
@@ -108,7 +94,7 @@ static PyObject *py_hash_into(PyObject *self, PyObject *args, PyObject *kwargs)
         }
     } else if (dev == TC_DL_CPU || dev == TC_DL_CUDA_HOST) {
         tc_batch batch_desc;
-        batch_of(&x, &batch_desc);
+        tc_batch_of(&x, &batch_desc);
         int64_t total = tc_view_numel(&x) * (int64_t)x.itemsize;
         int rc;
         PyThreadState *ts = NULL;

@@ -92,6 +92,28 @@ def test_split_and_gather_match_the_store_for_each_leaf():
         assert torch.equal(out_a[r], a[r]) and torch.equal(out_b[r], b[r])
 
 
+def test_keys_from_an_earlier_fetch_are_looked_up_without_the_inputs():
+    # The remote tier's second lookup (cache.py) passes the first call's keys, not the
+    # inputs: the same split and rows as a fetch that hashes them.
+    x = torch.randn(6, 4)
+    keys = reference_keys([x])
+    store = _C.Store(None)
+    a = torch.randn(6, 3)
+    fill(store, keys, 0, a, rows=[1, 2, 5])
+    key_bytes, hits, miss, outs = _C.call_fetch(store, [x], CTX, _leaf_constants(1), 0, 1)
+    again = _C.call_fetch(store, key_bytes, b"\0" * 16, _leaf_constants(1), 0, 1)
+    assert again[0] == key_bytes and (again[1], again[2]) == (hits, miss) == (
+        3, rows_bytes([0, 3, 4]))
+    assert torch.equal(torch.from_dlpack(again[3][0])[[1, 2, 5]], a[[1, 2, 5]])
+    fill(store, keys, 0, a, rows=[0, 3, 4])
+    _, hits, miss, outs = _C.call_fetch(store, key_bytes, CTX, _leaf_constants(1), 0, 1)
+    assert (hits, miss) == (6, None) and torch.equal(torch.from_dlpack(outs[0]), a)
+    with pytest.raises(TypeError, match="keys must be bytes, 16 per row"):
+        _C.call_fetch(store, key_bytes[:-1], CTX, _leaf_constants(1), 0, 1)
+    with pytest.raises(TypeError, match="keys must be bytes, 16 per row"):
+        _C.call_fetch(store, b"", CTX, _leaf_constants(1), 0, 1)
+
+
 def test_a_row_whose_record_has_another_item_shape_is_a_miss():
     x = torch.randn(3, 4)
     keys = reference_keys([x])
@@ -126,8 +148,18 @@ def rows_bytes(rows):
 
 def test_call_functions_check_their_arguments():
     store, x = _C.Store(None), torch.randn(2, 3)
+    with pytest.raises(TypeError, match=r"call_fetch\(\) takes 6 arguments \(5 given\)"):
+        _C.call_fetch(store, [x], CTX, None, 0)
+    with pytest.raises(TypeError, match=r"call_put\(\) takes 5 arguments \(4 given\)"):
+        _C.call_put(store, b"", None, _leaf_constants(1))
     with pytest.raises(TypeError):
         _C.call_fetch("not a store", [x], CTX, None, 0, 1)
+    with pytest.raises(TypeError, match="rows must be None or int64 indices as bytes"):
+        _C.call_put(store, b"\0" * 32, b"\0" * 7, _leaf_constants(1), torch.randn(1, 3))
+    with pytest.raises(TypeError, match="keys must be bytes, 16 per row"):
+        _C.call_put(store, b"\0" * 17, None, _leaf_constants(1), torch.randn(1, 3))
+    with pytest.raises(TypeError, match="leaves must be None or 16 bytes per leaf"):
+        _C.call_fetch(store, [x], CTX, b"", 0, 1)
     with pytest.raises(TypeError):
         _C.call_fetch(store, [x], b"short", None, 0, 1)
     with pytest.raises(TypeError):

@@ -77,7 +77,7 @@ def hash_into(
 def build_info() -> _BuildInfo: ...
 def call_fetch(
     store: "Store",
-    inputs: Sequence[_Tensor],
+    inputs: Union[Sequence[_Tensor], bytes],
     ctx: bytes,
     leaves: Optional[bytes],
     sample_count: int,

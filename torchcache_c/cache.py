@@ -397,7 +397,9 @@ class ModuleCache:
             if handle.remote.fill(handle.store, [_leaf_keys(keys, j)
                                                  for j in range(len(layout["dtypes"]))],
                                   handle.lock):
-                found = self._find(handle, inputs, ctx_digest, layout, device, batch)
+                # The same keys again: looked up, not hashed a second time.
+                found = self._find(handle, inputs, ctx_digest, layout, device, batch,
+                                   keys=found.keys)
         with self._lock:
             self._counts["hits"] += found.hits
             self._counts["misses"] += batch - found.hits
@@ -551,12 +553,20 @@ class ModuleCache:
         return handle, known[0], known[1]
 
     def _find(self, handle: _StoreHandle, inputs, ctx_digest: bytes, layout: Optional[dict],
-              device, batch: int) -> "_Found":
+              device, batch: int, keys: Any = None) -> "_Found":
         """Item keys, lookup, the hit/miss split and the hits' outputs (keys only when
         layout is None).  A host store with host inputs does all of it in one C call
-        (csrc/call.c); other tiers and device inputs take the step-by-step path."""
+        (csrc/call.c); other tiers and device inputs take the step-by-step path.
+        `keys`: the keys an earlier _find of these inputs returned, looked up again
+        without hashing the inputs."""
         leaves = None if layout is None else _leaf_constants(len(layout["dtypes"]))
-        tensors = [t if not (t.is_conj() or t.is_neg()) else _resolved(t) for _, t in inputs]
+        if keys is not None and not isinstance(keys, bytes):
+            return self._find_steps(handle, [], ctx_digest, layout, device, batch, keys)
+        if keys is not None:
+            tensors = keys
+        else:
+            tensors = [t if not (t.is_conj() or t.is_neg()) else _resolved(t)
+                       for _, t in inputs]
         if layout is None:
             result = handle.store.call_fetch(tensors, ctx_digest, None, self.subsample_count)
         else:
@@ -578,11 +588,15 @@ class ModuleCache:
         return found
 
     def _find_steps(self, handle: _StoreHandle, tensors: List[torch.Tensor], ctx_digest: bytes,
-                    layout: Optional[dict], device, batch: int) -> "_Found":
-        """_find one torch op at a time (DeviceTier, CUDA inputs): same keys, same split."""
-        columns = [_digest_pair(ctx_digest).expand(batch, 2)]
-        columns += [hash_tensor(t, subsample_count=self.subsample_count) for t in tensors]
-        found = _Found(hash_tensor(torch.stack(columns, dim=1)), 0)
+                    layout: Optional[dict], device, batch: int,
+                    keys: Optional[torch.Tensor] = None) -> "_Found":
+        """_find one torch op at a time (DeviceTier, CUDA inputs): same keys, same split.
+        `keys`: these inputs' keys from an earlier _find_steps (then not hashed again)."""
+        if keys is None:
+            columns = [_digest_pair(ctx_digest).expand(batch, 2)]
+            columns += [hash_tensor(t, subsample_count=self.subsample_count) for t in tensors]
+            keys = hash_tensor(torch.stack(columns, dim=1))
+        found = _Found(keys, 0)
         if layout is None:
             return found
         keys = found.keys
@@ -674,24 +688,30 @@ class ModuleCache:
 
     def _store(self, handle: _StoreHandle, found: "_Found", leaves, layout) -> None:
         """Store the computed rows (found.miss, or every row) of each leaf."""
-        if handle.store.is_full or handle.store.io_error:
+        store = handle.store
+        if store.is_full or store.io_error:
             return
         if self._limit() == 0:
             limit = "max_persistent_cache_size" if self.persistent else "max_memory_cache_size"
             self._log_once("full", "%s=0: new outputs are not stored, forward keeps running",
                            limit)
             return
+        # One lock hold for every leaf of the call (a miss's bookkeeping is per call,
+        # not per leaf: issue 11).
+        keys, rows = found.keys, found.miss_rows
         stored_now = []
-        constants = _leaf_constants(len(leaves))
-        for j, leaf in enumerate(leaves):
+        if isinstance(keys, bytes):
+            constants = _leaf_constants(len(leaves))
             with handle.lock:
-                if isinstance(found.keys, bytes):
-                    stored_now.append(handle.store.put_rows(
-                        found.keys, found.miss_rows, constants[16 * j:16 * j + 16],
-                        self._stored(leaf)))
-                else:
-                    keys = found.keys if found.miss is None else found.keys[found.miss]
-                    stored_now.append(handle.store.put(_leaf_keys(keys, j), self._stored(leaf)))
+                for j, leaf in enumerate(leaves):
+                    stored_now.append(store.put_rows(keys, rows, constants[16 * j:16 * j + 16],
+                                                     self._stored(leaf)))
+        else:
+            if found.miss is not None:
+                keys = keys[found.miss]
+            with handle.lock:
+                for j, leaf in enumerate(leaves):
+                    stored_now.append(store.put(_leaf_keys(keys, j), self._stored(leaf)))
         stored = min(stored_now)
         with self._lock:
             self._counts["items_stored"] += stored
