@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MIN="${COVERAGE_MIN:-78}"
 W="$(mktemp -d)"
-CFLAGS=(-g -O0 -std=c11 -D_GNU_SOURCE -Icsrc -Wall -Wextra --coverage)
+CFLAGS=(-g -O0 -std=c11 -D_GNU_SOURCE -DNDEBUG -Icsrc -Wall -Wextra --coverage)
 objs=()
 for src in csrc/store.c csrc/hash.c csrc/hash_portable.c csrc/hash_dispatch.c \
            csrc/hash_batch.c csrc/zstd_dl.c; do

@@ -424,7 +424,7 @@ static int header_validate(const rec_header *h, uint64_t segment_id, uint64_t of
         goto out;
     }
     uint64_t t = REC_HEADER_BYTES + round_up(h->stored_len, REC_ALIGN);
-    if (avail < REC_HEADER_BYTES || t > avail)
+    if (t > avail)
         return HDR_SHORT;
     *total = t;
     return HDR_OK;
@@ -680,6 +680,21 @@ static void seg_release(tc_store *s, size_t si)
 /* "No fault" where a fault kind is returned (kinds start at 0). */
 #define NO_FAULT (-1)
 
+/* Moves *iov / *niov past `done` bytes (a short read or write): whole iovecs
+ * are dropped, and the first left starts `done` bytes further in. */
+static void iov_advance(struct iovec **iov, int *niov, size_t done)
+{
+    while (*niov > 0 && done >= (*iov)->iov_len) {
+        done -= (*iov)->iov_len;
+        (*iov)++;
+        (*niov)--;
+    }
+    if (*niov > 0) {
+        (*iov)->iov_base = (uint8_t *)(*iov)->iov_base + done;
+        (*iov)->iov_len -= done;
+    }
+}
+
 /* Reads exactly the iovecs at off.  NO_FAULT on success, else the fault kind
  * (SHORT: the file ends first, IO: a read error) with *errnum set for IO. */
 static int read_fully(int fd, struct iovec *iov, int niov, uint64_t off, int *errnum)
@@ -695,15 +710,7 @@ static int read_fully(int fd, struct iovec *iov, int niov, uint64_t off, int *er
         if (r == 0)
             return TC_FAULT_SHORT;
         off += (uint64_t)r;
-        while (niov > 0 && (size_t)r >= iov->iov_len) {
-            r -= (ssize_t)iov->iov_len;
-            iov++;
-            niov--;
-        }
-        if (niov > 0) {
-            iov->iov_base = (uint8_t *)iov->iov_base + r;
-            iov->iov_len -= (size_t)r;
-        }
+        iov_advance(&iov, &niov, (size_t)r);
     }
     return NO_FAULT;
 }
@@ -714,9 +721,9 @@ static int seg_read(tc_store *s, size_t si, uint64_t off, struct iovec *iov, int
 {
     segment *g = &s->segs[si];
     if (g->path == NULL) {
+        /* An arena record is indexed once all its bytes are in its chunk, and a
+         * chunk never shrinks: reads of indexed records are in bounds. */
         for (int i = 0; i < niov; i++) {
-            if (off + iov[i].iov_len > g->file_len)
-                return -1;
             memcpy(iov[i].iov_base, g->base + off, iov[i].iov_len);
             off += iov[i].iov_len;
         }
@@ -755,7 +762,7 @@ static int payload_verify(tc_store *s, size_t si, uint64_t off, const rec_header
     segment *g = &s->segs[si];
     uint64_t start = off + REC_HEADER_BYTES, n = h->stored_len;
     if (g->path == NULL)
-        return start + n <= g->file_len && payload_checksum(g->base + start, n) == h->payload_sum;
+        return payload_checksum(g->base + start, n) == h->payload_sum; /* in bounds: seg_read */
     if (n == 0)
         return payload_checksum(NULL, 0) == h->payload_sum;
     int fd = seg_acquire(s, si);
@@ -1042,19 +1049,21 @@ static const uint8_t *win_get(segment *g, window *w, uint64_t off, size_t need, 
     return w->buf;
 }
 
-/* Finds the next 64-byte aligned offset after a bad header that holds a header
- * which checks (docs/format.md, section 6: resynchronisation).  Holes are
- * skipped with SEEK_DATA (they read as zeros and hold no header), and at most
- * RESYNC_BUDGET_BYTES are read per call; g->resync_more says to go on later. */
-static int segment_resync(segment *g, window *w, uint64_t *next, int *fault_kind, int *errnum)
+/* Resynchronisation (docs/format.md, section 6): the first 64-byte aligned
+ * offset from o on that holds a header which checks.  Holes are skipped with
+ * SEEK_DATA (they read as zeros and hold no header), and once `budget` bytes
+ * have been read the search stops with *more set (the scan goes on at its next
+ * refresh, so a huge garbage file costs bounded time per call).  Returns 1
+ * with *at the header's offset, else 0 with *at where the search stopped. */
+static int resync_search(segment *g, window *w, uint64_t o, uint64_t budget, uint64_t *at,
+                         int *more, int *fault_kind, int *errnum)
 {
-    uint64_t o = g->resync_from > g->scan_end ? g->resync_from : g->scan_end + REC_ALIGN;
-    uint64_t budget_end = w->bytes_read + RESYNC_BUDGET_BYTES;
-    g->resync_more = 0;
+    uint64_t budget_end = w->bytes_read + budget;
+    *more = 0;
     while (o + REC_HEADER_BYTES <= g->file_len) {
         if (g->path != NULL && !(o >= w->start && o + REC_HEADER_BYTES <= w->start + w->len)) {
             if (w->bytes_read >= budget_end) {
-                g->resync_more = 1;
+                *more = 1;
                 break;
             }
             off_t d = lseek(w->fd, (off_t)o, SEEK_DATA);
@@ -1062,10 +1071,10 @@ static int segment_resync(segment *g, window *w, uint64_t *next, int *fault_kind
                 o = g->file_len; /* only a hole is left */
                 break;
             }
-            if (d > (off_t)o)
+            if (d > (off_t)o) {
                 o = round_up((uint64_t)d, REC_ALIGN);
-            if (o + REC_HEADER_BYTES > g->file_len)
-                break;
+                continue;
+            }
         }
         const uint8_t *b = win_get(g, w, o, REC_HEADER_BYTES, w->cap, fault_kind, errnum);
         if (b == NULL)
@@ -1075,13 +1084,13 @@ static int segment_resync(segment *g, window *w, uint64_t *next, int *fault_kind
             header_decode(b, &h);
             uint64_t total;
             if (header_check(&h, g->id, o, g->file_len - o, &total) != HDR_BAD) {
-                *next = o;
+                *at = o;
                 return 1;
             }
         }
         o += REC_ALIGN;
     }
-    g->resync_from = o;
+    *at = o;
     return 0;
 }
 
@@ -1114,9 +1123,14 @@ static int segment_scan(tc_store *s, size_t si, size_t *added)
         if (hc == HDR_SHORT)
             break;
         if (hc == HDR_BAD) {
-            uint64_t next;
-            if (!segment_resync(g, &w, &next, &kind, &errnum))
+            /* a search cut short by its budget goes on from where it stopped */
+            uint64_t from = g->resync_from > g->scan_end ? g->resync_from
+                                                         : g->scan_end + REC_ALIGN, next;
+            if (!resync_search(g, &w, from, RESYNC_BUDGET_BYTES, &next, &g->resync_more,
+                               &kind, &errnum)) {
+                g->resync_from = next;
                 break; /* maybe a write in progress; look again next time */
+            }
             s->corrupt++;
             g->scan_end = next;
             g->resync_from = 0;
@@ -1336,6 +1350,32 @@ static int refresh_readdir(tc_store *s, int64_t now_wall, size_t *added)
     return rc;
 }
 
+/* After segments went away (a compaction merged them, a clear): entries of
+ * removed segments go, and every other segment is scanned from the start, so a
+ * key whose entry went finds its other copies (a merged segment, a duplicate).
+ * Rare.  Returns 0, or -1 without memory. */
+static int reindex_pass(tc_store *s, size_t *added)
+{
+    uint64_t corrupt = s->corrupt; /* damage seen before is not counted twice */
+    for (size_t i = 0; i < s->nslots; i++) {
+        entry *e = &s->slots[i];
+        if (e->seg != 0 && s->segs[e->seg - 1].gone)
+            entry_kill(s, e, 0);
+    }
+    for (size_t si = 0; si < s->nsegs; si++) {
+        segment *g = &s->segs[si];
+        if ((long)si == s->own || g->ignored || g->gone)
+            continue;
+        g->scan_end = 0;
+        g->resync_from = 0;
+        g->resync_more = 0;
+        if (segment_scan(s, si, added) < 0)
+            return -1;
+    }
+    s->corrupt = corrupt;
+    return 0;
+}
+
 /* Picks up grown tails of known segments and new segment files (docs/format.md
  * section 7).  Per call it re-checks the segments whose writer may still
  * append and REFRESH_IDLE_CHECKS of the others (round robin), and lists the
@@ -1351,28 +1391,8 @@ static int refresh_locked(tc_store *s, size_t *added, int force, char *err, size
     s->refreshes++;
     int64_t now_wall = wall_ns();
     size_t n = s->nsegs, idle_left = force ? n : REFRESH_IDLE_CHECKS;
-    if (__atomic_exchange_n(&s->reindex, 0, __ATOMIC_ACQ_REL)) {
-        uint64_t corrupt = s->corrupt; /* damage seen before is not counted twice */
-        /* Entries of removed segments go; every other segment is scanned from
-         * the start, so a key whose entry went finds its other copies (a
-         * merged segment, a duplicate).  Rare: after a compaction or a clear. */
-        for (size_t i = 0; i < s->nslots; i++) {
-            entry *e = &s->slots[i];
-            if (e->seg != 0 && s->segs[e->seg - 1].gone)
-                entry_kill(s, e, 0);
-        }
-        for (size_t si = 0; si < n; si++) {
-            segment *g = &s->segs[si];
-            if ((long)si == s->own || g->ignored || g->gone)
-                continue;
-            g->scan_end = 0;
-            g->resync_from = 0;
-            g->resync_more = 0;
-            if (segment_scan(s, si, added) < 0)
-                goto nomem;
-        }
-        s->corrupt = corrupt;
-    }
+    if (__atomic_exchange_n(&s->reindex, 0, __ATOMIC_ACQ_REL) && reindex_pass(s, added) < 0)
+        goto nomem;
     for (size_t si = 0; si < n; si++) {
         segment *g = &s->segs[si];
         if ((long)si == s->own || g->ignored || g->gone || !g->live_writer)
@@ -1398,6 +1418,15 @@ static int refresh_locked(tc_store *s, size_t *added, int force, char *err, size
     }
     if (list && refresh_readdir(s, now_wall, added) < 0)
         goto nomem;
+    /* The rechecks and scans above (a reindex pass included) may have found
+     * more segments gone, removed by the same compaction: their keys were just
+     * indexed from them, or their copies in the merged segment (listed just
+     * now) were not.  Another pass; each marks a segment gone for good, so
+     * this ends. */
+    while (__atomic_exchange_n(&s->reindex, 0, __ATOMIC_ACQ_REL)) {
+        if (reindex_pass(s, added) < 0)
+            goto nomem;
+    }
     return TC_STORE_OK;
 nomem:
     fault(s, TC_FAULT_NOMEM, "out of memory while indexing %s", s->dir);
@@ -1879,12 +1908,8 @@ static int gather_finish(tc_store *s, entry *e, const uint8_t hb[REC_HEADER_BYTE
               (unsigned long long)h.dtype_word);
         return 0;
     }
-    const uint8_t *payload = row;
-    if (g->path == NULL) {
-        if (e->offset + REC_HEADER_BYTES + h.stored_len > g->file_len)
-            return 0;
-        payload = g->base + e->offset + REC_HEADER_BYTES;
-    }
+    /* an arena record is read in place (in bounds: see seg_read) */
+    const uint8_t *payload = g->path == NULL ? g->base + e->offset + REC_HEADER_BYTES : row;
     if (!verified) {
         if (payload_checksum(payload, h.stored_len) != h.payload_sum) {
             entry_kill(s, e, 1);
@@ -1930,9 +1955,7 @@ static int gather_row(tc_store *s, uint64_t k0, uint64_t k1, uint64_t dtype_word
      * than the row) followed by whatever comes next in the file. */
     struct iovec iov[2] = {{hb, sizeof(hb)}, {row, (size_t)item_bytes}};
     if (g->path == NULL) {
-        if (e->offset + REC_HEADER_BYTES > g->file_len)
-            return 0;
-        memcpy(hb, g->base + e->offset, sizeof(hb));
+        memcpy(hb, g->base + e->offset, sizeof(hb)); /* in bounds: seg_read */
     } else {
         int fd = seg_acquire(s, si);
         if (fd < 0) {
@@ -2002,15 +2025,7 @@ static ssize_t read_most(int fd, struct iovec *iov, int niov, uint64_t off)
         if (r <= 0)
             return got ? (ssize_t)got : r;
         got += (size_t)r;
-        while (niov > 0 && (size_t)r >= iov->iov_len) {
-            r -= (ssize_t)iov->iov_len;
-            iov++;
-            niov--;
-        }
-        if (niov > 0) {
-            iov->iov_base = (uint8_t *)iov->iov_base + r;
-            iov->iov_len -= (size_t)r;
-        }
+        iov_advance(&iov, &niov, (size_t)r);
     }
     return (ssize_t)got;
 }
@@ -2102,9 +2117,6 @@ static int gather_batched(tc_store *s, const uint64_t *keys, size_t n, uint64_t 
     return 0;
 }
 
-/* Refresh-and-retry rounds of a gather that met removed segments. */
-#define GATHER_RECOVERY_ROUNDS 3
-
 int tc_store_gather(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtype_word, int ndim,
                     const int64_t *shape, uint8_t *dest, uint8_t *served, char *err,
                     size_t err_len)
@@ -2137,35 +2149,27 @@ int tc_store_gather(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtype_
         unserved += !served[i];
     int reindex = __atomic_load_n(&s->reindex, __ATOMIC_ACQUIRE);
     pthread_rwlock_unlock(&s->lock);
-    if (unserved == 0 || !reindex || s->dir == NULL)
+    if (unserved == 0 || !reindex)
         return TC_STORE_OK;
     /* Segments went away during this gather (a compaction merged them, most
      * likely): index their records' other copies now and serve those rows,
-     * rather than have every reader recompute them.  A refresh can itself
-     * find more segments gone (one whose descriptor the gather still held, for
-     * example) after it dropped the entries of the first ones: their rows need
-     * another round, so the recovery repeats while that happens (bounded). */
-    for (int round = 0; round < GATHER_RECOVERY_ROUNDS && unserved && reindex; round++) {
-        pthread_rwlock_wrlock(&s->lock);
+     * rather than have every reader recompute them.  The refresh repeats its
+     * reindex pass until no more segments are found gone (refresh_locked),
+     * and the rows are served under the same write lock.  (Only a file
+     * segment is ever found gone: an arena never sets reindex.) */
+    pthread_rwlock_wrlock(&s->lock);
+    if (s->closed) {
+        rc = closed_err(err, err_len);
+    } else {
         size_t added = 0;
-        if (!s->closed)
-            refresh_locked(s, &added, 0, NULL, 0);
-        pthread_rwlock_unlock(&s->lock);
-        pthread_rwlock_rdlock(&s->lock);
-        if (s->closed) {
-            pthread_rwlock_unlock(&s->lock);
-            return closed_err(err, err_len);
-        }
-        unserved = 0;
+        refresh_locked(s, &added, 0, NULL, 0); /* a fault leaves the rows missing */
         for (size_t i = 0; i < n; i++) {
             if (!served[i] && probe(s, keys[2 * i], keys[2 * i + 1]) != NULL)
                 served[i] = (uint8_t)gather_row(s, keys[2 * i], keys[2 * i + 1], dtype_word,
                                                 ndim, shape, item_bytes, dest + i * item_bytes);
-            unserved += !served[i];
         }
-        reindex = __atomic_load_n(&s->reindex, __ATOMIC_ACQUIRE);
-        pthread_rwlock_unlock(&s->lock);
     }
+    pthread_rwlock_unlock(&s->lock);
     return rc;
 }
 /* ---- put -------------------------------------------------------------------- */
@@ -2227,15 +2231,7 @@ static size_t batch_flush(tc_store *s, put_batch *b)
             break;
         }
         done += (uint64_t)w;
-        while (niov > 0 && (size_t)w >= iov->iov_len) {
-            w -= (ssize_t)iov->iov_len;
-            iov++;
-            niov--;
-        }
-        if (niov > 0) {
-            iov->iov_base = (uint8_t *)iov->iov_base + w;
-            iov->iov_len -= (size_t)w;
-        }
+        iov_advance(&iov, &niov, (size_t)w);
     }
     g->file_len = start + done;
     g->scan_end = g->file_len;
@@ -2523,22 +2519,10 @@ static void segment_verify(tc_store *s, size_t si, tc_store_verify_result *r,
             r->corrupt++;
             if (problem)
                 problem(ctx, g->name, si, off, why);
-            /* Resynchronise as the scan does: the next aligned header that checks. */
-            uint64_t o = off + REC_ALIGN;
-            for (; o + REC_HEADER_BYTES <= len; o += REC_ALIGN) {
-                const uint8_t *nb =
-                    win_get(g, &w, o, REC_HEADER_BYTES, SCAN_WINDOW_BYTES, &kind, &errnum);
-                if (nb == NULL) {
-                    o = len;
-                    break;
-                }
-                rec_header n;
-                header_decode(nb, &n);
-                uint64_t t;
-                if (n.magic == REC_MAGIC && header_check(&n, g->id, o, len - o, &t) != HDR_BAD)
-                    break;
-            }
-            off = o;
+            /* Resynchronise as the scan does, through the whole file (a budget
+             * of twice its length never runs out): holes are skipped. */
+            int more;
+            resync_search(g, &w, off + REC_ALIGN, 2 * len, &off, &more, &kind, &errnum);
             continue;
         }
         entry *e = index_find(s, h.key0, h.key1);
@@ -2734,7 +2718,7 @@ static int compact_segment(tc_store *s, size_t si, key_set *seen, int out_fd, ui
     window w = {s->scan_buf, SCAN_WINDOW_BYTES, 0, 0, -1, 0};
     if ((w.fd = seg_acquire(s, si)) < 0)
         return 0;
-    int rc = 0, kind = NO_FAULT, errnum = 0;
+    int rc = 0, kind = NO_FAULT, errnum = 0, partial = 0;
     uint64_t off = 0;
     while (off + REC_HEADER_BYTES <= g->file_len) {
         const uint8_t *b = win_get(g, &w, off, REC_HEADER_BYTES, SCAN_WINDOW_BYTES, &kind, &errnum);
@@ -2749,12 +2733,9 @@ static int compact_segment(tc_store *s, size_t si, key_set *seen, int out_fd, ui
         if (hc == HDR_SHORT)
             break;
         if (hc == HDR_BAD) {
-            g->scan_end = off;
-            g->resync_from = 0;
-            uint64_t next;
-            if (!segment_resync(g, &w, &next, &kind, &errnum))
+            if (!resync_search(g, &w, off + REC_ALIGN, RESYNC_BUDGET_BYTES, &off, &partial,
+                               &kind, &errnum))
                 break;
-            off = next;
             continue;
         }
         int fresh = key_set_add(seen, h.key0, h.key1);
@@ -2824,7 +2805,7 @@ static int compact_segment(tc_store *s, size_t si, key_set *seen, int out_fd, ui
         return -1;
     /* A segment walked only in part (a read fault, a resync budget spent) may
      * hold records that were not merged: it must not be removed. */
-    return kind == NO_FAULT && !g->resync_more ? 1 : 0;
+    return kind == NO_FAULT && !partial ? 1 : 0;
 }
 
 int tc_store_compact(const char *dir, int64_t min_idle_s, tc_store_compact_result *r,

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -238,6 +239,7 @@ off_t __wrap_lseek(int fd, off_t off, int whence)
 
 #define NUMEL 40
 #define PER 6 /* records per writer's segment */
+#define BIG_PUT 350 /* a put of more records than one pwritev takes (PUT_MAX_IOV / 3) */
 static const uint64_t I64 = 0 | 64 << 8 | 1 << 16;
 static const int64_t SHAPE[1] = {NUMEL};
 static char root[64], dir[128], other[128];
@@ -429,7 +431,7 @@ static int op_open(void)
     return rc;
 }
 
-static int put_into(const char *path)
+static int put_into(const char *path, uint64_t first, size_t count, int lookup)
 {
     tc_store_options opt = {0};
     opt.max_bytes = 0;
@@ -439,22 +441,21 @@ static int put_into(const char *path)
     int rc = tc_store_open(path, &opt, &s, err, sizeof(err));
     if (rc != TC_STORE_OK)
         return -100;
-    uint64_t keys[2 * 16];
-    int64_t items[16][NUMEL];
-    make_keys(100, 16, keys, items);
+    static uint64_t keys[2 * BIG_PUT];
+    static int64_t items[BIG_PUT][NUMEL], dest[BIG_PUT][NUMEL];
+    static uint8_t present[BIG_PUT], served[BIG_PUT];
+    make_keys(first, count, keys, items);
     size_t stored = 0;
     extern long armed_at;
     fail_at = armed_at;
-    rc = tc_store_put(s, keys, 16, I64, 1, SHAPE, (const uint8_t *)items, &stored, err,
+    rc = tc_store_put(s, keys, count, I64, 1, SHAPE, (const uint8_t *)items, &stored, err,
                       sizeof(err));
-    uint8_t present[16], served[16];
-    int64_t dest[16][NUMEL];
+    if (rc == TC_STORE_OK && lookup)
+        rc = tc_store_lookup(s, keys, count, present, err, sizeof(err));
     if (rc == TC_STORE_OK)
-        rc = tc_store_lookup(s, keys, 16, present, err, sizeof(err));
-    if (rc == TC_STORE_OK)
-        rc = tc_store_gather(s, keys, 16, I64, 1, SHAPE, (uint8_t *)dest, served, err,
+        rc = tc_store_gather(s, keys, count, I64, 1, SHAPE, (uint8_t *)dest, served, err,
                              sizeof(err));
-    for (int i = 0; rc == TC_STORE_OK && i < 16; i++)
+    for (size_t i = 0; rc == TC_STORE_OK && i < count; i++)
         check(!served[i] || memcmp(dest[i], items[i], sizeof(items[i])) == 0,
               "own rows differ", fail_at);
     fail_at = 0;
@@ -466,12 +467,17 @@ long armed_at;
 
 static int op_put_dir(void)
 {
-    return put_into(dir);
+    return put_into(dir, 100, 16, 1);
 }
 
 static int op_put_arena(void)
 {
-    return put_into(NULL);
+    return put_into(NULL, 100, 16, 1);
+}
+
+static int op_put_big(void)
+{
+    return put_into(dir, 1000, BIG_PUT, 0); /* no lookup: a read per record */
 }
 
 static int op_gather(void)
@@ -487,6 +493,26 @@ static int op_gather(void)
         check(!served[i] || memcmp(dest[i], items[i], sizeof(items[i])) == 0,
               "gathered rows differ", armed_at);
     return rc;
+}
+
+static int op_entry_info(void)
+{
+    uint64_t keys[2 * 4 * PER];
+    int64_t items[4 * PER][NUMEL];
+    make_keys(0, 4 * PER, keys, items);
+    char err[256];
+    for (int i = 0; i < 4 * PER; i++) {
+        uint64_t dtype;
+        int ndim;
+        int64_t shape[TC_STORE_MAX_NDIM];
+        int rc = tc_store_entry_info(prepared, keys + 2 * i, &dtype, &ndim, shape, err,
+                                     sizeof(err));
+        if (rc == TC_STORE_OK)
+            check(dtype == I64 && ndim == 1 && shape[0] == NUMEL, "entry info differs", armed_at);
+        else if (rc != TC_STORE_EMISSING)
+            return rc;
+    }
+    return TC_STORE_OK;
 }
 
 static int op_lookup(void)
@@ -526,15 +552,25 @@ static const struct {
     int needs_store;  /* open `prepared` (faults off) before arming */
     int new_segment;  /* a writer adds a segment after `prepared` opened */
     int arms_itself;  /* the op arms the injector after its own set-up */
+    int compacted;    /* `prepared`'s segments are merged (faults off) before arming */
 } ops[] = {
-    {"open", op_open, 0, 0, 0},
-    {"put to a directory", op_put_dir, 0, 0, 1},
-    {"put to the arena", op_put_arena, 0, 0, 1},
-    {"lookup", op_lookup, 1, 1, 0},
-    {"gather", op_gather, 1, 0, 0},
-    {"refresh", op_refresh, 1, 1, 0},
-    {"verify", op_verify, 1, 1, 0},
-    {"compact", op_compact, 0, 0, 0},
+    {"open", op_open, 0, 0, 0, 0},
+    {"put to a directory", op_put_dir, 0, 0, 1, 0},
+    {"put to the arena", op_put_arena, 0, 0, 1, 0},
+    {"put a large batch", op_put_big, 0, 0, 1, 0},
+    {"lookup", op_lookup, 1, 1, 0, 0},
+    {"entry info", op_entry_info, 1, 1, 0, 0},
+    {"gather", op_gather, 1, 0, 0, 0},
+    {"refresh", op_refresh, 1, 1, 0, 0},
+    {"verify", op_verify, 1, 1, 0, 0},
+    {"compact", op_compact, 0, 0, 0, 0},
+    /* a reader whose segments a compaction merged: its rows come back through
+     * the refresh that drops the removed segments and indexes the merged one */
+    {"gather, compacted", op_gather, 1, 1, 0, 1},
+    {"lookup, compacted", op_lookup, 1, 1, 0, 1},
+    {"info, compacted", op_entry_info, 1, 0, 0, 1},
+    {"refresh, compacted", op_refresh, 1, 0, 0, 1},
+    {"verify, compacted", op_verify, 1, 0, 0, 1},
 };
 
 int main(void)
@@ -554,22 +590,43 @@ int main(void)
     for (size_t o = 0; o < sizeof(ops) / sizeof(ops[0]); o++) {
         for (forever = 0; forever <= 1; forever++) {
             long n;
+            long made = 0;
+            /* each N with each error its call can give (variants 0-3 cover
+             * every wrapper's choice: they cycle through 2, 3 or 4 errors) */
             for (n = 1;; n++) {
+              for (variant = 0; variant < 4; variant++) {
                 fresh_world();
-                variant = (int)(n % 12);
                 tc_store_options opt = {0};
                 char err[256];
                 prepared = NULL;
+                /* a compacted reader keeps one descriptor (RLIMIT_NOFILE 64), so
+                 * it meets the removed segments instead of reading them
+                 * through descriptors it holds */
+                struct rlimit was, low;
+                getrlimit(RLIMIT_NOFILE, &was);
+                low = was;
+                if (ops[o].compacted)
+                    low.rlim_cur = 64;
+                setrlimit(RLIMIT_NOFILE, &low);
                 if (ops[o].needs_store &&
                     tc_store_open(dir, &opt, &prepared, err, sizeof(err)) != TC_STORE_OK)
                     abort();
+                setrlimit(RLIMIT_NOFILE, &was);
+                if (ops[o].compacted) {
+                    tc_store_compact_result cr;
+                    char merged[256];
+                    if (tc_store_compact(dir, 0, &cr, merged, sizeof(merged), err,
+                                         sizeof(err)) != TC_STORE_OK ||
+                        cr.removed != 3)
+                        abort();
+                }
                 if (ops[o].new_segment)
                     add_late_segment();
                 calls = 0;
                 armed_at = n;
                 fail_at = ops[o].arms_itself ? 0 : n;
                 int rc = ops[o].fn();
-                long made = calls;
+                made = calls;
                 fail_at = 0;
                 check(rc == -100 || rc_ok(rc), "unexpected return code", n);
                 if (prepared)
@@ -578,6 +635,9 @@ int main(void)
                 total++;
                 if (made < n || failures)
                     break; /* the operation finished before the Nth call */
+              }
+              if (made < n || failures)
+                  break;
             }
             printf("store_faults: %-18s %-7s %4ld tries\n", ops[o].name,
                    forever ? "forever" : "once", n);

@@ -4,10 +4,13 @@
  * the byte limit, closed stores and the liveness rule.  Every served row is
  * checked against the bytes put for its key; exits non-zero on any mismatch. */
 #include "store.h"
+#include "hash.h"
+#include "zstd_dl.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,11 +115,474 @@ static void patch(const char *path, long off, const void *bytes, size_t n)
     close(fd);
 }
 
+
+/* ---- records made by hand, from docs/format.md sections 3 and 4 -------------- */
+
+typedef struct {
+    uint16_t version;
+    uint8_t ndim, flags;
+    uint64_t key0, key1, dtype_word, raw_len, stored_len, payload_sum;
+    int64_t shape[8];
+    uint32_t magic;
+} hand_header;
+
+static void le64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+
+static uint64_t rd64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static uint64_t hand_payload_sum(const uint8_t *p, uint64_t n)
+{
+    uint64_t s = tc_fmix64(0x7463737061793176ULL ^ n);
+    for (uint64_t off = 0; off < n; off += TC_HASH_BLOCK_BYTES) {
+        uint64_t h[2];
+        tc_hash_block(p + off, (size_t)(n - off < TC_HASH_BLOCK_BYTES ? n - off : TC_HASH_BLOCK_BYTES), h);
+        s = tc_fmix64(s ^ h[0]) + h[1];
+    }
+    return s;
+}
+
+static uint64_t fnv_id(const char *name)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (const unsigned char *c = (const unsigned char *)name; *c; c++)
+        h = (h ^ *c) * 0x100000001b3ULL;
+    return tc_fmix64(h);
+}
+
+/* Encodes h into b[128] with its header_sum for (segment name, offset). */
+static void hand_encode(const hand_header *h, const char *seg_name, uint64_t offset, uint8_t *b)
+{
+    memset(b, 0, 128);
+    uint32_t magic = h->magic ? h->magic : 0x31524354u;
+    for (int i = 0; i < 4; i++)
+        b[i] = (uint8_t)(magic >> (8 * i));
+    b[4] = (uint8_t)h->version;
+    b[5] = (uint8_t)(h->version >> 8);
+    b[6] = h->ndim;
+    b[7] = h->flags;
+    le64(b + 8, h->key0);
+    le64(b + 16, h->key1);
+    le64(b + 24, h->dtype_word);
+    le64(b + 32, h->raw_len);
+    le64(b + 40, h->stored_len);
+    le64(b + 48, h->payload_sum);
+    for (int d = 0; d < 8; d++)
+        le64(b + 64 + 8 * d, (uint64_t)h->shape[d]);
+    uint64_t a = h->version == 1 ? 0x74637368647231ULL
+                                 : tc_fmix64(0x74637368647232ULL ^ fnv_id(seg_name)) ^ offset;
+    for (int i = 0; i < 16; i++)
+        a = tc_fmix64(a ^ (i == 7 ? 0 : rd64(b + 8 * i))) + 0x9E3779B97F4A7C15ULL;
+    le64(b + 56, a);
+}
+
+/* A whole record (header, payload, padding) of NUMEL float32 values into buf;
+ * returns its length. */
+static size_t hand_record(uint8_t *buf, int version, const char *seg_name, uint64_t offset,
+                          uint64_t id, const float *values)
+{
+    hand_header h = {0};
+    h.version = (uint16_t)version;
+    h.ndim = 1;
+    h.key0 = id;
+    h.key1 = id * 7 + 1;
+    h.dtype_word = F32;
+    h.raw_len = h.stored_len = NUMEL * 4;
+    h.shape[0] = NUMEL;
+    memcpy(buf + 128, values, NUMEL * 4);
+    h.payload_sum = hand_payload_sum(buf + 128, NUMEL * 4);
+    hand_encode(&h, seg_name, offset, buf);
+    size_t total = 128 + (NUMEL * 4 + 63) / 64 * 64;
+    memset(buf + 128 + NUMEL * 4, 0, total - 128 - NUMEL * 4);
+    return total;
+}
+
+static void write_file(const char *path, const void *b, size_t n, off_t off)
+{
+    int fd = open(path, O_WRONLY | O_CREAT, 0644);
+    CHECK(fd >= 0 && pwrite(fd, b, n, off) == (ssize_t)n);
+    close(fd);
+}
+
+static uint64_t faults_of(tc_store *s, int kind)
+{
+    char msg[256];
+    return tc_store_fault_take(s, kind, msg, sizeof(msg));
+}
+
 static int problems;
 static void on_problem(void *ctx, const char *seg, size_t si, uint64_t off, const char *why)
 {
     (void)ctx, (void)seg, (void)si, (void)off, (void)why;
     problems++;
+}
+
+
+/* Records checked in memory (the object-store tier): each header check names
+ * what failed, version 2 binds a record to its place and version 1 does not,
+ * the payload sum, compressed payloads, and the copy out. */
+static void records_in_memory(void)
+{
+    static uint8_t rec[8192];
+    float v[NUMEL], out[NUMEL];
+    for (int j = 0; j < NUMEL; j++)
+        v[j] = (float)j * 0.25f;
+    const char *name = "seg-h-1-00.tcs";
+    uint64_t id = tc_store_segment_id(name);
+    CHECK(id == fnv_id(name));
+    tc_store_record r;
+    char err[256];
+    size_t total = hand_record(rec, 2, name, 640, 9, v);
+    CHECK(tc_store_record_parse(rec, total, id, 640, 1, &r, err, sizeof(err)) == TC_STORE_OK &&
+          r.total == total && r.version == 2 && r.key0 == 9 && r.key1 == 64 && !r.compressed &&
+          r.ndim == 1 && r.shape[0] == NUMEL && r.raw_len == NUMEL * 4);
+    memset(out, 0, sizeof(out));
+    CHECK(tc_store_record_payload(rec, &r, (uint8_t *)out, sizeof(out), err, sizeof(err)) ==
+              TC_STORE_OK &&
+          memcmp(out, v, sizeof(v)) == 0);
+    CHECK(tc_store_record_payload(rec, &r, (uint8_t *)out, sizeof(out) - 4, err, sizeof(err)) ==
+          TC_STORE_EARG);
+    /* version 2 at another offset or in another segment: refused */
+    CHECK(tc_store_record_parse(rec, total, id, 704, 1, &r, err, sizeof(err)) ==
+              TC_STORE_ECORRUPT &&
+          strstr(err, "header checksum") != NULL);
+    CHECK(tc_store_record_parse(rec, total, id + 1, 640, 1, &r, err, sizeof(err)) ==
+          TC_STORE_ECORRUPT);
+    /* short: below a header, and a payload cut */
+    CHECK(tc_store_record_parse(rec, 100, id, 640, 1, &r, err, sizeof(err)) ==
+              TC_STORE_ECORRUPT &&
+          strstr(err, "truncated") != NULL);
+    CHECK(tc_store_record_parse(rec, total - 64, id, 640, 1, &r, err, sizeof(err)) ==
+              TC_STORE_ECORRUPT &&
+          strstr(err, "truncated") != NULL);
+    /* a payload bit flipped: refused when the payload is checked */
+    rec[200] ^= 1;
+    CHECK(tc_store_record_parse(rec, total, id, 640, 1, &r, err, sizeof(err)) ==
+              TC_STORE_ECORRUPT &&
+          strstr(err, "payload checksum") != NULL);
+    CHECK(tc_store_record_parse(rec, total, id, 640, 0, &r, err, sizeof(err)) == TC_STORE_OK);
+    /* version 1 is read anywhere */
+    total = hand_record(rec, 1, name, 0, 10, v);
+    CHECK(tc_store_record_parse(rec, total, 12345, 99 * 64, 1, &r, err, sizeof(err)) ==
+              TC_STORE_OK &&
+          r.version == 1 && r.key0 == 10);
+
+    /* every header check, each with a header_sum that matches */
+    static const struct {
+        int what;
+        const char *why;
+    } bad[] = {
+        {0, "bad magic"},          {1, "bad magic or version"}, {2, "header checksum"},
+        {3, "ndim above 8"},       {4, "unknown flag"},         {5, "whole number"},
+        {6, "negative"},           {7, "overflowing"},          {8, "past ndim"},
+        {9, "raw_len differs"},    {10, "inconsistent"},        {11, "inconsistent"},
+        {12, "too large"},
+    };
+    for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+        hand_header h = {0};
+        h.version = 2;
+        h.ndim = 1;
+        h.key0 = 1;
+        h.dtype_word = F32;
+        h.raw_len = h.stored_len = NUMEL * 4;
+        h.shape[0] = NUMEL;
+        switch (bad[k].what) {
+        case 0: h.magic = 0x12345678u; break;
+        case 1: h.version = 3; break;
+        case 3: h.ndim = 9; break;
+        case 4: h.flags = 2; break;
+        case 5: h.dtype_word = 1 | 4 << 8 | 1 << 16; break;
+        case 6: h.shape[0] = -1; break;
+        case 7: h.ndim = 2; h.shape[1] = (int64_t)1 << 62; break;
+        case 8: h.shape[1] = 5; break;
+        case 9: h.raw_len = h.stored_len = 4; break;
+        case 10: h.flags = 1; break;  /* compressed, yet not smaller */
+        case 11: h.stored_len -= 4; break;
+        case 12:
+            h.dtype_word = 1 | 8 << 8 | 1 << 16;
+            h.ndim = 2;
+            h.shape[0] = 2;
+            h.shape[1] = ((int64_t)1 << 62) + 1;
+            h.raw_len = ((uint64_t)1 << 63) + 2;
+            h.stored_len = ((uint64_t)1 << 63) + 1;
+            h.flags = 1;
+            break;
+        }
+        hand_encode(&h, name, 0, rec);
+        if (bad[k].what == 2)
+            rec[60] ^= 0x10;
+        CHECK(tc_store_record_parse(rec, sizeof(rec), id, 0, 1, &r, err, sizeof(err)) ==
+                  TC_STORE_ECORRUPT &&
+              strstr(err, bad[k].why) != NULL);
+    }
+
+    /* compressed: copied out through libzstd; a frame that is not zstd fails */
+    if (tc_zstd_available(NULL, 0)) {
+        float zeros[NUMEL] = {0};
+        hand_header h = {0};
+        h.version = 2;
+        h.ndim = 1;
+        h.key0 = 11;
+        h.dtype_word = F32;
+        h.raw_len = NUMEL * 4;
+        h.shape[0] = NUMEL;
+        h.flags = 1;
+        char zerr[200];
+        h.stored_len = tc_zstd_compress(rec + 128, sizeof(rec) - 128, zeros, sizeof(zeros), 3, 0,
+                                        zerr, sizeof(zerr));
+        CHECK(h.stored_len > 0 && h.stored_len < h.raw_len);
+        h.payload_sum = hand_payload_sum(rec + 128, h.stored_len);
+        hand_encode(&h, name, 0, rec);
+        CHECK(tc_store_record_parse(rec, sizeof(rec), id, 0, 1, &r, err, sizeof(err)) ==
+                  TC_STORE_OK &&
+              r.compressed);
+        memset(out, 0xff, sizeof(out));
+        CHECK(tc_store_record_payload(rec, &r, (uint8_t *)out, sizeof(out), err, sizeof(err)) ==
+                  TC_STORE_OK &&
+              memcmp(out, zeros, sizeof(zeros)) == 0);
+        memset(rec + 128, 0x77, h.stored_len); /* checksummed garbage */
+        h.payload_sum = hand_payload_sum(rec + 128, h.stored_len);
+        hand_encode(&h, name, 0, rec);
+        CHECK(tc_store_record_parse(rec, sizeof(rec), id, 0, 1, &r, err, sizeof(err)) ==
+              TC_STORE_OK);
+        CHECK(tc_store_record_payload(rec, &r, (uint8_t *)out, sizeof(out), err, sizeof(err)) ==
+              TC_STORE_EZSTD);
+    }
+}
+
+/* Segments written by hand: version 1 records among version 2 ones, garbage,
+ * a hole and a record after it (the resync skips the hole), and verified
+ * records whose headers then change on disk, one field each. */
+static void hand_segments(void)
+{
+    char d[128], p[512], err[256];
+    snprintf(d, sizeof(d), "%s/hand", root);
+    CHECK(mkdir(d, 0755) == 0);
+    static uint8_t buf[1 << 16];
+    float v[6][NUMEL];
+    uint64_t keys[12];
+    items(800, 6, keys, v, 0);
+    const char *name = "seg-hand-1-0000000000000001.tcs";
+    snprintf(p, sizeof(p), "%s/%s", d, name);
+    size_t off = 0, at[6];
+    for (int k = 0; k < 5; k++) {
+        at[k] = off;
+        off += hand_record(buf + off, k % 2 ? 2 : 1, name, off, 800 + (uint64_t)k, v[k]);
+    }
+    memset(buf + off, 0x5a, 4096); /* garbage, then a hole up to 1 MiB */
+    write_file(p, buf, off + 4096, 0);
+    at[5] = 1 << 20;
+    size_t n = hand_record(buf, 2, name, at[5], 805, v[5]);
+    write_file(p, buf, n, (off_t)at[5]);
+    tc_store *s = open_dir(d, 0, 0);
+    CHECK(served(s, 800, 6, 0) == 6);
+    tc_store_verify_result r;
+    problems = 0;
+    CHECK(tc_store_verify(s, &r, on_problem, NULL, err, sizeof(err)) == TC_STORE_OK &&
+          r.records == 6 && r.corrupt == 1 && problems == 1);
+    tc_store_stats st;
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.corrupt == 1 && st.records == 6);
+    /* every record verified: now each header changes in one field */
+    uint8_t b8[8];
+    patch(p, (long)at[0], "\x00", 1);              /* magic */
+    patch(p, (long)at[1] + 4, "\x03", 1);          /* version 3 */
+    le64(b8, NUMEL * 4 + 64);
+    patch(p, (long)at[2] + 40, b8, 8);             /* stored_len above raw_len */
+    patch(p, (long)at[3] + 7, "\x02", 1);          /* an unknown flag */
+    le64(b8, NUMEL * 4 - 64);
+    patch(p, (long)at[4] + 40, b8, 8);             /* stored_len below, not compressed */
+    CHECK(served(s, 800, 6, 0) == 1);
+    CHECK(faults_of(s, TC_FAULT_CHANGED) == 5);
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.records == 1);
+    tc_store_free(s);
+    /* a fresh reader: the changed records fail their checks, nothing is served wrong */
+    s = open_dir(d, 0, 0);
+    CHECK(served(s, 800, 6, 0) == 1);
+    tc_store_free(s);
+}
+
+/* Items above the 1 MiB verification chunk: verified at first use in chunks;
+ * one with a changed byte is dropped; one whose payload is a hole is refused
+ * without reading it. */
+static void big_records(void)
+{
+    char d[128], p[512], seg[512], err[256];
+    snprintf(d, sizeof(d), "%s/big", root);
+    const uint64_t U8 = 1 | 8 << 8 | 1 << 16;
+    const int64_t big = (3 << 20) / 2;
+    uint8_t *item = malloc((size_t)big * 2), *dest = malloc((size_t)big * 2);
+    for (int64_t i = 0; i < big * 2; i++)
+        item[i] = (uint8_t)(i * 131 + (i >> 9));
+    uint64_t keys[4] = {900, 901, 902, 903};
+    size_t stored = 0;
+    tc_store *w = open_dir(d, 0, 0);
+    CHECK(tc_store_put(w, keys, 2, U8, 1, &big, item, &stored, err, sizeof(err)) ==
+              TC_STORE_OK && stored == 2);
+    tc_store_free(w);
+    one_segment(d, seg, sizeof(seg));
+    uint64_t total = 128 + ((uint64_t)big + 63) / 64 * 64;
+    patch(seg, (long)(total + 128 + (uint64_t)big - 10), "\x01", 1); /* 2nd item, last chunk */
+    /* a header over a hole of 2 MiB, in a segment of its own */
+    hand_header h = {0};
+    h.version = 2;
+    h.ndim = 1;
+    h.key0 = 910;
+    h.key1 = 911;
+    h.dtype_word = U8;
+    h.raw_len = h.stored_len = 2u << 20;
+    h.shape[0] = 2 << 20;
+    h.payload_sum = 12345;
+    uint8_t hb[128];
+    snprintf(p, sizeof(p), "%s/seg-hole-1-0000000000000002.tcs", d);
+    hand_encode(&h, "seg-hole-1-0000000000000002.tcs", 0, hb);
+    write_file(p, hb, 128, 0);
+    CHECK(truncate(p, 128 + (2 << 20)) == 0);
+    tc_store *s = open_dir(d, 0, 0);
+    uint64_t k4[6] = {900, 901, 901, 902, 910, 911};
+    uint8_t present[3], ok[2];
+    CHECK(tc_store_lookup(s, k4, 3, present, err, sizeof(err)) == TC_STORE_OK && present[0] &&
+          !present[1] && !present[2]);
+    CHECK(tc_store_gather(s, keys, 2, U8, 1, &big, dest, ok, err, sizeof(err)) == TC_STORE_OK &&
+          ok[0] && !ok[1] && memcmp(dest, item, (size_t)big) == 0);
+    tc_store_stats st;
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.corrupt == 2 && st.records == 1);
+    tc_store_free(s);
+    free(item);
+    free(dest);
+}
+
+static void copy_into(const char *from, const char *dir)
+{
+    const char *base = strrchr(from, '/');
+    char to[512];
+    snprintf(to, sizeof(to), "%s/%s", dir, base ? base + 1 : from);
+    int in = open(from, O_RDONLY), out = open(to, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    char buf[65536];
+    ssize_t got;
+    CHECK(in >= 0 && out >= 0);
+    while (in >= 0 && out >= 0 && (got = read(in, buf, sizeof(buf))) > 0)
+        CHECK(write(out, buf, (size_t)got) == got);
+    close(in);
+    close(out);
+}
+
+/* Puts first..first+n-1 from a forked child that then exits (a finished writer). */
+static void put_in_child(const char *d, uint64_t first, size_t n)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        tc_store *w = open_dir(d, 0, 0);
+        int bad = w == NULL;
+        for (size_t done = 0; !bad && done < n; done += 32)
+            bad = put(w, first + done, n - done < 32 ? n - done : 32, 0) !=
+                  (n - done < 32 ? n - done : 32);
+        tc_store_free(w);
+        exit(bad);
+    }
+    int st = 0;
+    CHECK(pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+/* A reader keeping one descriptor (RLIMIT_NOFILE 64) over a segment A and a
+ * later copy C of its keys (and one more), both merged by a compaction.  Its
+ * gather finds A removed; the refresh's reindex pass then indexes the keys
+ * from C, whose descriptor it still holds, and only the refresh's re-check
+ * finds C removed too: the refresh repeats its pass (the merged segment,
+ * listed meanwhile, holds the keys), so one gather serves every row through
+ * one refresh. */
+static void removed_between_passes(void)
+{
+    char d[128], d2[128], seg[512], err[256];
+    snprintf(d, sizeof(d), "%s/passes", root);
+    snprintf(d2, sizeof(d2), "%s/passes-dup", root);
+    put_in_child(d, 1000, 8);
+    put_in_child(d2, 1000, 9);
+    struct rlimit was, low;
+    CHECK(getrlimit(RLIMIT_NOFILE, &was) == 0);
+    low = was;
+    low.rlim_cur = 64;
+    CHECK(setrlimit(RLIMIT_NOFILE, &low) == 0);
+    tc_store *s = open_dir(d, 0, 0);
+    CHECK(setrlimit(RLIMIT_NOFILE, &was) == 0);
+    CHECK(served(s, 1000, 8, 0) == 8);
+    one_segment(d2, seg, sizeof(seg));
+    copy_into(seg, d);
+    size_t added = 9;
+    CHECK(tc_store_refresh(s, &added, err, sizeof(err)) == TC_STORE_OK && added == 1);
+    CHECK(served(s, 1008, 1, 0) == 1); /* C's descriptor is now the one kept */
+    tc_store_compact_result cr;
+    char merged[256];
+    CHECK(tc_store_compact(d, 0, &cr, merged, sizeof(merged), err, sizeof(err)) ==
+              TC_STORE_OK &&
+          cr.removed == 2 && cr.records == 9 && cr.duplicates == 8);
+    tc_store_stats st;
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK);
+    uint64_t refreshes = st.refreshes;
+    CHECK(served(s, 1000, 8, 0) == 8);
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.refreshes == refreshes + 1 &&
+          st.gone == 2 && st.records == 9);
+
+    tc_store_free(s);
+}
+
+/* Compaction of a writer that put 600 records in one call (more than one
+ * pwritev takes) and of a damaged segment: a bad header is searched past, a
+ * bad payload dropped, every intact record merged once. */
+static void compaction_paths(void)
+{
+    char d[128], seg[512], err[256];
+    const size_t rec = 128 + NUMEL * 4 + (64 - (NUMEL * 4) % 64) % 64;
+    snprintf(d, sizeof(d), "%s/compact-many", root);
+    pid_t pid = fork();
+    if (pid == 0) {
+        enum { MANY = 600 };
+        uint64_t *keys = malloc(2 * MANY * sizeof(uint64_t));
+        float(*it)[NUMEL] = malloc(MANY * sizeof(*it));
+        items(3000, MANY, keys, it, 0);
+        tc_store *w = open_dir(d, 0, 0);
+        size_t stored = 0;
+        int bad = w == NULL ||
+                  tc_store_put(w, keys, MANY, F32, 1, SHAPE, (uint8_t *)it, &stored, err,
+                               sizeof(err)) != TC_STORE_OK ||
+                  stored != MANY;
+        tc_store_free(w);
+        free(keys);
+        free(it);
+        exit(bad);
+    }
+    int wst = 0;
+    CHECK(pid > 0 && waitpid(pid, &wst, 0) == pid && WIFEXITED(wst) && WEXITSTATUS(wst) == 0);
+    char d2[128];
+    snprintf(d2, sizeof(d2), "%s/compact-damaged", root);
+    put_in_child(d2, 4000, 8);
+    one_segment(d2, seg, sizeof(seg));
+    patch(seg, (long)(2 * rec + 30), "\xff\xff", 2);          /* header of record 2 */
+    patch(seg, (long)(5 * rec + 128 + 10), "\x01\x02\x03", 3); /* payload of record 5 */
+    copy_into(seg, d);
+    tc_store_compact_result cr;
+    char merged[256];
+    CHECK(tc_store_compact(d, 0, &cr, merged, sizeof(merged), err, sizeof(err)) ==
+              TC_STORE_OK &&
+          cr.removed == 2 && cr.records == 606 && cr.dropped == 1 && cr.duplicates == 0);
+    tc_store *s = open_dir(d, 0, 0);
+    tc_store_verify_result r;
+    CHECK(tc_store_verify(s, &r, NULL, NULL, err, sizeof(err)) == TC_STORE_OK &&
+          r.records == 606 && r.corrupt == 0 && r.segments == 1);
+    size_t all = 0;
+    for (uint64_t k = 0; k < 600; k += 30)
+        all += served(s, 3000 + k, 30, 0);
+    CHECK(all == 600);
+    CHECK(served(s, 4000, 8, 0) == 6);
+    tc_store_free(s);
 }
 
 int main(void)
@@ -428,6 +894,12 @@ int main(void)
           TC_STORE_OK && cr.removed == 2 && cr.records == 10);
     CHECK(served(reader, 400, 5, 0) == 5 && served(reader, 410, 5, 0) == 5);
     tc_store_free(reader);
+
+    records_in_memory();
+    hand_segments();
+    big_records();
+    removed_between_passes();
+    compaction_paths();
 
     if (failures) {
         fprintf(stderr, "store_paths: %d failures (scratch left in %s)\n", failures, root);
