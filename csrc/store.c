@@ -1011,22 +1011,17 @@ typedef struct {
     uint64_t bytes_read;
 } window;
 
-/* The bytes [off, off + need) of segment g, or NULL if they are not in the file
- * (or a read failed: *fault_kind is then set).  Reads `want` bytes from off when
- * the window does not hold them. */
+/* The bytes [off, off + need) of segment g, or NULL if a read found fewer
+ * (the file shrank) or failed (*fault_kind is then set).  Reads `want` bytes
+ * from off when the window does not hold them.  Callers pass
+ * off + need <= g->file_len and need <= want <= w->cap (a header, a window). */
 static const uint8_t *win_get(segment *g, window *w, uint64_t off, size_t need, size_t want,
                               int *fault_kind, int *errnum)
 {
-    if (off + need > g->file_len)
-        return NULL;
     if (g->path == NULL)
         return g->base + off;
     if (off >= w->start && off + need <= w->start + w->len)
         return w->buf + (off - w->start);
-    if (want < need)
-        want = need;
-    if (want > w->cap)
-        want = w->cap;
     if (want > g->file_len - off)
         want = (size_t)(g->file_len - off);
     w->start = off;
@@ -1094,7 +1089,8 @@ static int resync_search(segment *g, window *w, uint64_t o, uint64_t budget, uin
     return 0;
 }
 
-/* Indexes the records of segment si between scan_end and file_len.  A valid
+/* Indexes the records of file segment si between scan_end and file_len (an
+ * arena's records are indexed as they are put: it is never scanned).  A valid
  * header whose payload is not all there yet stops the scan: the writer may
  * still be writing.  Returns 0, or -1 without memory. */
 static int segment_scan(tc_store *s, size_t si, size_t *added)
@@ -1103,11 +1099,9 @@ static int segment_scan(tc_store *s, size_t si, size_t *added)
     if (g->scan_end + REC_HEADER_BYTES > g->file_len && !g->resync_more)
         return 0;
     window w = {s->scan_buf, SCAN_WINDOW_BYTES, 0, 0, -1, 0};
-    if (g->path != NULL) {
-        w.fd = seg_acquire(s, si);
-        if (w.fd < 0)
-            return 0;
-    }
+    w.fd = seg_acquire(s, si);
+    if (w.fd < 0)
+        return 0;
     int rc = 0, kind = NO_FAULT, errnum = 0;
     size_t want = SCAN_WINDOW_BYTES;
     for (;;) {
@@ -1142,7 +1136,7 @@ static int segment_scan(tc_store *s, size_t si, size_t *added)
          * fixed cost would dominate a scan of millions) and records larger
          * than the window verify at first use. */
         uint32_t state = 0;
-        int whole = g->path == NULL || g->scan_end + total <= w.start + w.len;
+        int whole = g->scan_end + total <= w.start + w.len;
         if (whole && h.stored_len >= SCAN_VERIFY_MIN &&
             !entry_live(index_find(s, h.key0, h.key1))) {
             if (payload_checksum(b + REC_HEADER_BYTES, h.stored_len) != h.payload_sum) {
@@ -1162,8 +1156,7 @@ static int segment_scan(tc_store *s, size_t si, size_t *added)
         g->scan_end += total;
         want = total > SCAN_WINDOW_BYTES / 2 ? SCAN_SMALL_READ : SCAN_WINDOW_BYTES;
     }
-    if (g->path != NULL)
-        seg_release(s, si);
+    seg_release(s, si);
     if (kind != NO_FAULT)
         fault(s, kind, "reading segment %s: %s", g->path, strerror(errnum));
     return rc;
@@ -2718,7 +2711,7 @@ static int compact_segment(tc_store *s, size_t si, key_set *seen, int out_fd, ui
     window w = {s->scan_buf, SCAN_WINDOW_BYTES, 0, 0, -1, 0};
     if ((w.fd = seg_acquire(s, si)) < 0)
         return 0;
-    int rc = 0, kind = NO_FAULT, errnum = 0, partial = 0;
+    int rc = 0, kind = NO_FAULT, errnum = 0, more;
     uint64_t off = 0;
     while (off + REC_HEADER_BYTES <= g->file_len) {
         const uint8_t *b = win_get(g, &w, off, REC_HEADER_BYTES, SCAN_WINDOW_BYTES, &kind, &errnum);
@@ -2730,10 +2723,13 @@ static int compact_segment(tc_store *s, size_t si, key_set *seen, int out_fd, ui
         header_decode(hb, &h);
         uint64_t total = 0;
         int hc = header_check(&h, g->id, off, g->file_len - off, &total);
-        if (hc == HDR_SHORT)
+        if (hc == HDR_SHORT) {
+            off = g->file_len; /* a torn tail: its writer is gone, it ends the walk */
             break;
+        }
         if (hc == HDR_BAD) {
-            if (!resync_search(g, &w, off + REC_ALIGN, RESYNC_BUDGET_BYTES, &off, &partial,
+            /* not found: at the end, or stopped early (a read, the budget) */
+            if (!resync_search(g, &w, off + REC_ALIGN, RESYNC_BUDGET_BYTES, &off, &more,
                                &kind, &errnum))
                 break;
             continue;
@@ -2803,9 +2799,10 @@ static int compact_segment(tc_store *s, size_t si, key_set *seen, int out_fd, ui
     seg_release(s, si);
     if (rc < 0)
         return -1;
-    /* A segment walked only in part (a read fault, a resync budget spent) may
-     * hold records that were not merged: it must not be removed. */
-    return kind == NO_FAULT && !partial ? 1 : 0;
+    /* A segment walked only in part (a read that failed or came up short, a
+     * resync budget spent) may hold records that were not merged: it must not
+     * be removed.  Walked to its end means no header fits after `off`. */
+    return kind == NO_FAULT && off + REC_HEADER_BYTES > g->file_len ? 1 : 0;
 }
 
 int tc_store_compact(const char *dir, int64_t min_idle_s, tc_store_compact_result *r,
@@ -2947,7 +2944,7 @@ int tc_store_record_parse(const uint8_t *buf, size_t len, uint64_t seg_id, uint6
     const char *why = NULL;
     int v = header_validate(&h, seg_id, offset, (uint64_t)len, &total, &why);
     if (v == HDR_BAD) {
-        set_err(err, err_len, "bad record header: %s", why ? why : "invalid");
+        set_err(err, err_len, "bad record header: %s", why); /* set on HDR_BAD */
         return TC_STORE_ECORRUPT;
     }
     if (v == HDR_SHORT) {

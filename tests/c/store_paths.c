@@ -385,12 +385,30 @@ static void hand_segments(void)
     write_file(p, buf, n, (off_t)at[5]);
     tc_store *s = open_dir(d, 0, 0);
     CHECK(served(s, 800, 6, 0) == 6);
+    /* garbage at the end: searched to its end, nothing found; a record
+     * appended after it is found by the search going on from there */
+    struct stat fst;
+    CHECK(stat(p, &fst) == 0);
+    size_t tail = (size_t)fst.st_size;
+    memset(buf, 0x33, 1000);
+    write_file(p, buf, 1000, (off_t)tail);
+    size_t added = 9;
+    CHECK(tc_store_refresh(s, &added, err, sizeof(err)) == TC_STORE_OK && added == 0);
+    CHECK(tc_store_refresh(s, &added, err, sizeof(err)) == TC_STORE_OK && added == 0);
+    float v6[1][NUMEL];
+    uint64_t k6[2];
+    items(806, 1, k6, v6, 0);
+    size_t at6 = (tail + 1000 + 63) / 64 * 64;
+    n = hand_record(buf, 2, name, at6, 806, v6[0]);
+    write_file(p, buf, n, (off_t)at6);
+    CHECK(tc_store_refresh(s, &added, err, sizeof(err)) == TC_STORE_OK && added == 1);
+    CHECK(served(s, 806, 1, 0) == 1);
     tc_store_verify_result r;
     problems = 0;
     CHECK(tc_store_verify(s, &r, on_problem, NULL, err, sizeof(err)) == TC_STORE_OK &&
-          r.records == 6 && r.corrupt == 1 && problems == 1);
+          r.records == 7 && r.corrupt == 2 && problems == 2);
     tc_store_stats st;
-    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.corrupt == 1 && st.records == 6);
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.corrupt == 2 && st.records == 7);
     /* every record verified: now each header changes in one field */
     uint8_t b8[8];
     patch(p, (long)at[0], "\x00", 1);              /* magic */
@@ -402,7 +420,7 @@ static void hand_segments(void)
     patch(p, (long)at[4] + 40, b8, 8);             /* stored_len below, not compressed */
     CHECK(served(s, 800, 6, 0) == 1);
     CHECK(faults_of(s, TC_FAULT_CHANGED) == 5);
-    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.records == 1);
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.records == 2);
     tc_store_free(s);
     /* a fresh reader: the changed records fail their checks, nothing is served wrong */
     s = open_dir(d, 0, 0);
@@ -608,8 +626,11 @@ int main(void)
     problems = 0;
     CHECK(tc_store_verify(s, &r, on_problem, NULL, err, sizeof(err)) == TC_STORE_OK);
     CHECK(r.corrupt == 2 && r.torn == 1 && problems == 3);
-    CHECK(truncate(seg, (off_t)(3 * rec)) == 0); /* cut under the open store */
     size_t added;
+    CHECK(truncate(seg, (off_t)(8 * rec - 200)) == 0); /* less of the torn tail */
+    CHECK(tc_store_refresh(s, &added, err, sizeof(err)) == TC_STORE_OK && added == 0);
+    CHECK(served(s, 0, 8, 0) == 5);
+    CHECK(truncate(seg, (off_t)(3 * rec)) == 0); /* cut under the open store */
     CHECK(tc_store_refresh(s, &added, err, sizeof(err)) == TC_STORE_OK);
     CHECK(served(s, 0, 8, 0) == 2);
     tc_store_stats st;
