@@ -831,7 +831,7 @@ static int entry_header(tc_store *s, entry *e, rec_header *h)
         if (__atomic_load_n(&e->state, __ATOMIC_ACQUIRE) & ENTRY_VERIFIED)
             fault(s, TC_FAULT_CHANGED,
                   "a record in %s changed on disk after it was verified and is dropped; do "
-                  "not edit segments in use", g->name ? g->name : "the arena");
+                  "not edit segments in use", g->name); /* an arena's bytes never change */
         entry_kill(s, e, 1);
         return 0;
     }
@@ -963,18 +963,13 @@ static char *path_join(const char *dir, const char *name)
 /* This host's name as segment names spell it (docs/format.md, section 1). */
 static void host_name(char host[65])
 {
-    snprintf(host, 65, "host");
-    char buf[65];
-    if (gethostname(buf, sizeof(buf) - 1) == 0) {
-        buf[sizeof(buf) - 1] = '\0';
-        for (char *c = buf; *c; c++) {
-            if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
-                  (*c >= '0' && *c <= '9') || *c == '.' || *c == '_'))
-                *c = '_';
-        }
-        if (buf[0] != '\0')
-            snprintf(host, 65, "%s", buf);
-    }
+    static const char keep[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._";
+    char buf[65] = "";
+    gethostname(buf, sizeof(buf) - 1); /* fails only for a name this long: cut */
+    buf[sizeof(buf) - 1] = '\0';
+    for (size_t i = strspn(buf, keep); buf[i] != '\0'; i += 1 + strspn(buf + i + 1, keep))
+        buf[i] = '_';
+    snprintf(host, 65, "%s", buf[0] != '\0' ? buf : "host");
 }
 
 int tc_store_writer_may_append(const char *name, int64_t mtime_ns, int64_t now_wall_ns,
@@ -1636,10 +1631,9 @@ static int make_dirs(const char *dir, unsigned mode, char *insecure, size_t inse
  * RLIMIT_NOFILE, so that a process at a low limit keeps its fds for itself. */
 static size_t fd_cache_cap(void)
 {
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
-        return 32;
-    size_t cap = (size_t)(rl.rlim_cur / 64);
+    struct rlimit rl = {32 * 64, 32 * 64}; /* getrlimit cannot fail for NOFILE */
+    getrlimit(RLIMIT_NOFILE, &rl);
+    rlim_t cap = rl.rlim_cur / 64; /* RLIM_INFINITY (not allowed for NOFILE) would be capped */
     return cap < 1 ? 1 : cap > 32 ? 32 : cap;
 }
 
@@ -1720,7 +1714,7 @@ static void close_locked(tc_store *s)
     s->closed = 1;
     for (size_t i = 0; i < s->nsegs; i++) {
         segment *g = &s->segs[i];
-        if (g->path == NULL && g->base)
+        if (g->path == NULL) /* an arena chunk is added with its mapping */
             munmap(g->base, g->map_len);
         if (g->fd >= 0)
             close(g->fd);
@@ -1891,7 +1885,7 @@ static int gather_finish(tc_store *s, entry *e, const uint8_t hb[REC_HEADER_BYTE
         if (verified)
             fault(s, TC_FAULT_CHANGED,
                   "a record in %s changed on disk after it was verified and is dropped; do "
-                  "not edit segments in use", g->name ? g->name : "the arena");
+                  "not edit segments in use", g->name); /* an arena's bytes never change */
         entry_kill(s, e, 1);
         return 0;
     }
@@ -2309,9 +2303,9 @@ static int put_locked(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtyp
 
     put_batch b;
     memset(&b, 0, sizeof(b));
-    b.recs = malloc((n ? n : 1) * sizeof(staged));
-    b.buffers = malloc((n ? n : 1) * sizeof(void *));
-    uint8_t(*headers)[REC_HEADER_BYTES] = malloc((n ? n : 1) * REC_HEADER_BYTES);
+    b.recs = malloc(n * sizeof(staged)); /* n > 0 here */
+    b.buffers = malloc(n * sizeof(void *));
+    uint8_t(*headers)[REC_HEADER_BYTES] = malloc(n * REC_HEADER_BYTES);
     if (b.recs == NULL || b.buffers == NULL || headers == NULL) {
         free(b.recs);
         free(b.buffers);
