@@ -1905,7 +1905,7 @@ static int gather_finish(tc_store *s, entry *e, const uint8_t hb[REC_HEADER_BYTE
         __atomic_fetch_or(&e->state, ENTRY_VERIFIED, __ATOMIC_ACQ_REL);
     }
     if (h.flags & REC_FLAG_ZSTD) {
-        void *frame = malloc(h.stored_len ? (size_t)h.stored_len : 1);
+        void *frame = malloc((size_t)h.stored_len + 1); /* + 1: never malloc(0) */
         if (frame == NULL) {
             fault(s, TC_FAULT_NOMEM, "out of memory decompressing a record");
             return 0;

@@ -170,10 +170,12 @@ ssize_t __wrap_pwrite(int fd, const void *b, size_t n, off_t off)
 {
     int w;
     if (inject(&w)) {
-        if (w % 3 == 1 && n > 1)
+        if (w % 4 == 1 && n > 1)
             return __real_pwrite(fd, b, n / 2, off);
-        if (w % 3 == 2 && calls == fail_at)
+        if (w % 4 == 2 && calls == fail_at)
             FAIL(-1, EINTR);
+        if (w % 4 == 3)
+            return 0; /* a write of nothing */
         FAIL(-1, ENOSPC);
     }
     return __real_pwrite(fd, b, n, off);
@@ -239,7 +241,7 @@ off_t __wrap_lseek(int fd, off_t off, int whence)
 
 #define NUMEL 40
 #define PER 6 /* records per writer's segment */
-#define BIG_PUT 350 /* a put of more records than one pwritev takes (PUT_MAX_IOV / 3) */
+#define BIG_PUT 700 /* more records than one pwritev takes (PUT_MAX_IOV / 3), and an index that grows */
 static const uint64_t I64 = 0 | 64 << 8 | 1 << 16;
 static const int64_t SHAPE[1] = {NUMEL};
 static char root[64], dir[128], other[128];

@@ -671,6 +671,170 @@ static void arena_chunks(void)
     free(dest);
 }
 
+/* Calls at the edges: empty items (also compressed, and in the arena), the
+ * key (0, 0), a key twice in one put, incompressible items, arguments
+ * refused, dtype and shape mismatches of the same size, a full store, fault
+ * and error reporting, records changed on disk before their first use, and a
+ * compaction of all that (empty payloads, a torn tail, a live writer, a
+ * FIFO) without `merged`. */
+static void edges(void)
+{
+    char d[128], seg[512], err[256], p[512];
+    const uint64_t I32 = 0 | 32 << 8 | 1 << 16;
+    const int64_t zero[1] = {0}, two[2] = {10, 30}, flip[2] = {30, 10}, tiny[1] = {8};
+    float x[NUMEL] = {0};
+    uint8_t ok[4], present[4];
+    size_t stored = 0;
+    snprintf(d, sizeof(d), "%s/edges", root);
+    pid_t pid = fork();
+    if (pid == 0) { /* a finished writer */
+        tc_store *w = open_dir(d, 1, 0);
+        if (w == NULL)
+            w = open_dir(d, 0, 0);
+        uint64_t k[8] = {0, 0, 5, 6, 5, 6, 7, 8};
+        int bad = tc_store_put(w, k, 4, F32, 1, zero, (uint8_t *)x, &stored, err, sizeof(err)) !=
+                      TC_STORE_OK || stored != 3;
+        uint8_t noise[4 * 300];
+        for (size_t i = 0; i < sizeof(noise); i++)
+            noise[i] = (uint8_t)((i * 2654435761u) >> 13);
+        uint64_t k2[2] = {20, 21};
+        bad |= tc_store_put(w, k2, 1, F32, 2, two, noise, &stored, err, sizeof(err)) !=
+                   TC_STORE_OK || stored != 1;
+        tc_store_free(w);
+        exit(bad);
+    }
+    int wst = 0;
+    CHECK(pid > 0 && waitpid(pid, &wst, 0) == pid && WIFEXITED(wst) && WEXITSTATUS(wst) == 0);
+    tc_store *s = open_dir(d, 0, 0);
+    uint64_t k[6] = {0, 0, 5, 6, 7, 8};
+    CHECK(tc_store_lookup(s, k, 3, present, err, sizeof(err)) == TC_STORE_OK && present[0] &&
+          present[1] && present[2]);
+    CHECK(tc_store_gather(s, k, 3, F32, 1, zero, (uint8_t *)x, ok, err, sizeof(err)) ==
+              TC_STORE_OK && ok[0] && ok[1] && ok[2]);
+    CHECK(tc_store_gather(s, k, 1, F32, 1, zero, (uint8_t *)x, ok, err, sizeof(err)) ==
+              TC_STORE_OK && ok[0]);
+    /* the same bytes as another dtype, or another shape of the same size: misses */
+    uint64_t k2[2] = {20, 21};
+    CHECK(tc_store_gather(s, k2, 1, F32, 2, two, (uint8_t *)x, ok, err, sizeof(err)) ==
+              TC_STORE_OK && ok[0]);
+    CHECK(tc_store_gather(s, k2, 1, I32, 2, two, (uint8_t *)x, ok, err, sizeof(err)) ==
+              TC_STORE_OK && !ok[0]);
+    CHECK(tc_store_gather(s, k2, 1, F32, 2, flip, (uint8_t *)x, ok, err, sizeof(err)) ==
+              TC_STORE_OK && !ok[0]);
+    CHECK(faults_of(s, TC_FAULT_MISMATCH) == 2);
+    char msg[64];
+    CHECK(tc_store_fault_take(s, TC_FAULT_MISMATCH, msg, sizeof(msg)) == 0); /* no news */
+    /* arguments refused */
+    int64_t neg[1] = {-1}, huge[2] = {(int64_t)1 << 62, 8};
+    CHECK(tc_store_gather(s, k2, 1, F32, 1, neg, (uint8_t *)x, ok, err, sizeof(err)) ==
+              TC_STORE_OK && !ok[0]);
+    CHECK(tc_store_gather(s, k2, 1, F32, 2, huge, (uint8_t *)x, ok, err, sizeof(err)) ==
+              TC_STORE_OK && !ok[0]);
+    CHECK(tc_store_put(s, k2, 1, F32, -1, zero, (uint8_t *)x, &stored, err, sizeof(err)) ==
+          TC_STORE_EARG);
+    CHECK(tc_store_put(s, k2, 1, F32, 2, huge, (uint8_t *)x, &stored, err, sizeof(err)) ==
+          TC_STORE_EARG);
+    /* reporting: no buffer, no such kind, no write error */
+    CHECK(faults_of(s, TC_FAULT_MISMATCH) == 2); /* the two refused shapes */
+    CHECK(tc_store_gather(s, k2, 1, I32, 2, two, (uint8_t *)x, ok, err, sizeof(err)) ==
+          TC_STORE_OK);
+    CHECK(tc_store_fault_take(s, TC_FAULT_MISMATCH, NULL, 0) == 1);
+    CHECK(tc_store_fault_take(s, -1, msg, sizeof(msg)) == 0);
+    CHECK(tc_store_fault_take(s, TC_FAULT_KINDS, msg, sizeof(msg)) == 0);
+    CHECK(strcmp(tc_store_fault_name(-1), "unknown") == 0);
+    CHECK(tc_store_io_error(s, msg, sizeof(msg)) == 0);
+    tc_store *none = NULL;
+    tc_store_options o = {0};
+    CHECK(tc_store_open("", &o, &none, NULL, 0) == TC_STORE_EARG);
+    tc_store_free(s);
+
+    /* records of 32 bytes are verified at first use, not by the scan: changed
+     * on disk before it, they are dropped without a "changed" fault; a
+     * verified one whose header then changes is found by entry_info */
+    snprintf(d, sizeof(d), "%s/tiny", root);
+    pid = fork();
+    if (pid == 0) {
+        tc_store *w = open_dir(d, 0, 0);
+        uint64_t tk[8] = {30, 1, 31, 1, 32, 1, 33, 1};
+        int32_t v[4][8] = {{1}, {2}, {3}, {4}};
+        int bad = tc_store_put(w, tk, 4, I32, 1, tiny, (uint8_t *)v, &stored, err,
+                               sizeof(err)) != TC_STORE_OK || stored != 4;
+        tc_store_free(w);
+        exit(bad);
+    }
+    CHECK(pid > 0 && waitpid(pid, &wst, 0) == pid && WIFEXITED(wst) && WEXITSTATUS(wst) == 0);
+    one_segment(d, seg, sizeof(seg));
+    s = open_dir(d, 0, 0);
+    const long rec32 = 128 + 64;
+    patch(seg, 8, "\x77", 1);             /* key of record 0 */
+    patch(seg, rec32 + 8, "\x77", 1);     /* key of record 1 */
+    uint64_t tk[8] = {30, 1, 31, 1, 32, 1, 33, 1};
+    int32_t got[4][8];
+    CHECK(tc_store_lookup(s, tk, 1, present, err, sizeof(err)) == TC_STORE_OK && !present[0]);
+    CHECK(tc_store_gather(s, tk + 2, 1, I32, 1, tiny, (uint8_t *)got, ok, err, sizeof(err)) ==
+              TC_STORE_OK && !ok[0]);
+    CHECK(faults_of(s, TC_FAULT_CHANGED) == 0);
+    CHECK(tc_store_lookup(s, tk + 4, 1, present, err, sizeof(err)) == TC_STORE_OK && present[0]);
+    patch(seg, 2 * rec32 + 8, "\x77", 1); /* key of record 2, verified now */
+    uint64_t dt;
+    int nd;
+    int64_t sh[TC_STORE_MAX_NDIM];
+    CHECK(tc_store_entry_info(s, tk + 4, &dt, &nd, sh, err, sizeof(err)) == TC_STORE_EMISSING);
+    CHECK(faults_of(s, TC_FAULT_CHANGED) == 1);
+    CHECK(tc_store_gather(s, tk + 6, 1, I32, 1, tiny, (uint8_t *)got, ok, err, sizeof(err)) ==
+              TC_STORE_OK && ok[0] && got[0][0] == 4);
+    tc_store_stats st;
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.records == 1 && st.corrupt == 3);
+    tc_store_close(s);
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_ECLOSED);
+    tc_store_free(s);
+
+    /* a full store stores nothing more; a key twice in one put is stored once */
+    snprintf(d, sizeof(d), "%s/full", root);
+    s = open_dir(d, 0, 2 * (128 + 64));
+    uint64_t fk[8] = {40, 1, 40, 1, 41, 1, 42, 1};
+    int32_t v[4][8] = {{1}, {1}, {2}, {3}};
+    CHECK(tc_store_put(s, fk, 4, I32, 1, tiny, (uint8_t *)v, &stored, err, sizeof(err)) ==
+              TC_STORE_OK && stored == 2);
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.full);
+    CHECK(tc_store_put(s, fk + 6, 1, I32, 1, tiny, (uint8_t *)v[3], &stored, err, sizeof(err)) ==
+              TC_STORE_OK && stored == 0);
+    tc_store_free(s);
+
+    /* compaction: empty payloads and the key (0, 0), changed headers searched
+     * past up to a torn tail (nothing of that segment merged), a writer
+     * still running (this process), a FIFO under a segment's name, no `merged` */
+    snprintf(d, sizeof(d), "%s/edges", root);
+    snprintf(p, sizeof(p), "%s/seg-fifo-1-0.tcs", d);
+    CHECK(mkfifo(p, 0644) == 0);
+    char t[128];
+    snprintf(t, sizeof(t), "%s/tiny", root);
+    one_segment(t, seg, sizeof(seg));
+    CHECK(truncate(seg, 4 * rec32 - 10) == 0);
+    copy_into(seg, d);
+    s = open_dir(d, 0, 0);
+    CHECK(put(s, 50, 2, 0) == 2); /* this process's segment: live, kept */
+    tc_store_free(s);
+    tc_store_compact_result cr;
+    CHECK(tc_store_compact(d, 0, &cr, NULL, 0, err, sizeof(err)) == TC_STORE_OK &&
+          cr.live == 1 && cr.removed == 2 && cr.records == 4);
+    s = open_dir(d, 0, 0);
+    CHECK(tc_store_gather(s, k, 3, F32, 1, zero, (uint8_t *)x, ok, err, sizeof(err)) ==
+              TC_STORE_OK && ok[0] && ok[1] && ok[2]);
+    CHECK(served(s, 50, 2, 0) == 2);
+    CHECK(tc_store_gather(s, tk + 6, 1, I32, 1, tiny, (uint8_t *)got, ok, err, sizeof(err)) ==
+              TC_STORE_OK && !ok[0]); /* the torn one */
+    tc_store_free(s);
+
+    /* the arena: empty items */
+    s = open_dir(NULL, 0, 0);
+    CHECK(tc_store_put(s, k, 2, F32, 1, zero, (uint8_t *)x, &stored, err, sizeof(err)) ==
+              TC_STORE_OK && stored == 2);
+    CHECK(tc_store_gather(s, k, 2, F32, 1, zero, (uint8_t *)x, ok, err, sizeof(err)) ==
+              TC_STORE_OK && ok[0] && ok[1]);
+    tc_store_free(s);
+}
+
 int main(void)
 {
     snprintf(root, sizeof(root), "/tmp/tc-paths-XXXXXX");
@@ -991,6 +1155,7 @@ int main(void)
     compaction_paths();
     host_names();
     arena_chunks();
+    edges();
 
     if (failures) {
         fprintf(stderr, "store_paths: %d failures (scratch left in %s)\n", failures, root);
