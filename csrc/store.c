@@ -185,7 +185,7 @@ static void set_err(char *err, size_t err_len, const char *fmt, ...)
 
 static void set_err(char *err, size_t err_len, const char *fmt, ...)
 {
-    if (err == NULL || err_len == 0)
+    if (err_len == 0) /* err may be NULL only with err_len 0 */
         return;
     va_list ap;
     va_start(ap, fmt);
@@ -938,7 +938,7 @@ static long segment_add(tc_store *s, char *path, int fd)
     g->fd = fd;
     if (path != NULL) {
         const char *slash = strrchr(path, '/');
-        g->name = slash ? slash + 1 : path;
+        g->name = slash + 1; /* path_join made it: dir/name */
         g->id = segment_id(g->name);
         name_put(s->names, s->nnames, g->name, si);
     }
@@ -1388,8 +1388,12 @@ static int refresh_locked(tc_store *s, size_t *added, int force, char *err, size
         if (segment_recheck(s, si, now_wall, added) < 0)
             goto nomem;
     }
+    /* round robin from where the last refresh stopped (the cursor moves
+     * below, so the start is kept: a moving start skipped segments, and a
+     * forced refresh did not re-check them all) */
+    size_t start = s->idle_cursor;
     for (size_t k = 0; k < n && idle_left > 0; k++) {
-        size_t si = (s->idle_cursor + k) % n;
+        size_t si = (start + k) % n;
         segment *g = &s->segs[si];
         if ((long)si == s->own || g->ignored || g->gone || g->live_writer)
             continue;
@@ -2331,7 +2335,7 @@ static int put_locked(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtyp
         void *zbuf = NULL;
         if (s->opt.compress && item_bytes > 0) {
             size_t cap = tc_zstd_bound((size_t)item_bytes);
-            zbuf = cap ? malloc(cap) : NULL;
+            zbuf = malloc(cap); /* cap is 0 only without libzstd: compresses nothing */
             char zerr[200];
             size_t c = zbuf ? tc_zstd_compress(zbuf, cap, payload, (size_t)item_bytes,
                                                s->opt.zstd_level, s->opt.zstd_threads, zerr,
@@ -2618,7 +2622,7 @@ uint64_t tc_store_fault_take(tc_store *s, int kind, char *buf, size_t len)
     uint64_t now = __atomic_load_n(&s->faults[kind], __ATOMIC_RELAXED);
     uint64_t news = now - s->reported[kind];
     s->reported[kind] = now;
-    if (news && buf != NULL && len > 0)
+    if (news && len > 0) /* buf may be NULL only with len 0 */
         snprintf(buf, len, "%s", s->fault_msg[kind]);
     pthread_mutex_unlock(&s->fault_lock);
     pthread_rwlock_unlock(&s->lock);
@@ -2803,7 +2807,7 @@ int tc_store_compact(const char *dir, int64_t min_idle_s, tc_store_compact_resul
                      char *merged, size_t merged_len, char *err, size_t err_len)
 {
     memset(r, 0, sizeof(*r));
-    if (merged && merged_len)
+    if (merged_len) /* merged may be NULL only with merged_len 0 */
         merged[0] = '\0';
     tc_store_options opt = {0};
     tc_store *s = NULL;
@@ -2880,7 +2884,7 @@ int tc_store_compact(const char *dir, int64_t min_idle_s, tc_store_compact_resul
         rc = TC_STORE_EIO;
         goto done;
     }
-    if (merged && merged_len)
+    if (merged_len)
         snprintf(merged, merged_len, "%s", name);
     /* Remove a merged segment only if it is still the file we read, unchanged. */
     for (size_t v = 0; v < nv; v++) {

@@ -277,6 +277,20 @@ static void records_in_memory(void)
               TC_STORE_OK &&
           r.version == 1 && r.key0 == 10);
 
+    /* an empty item: nothing to copy, dest may be NULL */
+    {
+        hand_header z = {0};
+        z.version = 2;
+        z.ndim = 1;
+        z.key0 = 12;
+        z.dtype_word = F32;
+        z.payload_sum = hand_payload_sum(rec + 128, 0);
+        hand_encode(&z, name, 0, rec);
+        CHECK(tc_store_record_parse(rec, 128, id, 0, 1, &r, err, sizeof(err)) == TC_STORE_OK &&
+              r.total == 128 && r.raw_len == 0);
+        CHECK(tc_store_record_payload(rec, &r, NULL, 0, err, sizeof(err)) == TC_STORE_OK);
+    }
+
     /* every header check, each with a header_sum that matches */
     static const struct {
         int what;
@@ -533,8 +547,12 @@ static void removed_between_passes(void)
     tc_store *s = open_dir(d, 0, 0);
     CHECK(setrlimit(RLIMIT_NOFILE, &was) == 0);
     CHECK(served(s, 1000, 8, 0) == 8);
+    CHECK(put(s, 1100, 2, 0) == 2); /* its own segment: live, never merged nor re-scanned */
     one_segment(d2, seg, sizeof(seg));
     copy_into(seg, d);
+    char fifo[512];
+    snprintf(fifo, sizeof(fifo), "%s/seg-fifo-1-0.tcs", d); /* ignored throughout */
+    CHECK(mkfifo(fifo, 0644) == 0);
     size_t added = 9;
     CHECK(tc_store_refresh(s, &added, err, sizeof(err)) == TC_STORE_OK && added == 1);
     CHECK(served(s, 1008, 1, 0) == 1); /* C's descriptor is now the one kept */
@@ -542,13 +560,14 @@ static void removed_between_passes(void)
     char merged[256];
     CHECK(tc_store_compact(d, 0, &cr, merged, sizeof(merged), err, sizeof(err)) ==
               TC_STORE_OK &&
-          cr.removed == 2 && cr.records == 9 && cr.duplicates == 8);
+          cr.removed == 2 && cr.records == 9 && cr.duplicates == 8 && cr.live == 1);
     tc_store_stats st;
     CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK);
     uint64_t refreshes = st.refreshes;
     CHECK(served(s, 1000, 8, 0) == 8);
     CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.refreshes == refreshes + 1 &&
-          st.gone == 2 && st.records == 9);
+          st.gone == 2 && st.records == 11);
+    CHECK(served(s, 1100, 2, 0) == 2);
 
     tc_store_free(s);
 }
@@ -694,9 +713,14 @@ static void edges(void)
         uint64_t k[8] = {0, 0, 5, 6, 5, 6, 7, 8};
         int bad = tc_store_put(w, k, 4, F32, 1, zero, (uint8_t *)x, &stored, err, sizeof(err)) !=
                       TC_STORE_OK || stored != 3;
-        uint8_t noise[4 * 300];
-        for (size_t i = 0; i < sizeof(noise); i++)
-            noise[i] = (uint8_t)((i * 2654435761u) >> 13);
+        uint8_t noise[4 * 300]; /* incompressible: stored as is */
+        uint64_t xs = 88172645463325252ULL;
+        for (size_t i = 0; i < sizeof(noise); i++) {
+            xs ^= xs << 13;
+            xs ^= xs >> 7;
+            xs ^= xs << 17;
+            noise[i] = (uint8_t)(xs >> 32);
+        }
         uint64_t k2[2] = {20, 21};
         bad |= tc_store_put(w, k2, 1, F32, 2, two, noise, &stored, err, sizeof(err)) !=
                    TC_STORE_OK || stored != 1;
@@ -826,12 +850,104 @@ static void edges(void)
               TC_STORE_OK && !ok[0]); /* the torn one */
     tc_store_free(s);
 
+    /* a lookup's refresh at most every refresh_ms; two stores freed oldest first */
+    tc_store_options slow = {0};
+    slow.refresh_ms = 3600 * 1000;
+    tc_store *a = NULL;
+    CHECK(tc_store_open(d, &slow, &a, err, sizeof(err)) == TC_STORE_OK);
+    CHECK(tc_store_stats_get(a, &st) == TC_STORE_OK);
+    uint64_t before = st.refreshes;
+    uint64_t absent[2] = {999, 999};
+    CHECK(tc_store_lookup(a, absent, 1, present, err, sizeof(err)) == TC_STORE_OK && !present[0]);
+    CHECK(tc_store_stats_get(a, &st) == TC_STORE_OK && st.refreshes == before);
+    tc_store *b = open_dir(NULL, 0, 0);
+    tc_store_free(a);
+    tc_store_free(b);
+
     /* the arena: empty items */
     s = open_dir(NULL, 0, 0);
     CHECK(tc_store_put(s, k, 2, F32, 1, zero, (uint8_t *)x, &stored, err, sizeof(err)) ==
               TC_STORE_OK && stored == 2);
     CHECK(tc_store_gather(s, k, 2, F32, 1, zero, (uint8_t *)x, ok, err, sizeof(err)) ==
               TC_STORE_OK && ok[0] && ok[1]);
+    tc_store_free(s);
+}
+
+/* A lookup's refresh lists the directory only when its mtime changed (a
+ * listing taken well after the last change is trusted); a segment replaced
+ * under its name is found gone by the refresh's re-check; a compressed record
+ * whose frame is not zstd is a fault, never served. */
+static void refresh_paths(void)
+{
+    char d[128], seg[512], err[256];
+    snprintf(d, sizeof(d), "%s/mtime", root);
+    put_in_child(d, 1200, 4);
+    struct timespec pause = {0, 120 * 1000000L}; /* past the 50 ms mtime slack */
+    nanosleep(&pause, NULL);
+    tc_store *s = open_dir(d, 0, 0);
+    tc_store_stats st;
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK);
+    uint64_t readdirs = st.readdirs;
+    CHECK(served(s, 1204, 1, 0) == 0); /* a miss: mtime unchanged, no listing */
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.readdirs == readdirs);
+    put_in_child(d, 1204, 1);
+    CHECK(served(s, 1204, 1, 0) == 1); /* the mtime moved: listed, found */
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.readdirs == readdirs + 1);
+    /* replace the first writer's segment by a copy of itself (another inode) */
+    char victim[512] = "", copy[600];
+    DIR *dir = opendir(d);
+    struct dirent *de;
+    struct stat fst;
+    while (dir && (de = readdir(dir)) != NULL) {
+        snprintf(seg, sizeof(seg), "%s/%s", d, de->d_name);
+        if (strncmp(de->d_name, "seg-", 4) == 0 && stat(seg, &fst) == 0 &&
+            fst.st_size > 2000)
+            snprintf(victim, sizeof(victim), "%s", seg);
+    }
+    if (dir)
+        closedir(dir);
+    CHECK(victim[0] != '\0');
+    snprintf(copy, sizeof(copy), "%s.new", victim);
+    CHECK(link(victim, copy) == 0 && unlink(victim) == 0);
+    int in = open(copy, O_RDONLY), out = open(victim, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    char buf[65536];
+    ssize_t got;
+    while (in >= 0 && out >= 0 && (got = read(in, buf, sizeof(buf))) > 0)
+        CHECK(write(out, buf, (size_t)got) == got);
+    close(in);
+    close(out);
+    CHECK(unlink(copy) == 0);
+    size_t added;
+    CHECK(tc_store_refresh(s, &added, err, sizeof(err)) == TC_STORE_OK);
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.gone == 1);
+    CHECK(served(s, 1200, 5, 0) == 1); /* the copy is not read under the old name */
+    tc_store_free(s);
+
+    /* a zstd-flagged record whose checksummed payload is not a zstd frame */
+    if (!tc_zstd_available(NULL, 0))
+        return;
+    snprintf(d, sizeof(d), "%s/badframe", root);
+    CHECK(mkdir(d, 0755) == 0);
+    const char *name = "seg-hand-1-0000000000000003.tcs";
+    snprintf(seg, sizeof(seg), "%s/%s", d, name);
+    static uint8_t rec[4096];
+    hand_header h = {0};
+    h.version = 2;
+    h.ndim = 1;
+    h.key0 = 1300;
+    h.key1 = 1300 * 7 + 1;
+    h.dtype_word = F32;
+    h.raw_len = NUMEL * 4;
+    h.shape[0] = NUMEL;
+    h.flags = 1;
+    h.stored_len = 100;
+    memset(rec + 128, 0x42, 100);
+    h.payload_sum = hand_payload_sum(rec + 128, 100);
+    hand_encode(&h, name, 0, rec);
+    write_file(seg, rec, 128 + 128, 0);
+    s = open_dir(d, 0, 0);
+    CHECK(served(s, 1300, 1, 0) == 0);
+    CHECK(faults_of(s, TC_FAULT_ZSTD) == 1);
     tc_store_free(s);
 }
 
@@ -858,6 +974,8 @@ int main(void)
     problems = 0;
     CHECK(tc_store_verify(s, &r, on_problem, NULL, err, sizeof(err)) == TC_STORE_OK);
     CHECK(r.corrupt == 2 && r.torn == 1 && problems == 3);
+    CHECK(tc_store_verify(s, &r, NULL, NULL, err, sizeof(err)) == TC_STORE_OK && r.corrupt == 2 &&
+          r.torn == 1);
     size_t added;
     CHECK(truncate(seg, (off_t)(8 * rec - 200)) == 0); /* less of the torn tail */
     CHECK(tc_store_refresh(s, &added, err, sizeof(err)) == TC_STORE_OK && added == 0);
@@ -883,6 +1001,10 @@ int main(void)
     CHECK(ftruncate(fd, (off_t)1 << 32) == 0); /* 4 GiB, a hole after the junk */
     close(fd);
     snprintf(p, sizeof(p), "%s/seg-fifo-1-0.tcs", d);
+    CHECK(mkfifo(p, 0644) == 0);
+    snprintf(p, sizeof(p), "%s/notaseg-1-0.tcs", d); /* names not read at all */
+    CHECK(mkfifo(p, 0644) == 0);
+    snprintf(p, sizeof(p), "%s/seg-file-1-0.txt", d);
     CHECK(mkfifo(p, 0644) == 0);
     snprintf(p, sizeof(p), "%s/seg-dir-1-0.tcs", d);
     CHECK(mkdir(p, 0755) == 0);
@@ -1125,6 +1247,15 @@ int main(void)
     CHECK(!tc_store_writer_may_append("seg-h-12-", 0, now, 1, NULL));
     snprintf(name, sizeof(name), "seg-%s-99999999-0.tcs", host);
     CHECK(!tc_store_writer_may_append(name, 0, now, 1, host)); /* no such pid */
+    snprintf(name, sizeof(name), "seg-%s-99999999999999999999-0.tcs", host); /* ERANGE */
+    CHECK(!tc_store_writer_may_append(name, 0, now, 1, host));
+    snprintf(name, sizeof(name), "seg-%s-3000000000-0.tcs", host); /* above any pid */
+    CHECK(!tc_store_writer_may_append(name, 0, now, 1, host));
+    char other_host[70];
+    snprintf(other_host, sizeof(other_host), "%s", host);
+    other_host[0] = other_host[0] == 'x' ? 'y' : 'x'; /* as long as ours, not ours */
+    snprintf(name, sizeof(name), "seg-%s-%ld-0.tcs", other_host, (long)getpid());
+    CHECK(!tc_store_writer_may_append(name, 0, now, 1, host));
 
     /* compaction of two finished writers (forked children) */
     snprintf(d, sizeof(d), "%s/compact", root);
@@ -1156,6 +1287,7 @@ int main(void)
     host_names();
     arena_chunks();
     edges();
+    refresh_paths();
 
     if (failures) {
         fprintf(stderr, "store_paths: %d failures (scratch left in %s)\n", failures, root);
