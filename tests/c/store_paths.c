@@ -951,6 +951,41 @@ static void refresh_paths(void)
     tc_store_free(s);
 }
 
+/* More garbage than one refresh may search (64 MiB): the search stops at its
+ * budget and goes on at the next refresh, which finds the record after it;
+ * a compaction keeps such a segment (walked in part) until a walk ends. */
+static void resync_budget(void)
+{
+    char d[128], p[512], err[256];
+    snprintf(d, sizeof(d), "%s/budget", root);
+    CHECK(mkdir(d, 0755) == 0);
+    const char *name = "seg-hand-1-0000000000000004.tcs";
+    snprintf(p, sizeof(p), "%s/%s", d, name);
+    static uint8_t buf[1 << 20];
+    float v[1][NUMEL];
+    uint64_t k[2];
+    items(1400, 1, k, v, 0);
+    size_t first = hand_record(buf, 2, name, 0, 1400, v[0]);
+    write_file(p, buf, first, 0);
+    memset(buf, 0x5a, sizeof(buf));
+    const size_t garbage = 80u << 20;
+    int fd = open(p, O_WRONLY);
+    for (size_t off = 0; fd >= 0 && off < garbage; off += sizeof(buf))
+        CHECK(pwrite(fd, buf, sizeof(buf), (off_t)(first + off)) == (ssize_t)sizeof(buf));
+    close(fd);
+    items(1401, 1, k, v, 0);
+    size_t n = hand_record(buf, 2, name, first + garbage, 1401, v[0]);
+    write_file(p, buf, n, (off_t)(first + garbage));
+    tc_store *s = open_dir(d, 0, 0);
+    CHECK(served(s, 1400, 1, 0) == 1);
+    tc_store_stats st;
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.records == 1);
+    size_t added = 0;
+    CHECK(tc_store_refresh(s, &added, err, sizeof(err)) == TC_STORE_OK && added == 1);
+    CHECK(served(s, 1400, 2, 0) == 2);
+    tc_store_free(s);
+}
+
 int main(void)
 {
     snprintf(root, sizeof(root), "/tmp/tc-paths-XXXXXX");
@@ -1177,15 +1212,22 @@ int main(void)
     snprintf(d, sizeof(d), "%s/fork", root);
     s = open_dir(d, 0, 0);
     CHECK(put(s, 700, 4, 0) == 4);
+    tc_store *ar = open_dir(NULL, 0, 0), *rd = open_dir(d, 0, 0);
+    CHECK(put(ar, 730, 2, 0) == 2);
     pid_t kid = fork();
     if (kid == 0) {
         int bad = served(s, 700, 4, 0) != 4 || put(s, 710, 4, 0) != 4 ||
-                  served(s, 710, 4, 0) != 4;
+                  served(s, 710, 4, 0) != 4 || served(ar, 730, 2, 0) != 2 ||
+                  served(rd, 700, 4, 0) != 4;
+        tc_store_free(ar);
+        tc_store_free(rd);
         tc_store_free(s);
         exit(bad || failures); /* exit, not _exit: coverage data is written at exit */
     }
     int kst = 0;
     CHECK(kid > 0 && waitpid(kid, &kst, 0) == kid && WIFEXITED(kst) && WEXITSTATUS(kst) == 0);
+    tc_store_free(ar);
+    tc_store_free(rd);
     CHECK(put(s, 720, 4, 0) == 4); /* still appending to its own segment */
     CHECK(served(s, 700, 4, 0) == 4 && served(s, 710, 4, 0) == 4 && served(s, 720, 4, 0) == 4);
     tc_store_free(s);
@@ -1288,6 +1330,7 @@ int main(void)
     arena_chunks();
     edges();
     refresh_paths();
+    resync_budget();
 
     if (failures) {
         fprintf(stderr, "store_paths: %d failures (scratch left in %s)\n", failures, root);
