@@ -605,6 +605,11 @@ static void compaction_paths(void)
     one_segment(d2, seg, sizeof(seg));
     patch(seg, (long)(2 * rec + 30), "\xff\xff", 2);          /* header of record 2 */
     patch(seg, (long)(5 * rec + 128 + 10), "\x01\x02\x03", 3); /* payload of record 5 */
+    {
+        uint8_t junk[1000];
+        memset(junk, 0x5a, sizeof(junk));
+        write_file(seg, junk, sizeof(junk), (off_t)(8 * rec)); /* no header after it */
+    }
     copy_into(seg, d);
     tc_store_compact_result cr;
     char merged[256];
@@ -779,10 +784,10 @@ static void edges(void)
     pid = fork();
     if (pid == 0) {
         tc_store *w = open_dir(d, 0, 0);
-        uint64_t tk[8] = {30, 1, 31, 1, 32, 1, 33, 1};
-        int32_t v[4][8] = {{1}, {2}, {3}, {4}};
-        int bad = tc_store_put(w, tk, 4, I32, 1, tiny, (uint8_t *)v, &stored, err,
-                               sizeof(err)) != TC_STORE_OK || stored != 4;
+        uint64_t tk[16] = {30, 1, 31, 1, 32, 1, 33, 1, 34, 1, 35, 1, 36, 1, 37, 1};
+        int32_t v[8][8] = {{1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}};
+        int bad = tc_store_put(w, tk, 8, I32, 1, tiny, (uint8_t *)v, &stored, err,
+                               sizeof(err)) != TC_STORE_OK || stored != 8;
         tc_store_free(w);
         exit(bad);
     }
@@ -790,13 +795,21 @@ static void edges(void)
     one_segment(d, seg, sizeof(seg));
     s = open_dir(d, 0, 0);
     const long rec32 = 128 + 64;
-    patch(seg, 8, "\x77", 1);             /* key of record 0 */
-    patch(seg, rec32 + 8, "\x77", 1);     /* key of record 1 */
-    uint64_t tk[8] = {30, 1, 31, 1, 32, 1, 33, 1};
+    patch(seg, 8, "\x77", 1);             /* key0 of record 0 */
+    patch(seg, rec32 + 8, "\x77", 1);     /* key0 of record 1 */
+    patch(seg, 3 * rec32 + 16, "\x77", 1); /* key1 of record 3 */
+    patch(seg, 4 * rec32 + 32, "\x40", 1); /* raw_len of record 4 */
+    patch(seg, 5 * rec32 + 16, "\x77", 1); /* key1 of record 5 */
+    patch(seg, 6 * rec32 + 32, "\x40", 1); /* raw_len of record 6 */
+    uint64_t tk[16] = {30, 1, 31, 1, 32, 1, 33, 1, 34, 1, 35, 1, 36, 1, 37, 1};
     int32_t got[4][8];
-    CHECK(tc_store_lookup(s, tk, 1, present, err, sizeof(err)) == TC_STORE_OK && !present[0]);
-    CHECK(tc_store_gather(s, tk + 2, 1, I32, 1, tiny, (uint8_t *)got, ok, err, sizeof(err)) ==
-              TC_STORE_OK && !ok[0]);
+    for (int r0 = 0; r0 < 8; r0 += 3) /* records 0, 3, 6 by lookup */
+        CHECK(tc_store_lookup(s, tk + 2 * r0, 1, present, err, sizeof(err)) == TC_STORE_OK &&
+              !present[0]);
+    CHECK(tc_store_lookup(s, tk + 8, 1, present, err, sizeof(err)) == TC_STORE_OK && !present[0]);
+    for (int r1 = 1; r1 < 8; r1 += 4) /* records 1, 5 by gather */
+        CHECK(tc_store_gather(s, tk + 2 * r1, 1, I32, 1, tiny, (uint8_t *)got, ok, err,
+                              sizeof(err)) == TC_STORE_OK && !ok[0]);
     CHECK(faults_of(s, TC_FAULT_CHANGED) == 0);
     CHECK(tc_store_lookup(s, tk + 4, 1, present, err, sizeof(err)) == TC_STORE_OK && present[0]);
     patch(seg, 2 * rec32 + 8, "\x77", 1); /* key of record 2, verified now */
@@ -805,10 +818,10 @@ static void edges(void)
     int64_t sh[TC_STORE_MAX_NDIM];
     CHECK(tc_store_entry_info(s, tk + 4, &dt, &nd, sh, err, sizeof(err)) == TC_STORE_EMISSING);
     CHECK(faults_of(s, TC_FAULT_CHANGED) == 1);
-    CHECK(tc_store_gather(s, tk + 6, 1, I32, 1, tiny, (uint8_t *)got, ok, err, sizeof(err)) ==
-              TC_STORE_OK && ok[0] && got[0][0] == 4);
+    CHECK(tc_store_gather(s, tk + 14, 1, I32, 1, tiny, (uint8_t *)got, ok, err, sizeof(err)) ==
+              TC_STORE_OK && ok[0] && got[0][0] == 8);
     tc_store_stats st;
-    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.records == 1 && st.corrupt == 3);
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.records == 1 && st.corrupt == 7);
     tc_store_close(s);
     CHECK(tc_store_stats_get(s, &st) == TC_STORE_ECLOSED);
     tc_store_free(s);
@@ -834,7 +847,7 @@ static void edges(void)
     char t[128];
     snprintf(t, sizeof(t), "%s/tiny", root);
     one_segment(t, seg, sizeof(seg));
-    CHECK(truncate(seg, 4 * rec32 - 10) == 0);
+    CHECK(truncate(seg, 8 * rec32 - 10) == 0);
     copy_into(seg, d);
     s = open_dir(d, 0, 0);
     CHECK(put(s, 50, 2, 0) == 2); /* this process's segment: live, kept */
@@ -846,7 +859,7 @@ static void edges(void)
     CHECK(tc_store_gather(s, k, 3, F32, 1, zero, (uint8_t *)x, ok, err, sizeof(err)) ==
               TC_STORE_OK && ok[0] && ok[1] && ok[2]);
     CHECK(served(s, 50, 2, 0) == 2);
-    CHECK(tc_store_gather(s, tk + 6, 1, I32, 1, tiny, (uint8_t *)got, ok, err, sizeof(err)) ==
+    CHECK(tc_store_gather(s, tk + 14, 1, I32, 1, tiny, (uint8_t *)got, ok, err, sizeof(err)) ==
               TC_STORE_OK && !ok[0]); /* the torn one */
     tc_store_free(s);
 
@@ -921,6 +934,17 @@ static void refresh_paths(void)
     CHECK(tc_store_refresh(s, &added, err, sizeof(err)) == TC_STORE_OK);
     CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.gone == 1);
     CHECK(served(s, 1200, 5, 0) == 1); /* the copy is not read under the old name */
+    tc_store_free(s);
+
+    /* the directory of a reader that knows no segment removed under it: the
+     * refresh's look at its mtime fails, the listing then fails, counted */
+    snprintf(d, sizeof(d), "%s/gone-dir", root);
+    CHECK(mkdir(d, 0755) == 0);
+    nanosleep(&pause, NULL);
+    s = open_dir(d, 0, 0);
+    CHECK(rmdir(d) == 0);
+    CHECK(served(s, 1, 1, 0) == 0);
+    CHECK(faults_of(s, TC_FAULT_DIRECTORY) == 1);
     tc_store_free(s);
 
     /* a zstd-flagged record whose checksummed payload is not a zstd frame */
