@@ -10,6 +10,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1010,6 +1011,13 @@ static void resync_budget(void)
     tc_store_free(s);
 }
 
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    remove(path); /* best effort: go on */
+    return 0;
+}
+
 int main(void)
 {
     snprintf(root, sizeof(root), "/tmp/tc-paths-XXXXXX");
@@ -1360,6 +1368,7 @@ int main(void)
         fprintf(stderr, "store_paths: %d failures (scratch left in %s)\n", failures, root);
         return 1;
     }
+    nftw(root, remove_entry, 16, FTW_DEPTH | FTW_PHYS); /* the scratch: ~90 MB */
     printf("store_paths: OK\n");
     return 0;
 }
