@@ -6,20 +6,25 @@
 # tests/c/store_paths.c) and the store's Python tests against an extension
 # built with that object (behaviour through the binding: fork, permissions,
 # power-loss images, compaction, the shim's fault handling).  A branch counts
-# when either run took it.  The gate stands just under what they reach
-# (79.96-80.28% of 1,339-1,342 branches in two runs on 2026-11-27, after the gather-recovery
-# rounds added branches; the Python pass varies by a few branches, hence the margin;
-# 75.1-75.3% by the C harnesses alone);
-# issue 12 asks for 95%: what is left is mostly allocation
-# failures inside compaction and resync, NFS-like late bytes and races between
-# a reader and a remover, which need more harness cases.
-# Cost: about 1 minute for the harnesses and 2-4 minutes for the Python tests
-# on a 2-core VM (STRESS_ITERATIONS shortens the threaded stress).
+# when either run took it.  store.c is compiled with -DNDEBUG, as setup.py
+# builds it with Python's flags, so assert()s (not in the shipped code) do not
+# count.  The gate stands just under what they reach: 93.65% and 93.89% of
+# 1,228 branches in two runs on 2026-11-27 (91.78-91.94% by the C harnesses
+# alone; the threaded stress and the Python pass vary by a few branches, hence
+# the margin).  Issue 12 asks for 95%: what is left is races (a store closed
+# between a call's two locks, a segment changed between a compaction's walk and
+# its removal, a file gone between an open and a scan), memory failures where
+# the fault world is too small to need them (the index growing inside a
+# reindex pass), and what this machine cannot show (kill() answering EPERM as
+# root, DT_UNKNOWN listings, a 256 MiB put, libzstd missing at open).
+# Cost: about 1.5 minutes for the harnesses and 2 minutes for the Python tests
+# on a 2-core VM at load average 7-10 (3m15-3m31 in all; STRESS_ITERATIONS
+# shortens the threaded stress).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MIN="${COVERAGE_MIN:-78}"
+MIN="${COVERAGE_MIN:-93}"
 W="$(mktemp -d)"
-CFLAGS=(-g -O0 -std=c11 -D_GNU_SOURCE -Icsrc -Wall -Wextra --coverage)
+CFLAGS=(-g -O0 -std=c11 -D_GNU_SOURCE -DNDEBUG -Icsrc -Wall -Wextra --coverage)
 objs=()
 for src in csrc/store.c csrc/store_index.c csrc/hash.c csrc/hash_portable.c csrc/hash_dispatch.c \
            csrc/hash_batch.c csrc/zstd_dl.c; do

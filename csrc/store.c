@@ -191,7 +191,7 @@ static void set_err(char *err, size_t err_len, const char *fmt, ...)
 
 static void set_err(char *err, size_t err_len, const char *fmt, ...)
 {
-    if (err == NULL || err_len == 0)
+    if (err_len == 0) /* err may be NULL only with err_len 0 */
         return;
     va_list ap;
     va_start(ap, fmt);
@@ -430,7 +430,7 @@ static int header_validate(const rec_header *h, uint64_t segment_id, uint64_t of
         goto out;
     }
     uint64_t t = REC_HEADER_BYTES + round_up(h->stored_len, REC_ALIGN);
-    if (avail < REC_HEADER_BYTES || t > avail)
+    if (t > avail)
         return HDR_SHORT;
     *total = t;
     return HDR_OK;
@@ -730,6 +730,21 @@ static void seg_release(tc_store *s, size_t si)
 /* "No fault" where a fault kind is returned (kinds start at 0). */
 #define NO_FAULT (-1)
 
+/* Moves *iov / *niov past `done` bytes (a short read or write): whole iovecs
+ * are dropped, and the first left starts `done` bytes further in. */
+static void iov_advance(struct iovec **iov, int *niov, size_t done)
+{
+    while (*niov > 0 && done >= (*iov)->iov_len) {
+        done -= (*iov)->iov_len;
+        (*iov)++;
+        (*niov)--;
+    }
+    if (*niov > 0) {
+        (*iov)->iov_base = (uint8_t *)(*iov)->iov_base + done;
+        (*iov)->iov_len -= done;
+    }
+}
+
 /* Reads exactly the iovecs at off.  NO_FAULT on success, else the fault kind
  * (SHORT: the file ends first, IO: a read error) with *errnum set for IO. */
 static int read_fully(int fd, struct iovec *iov, int niov, uint64_t off, int *errnum)
@@ -745,15 +760,7 @@ static int read_fully(int fd, struct iovec *iov, int niov, uint64_t off, int *er
         if (r == 0)
             return TC_FAULT_SHORT;
         off += (uint64_t)r;
-        while (niov > 0 && (size_t)r >= iov->iov_len) {
-            r -= (ssize_t)iov->iov_len;
-            iov++;
-            niov--;
-        }
-        if (niov > 0) {
-            iov->iov_base = (uint8_t *)iov->iov_base + r;
-            iov->iov_len -= (size_t)r;
-        }
+        iov_advance(&iov, &niov, (size_t)r);
     }
     return NO_FAULT;
 }
@@ -764,9 +771,9 @@ static int seg_read(tc_store *s, size_t si, uint64_t off, struct iovec *iov, int
 {
     segment *g = &s->segs[si];
     if (g->path == NULL) {
+        /* An arena record is indexed once all its bytes are in its chunk, and a
+         * chunk never shrinks: reads of indexed records are in bounds. */
         for (int i = 0; i < niov; i++) {
-            if (off + iov[i].iov_len > g->file_len)
-                return -1;
             memcpy(iov[i].iov_base, g->base + off, iov[i].iov_len);
             off += iov[i].iov_len;
         }
@@ -805,7 +812,7 @@ static int payload_verify(tc_store *s, size_t si, uint64_t off, const rec_header
     segment *g = &s->segs[si];
     uint64_t start = off + REC_HEADER_BYTES, n = h->stored_len;
     if (g->path == NULL)
-        return start + n <= g->file_len && payload_checksum(g->base + start, n) == h->payload_sum;
+        return payload_checksum(g->base + start, n) == h->payload_sum; /* in bounds: seg_read */
     if (n == 0)
         return payload_checksum(NULL, 0) == h->payload_sum;
     int fd = seg_acquire(s, si);
@@ -874,7 +881,7 @@ static int entry_header(tc_store *s, entry *e, rec_header *h)
         if (__atomic_load_n(&e->state, __ATOMIC_ACQUIRE) & ENTRY_VERIFIED)
             fault(s, TC_FAULT_CHANGED,
                   "a record in %s changed on disk after it was verified and is dropped; do "
-                  "not edit segments in use", g->name ? g->name : "the arena");
+                  "not edit segments in use", g->name); /* an arena's bytes never change */
         entry_kill(s, e, 1);
         return 0;
     }
@@ -981,7 +988,7 @@ static long segment_add(tc_store *s, char *path, int fd)
     g->fd = fd;
     if (path != NULL) {
         const char *slash = strrchr(path, '/');
-        g->name = slash ? slash + 1 : path;
+        g->name = slash + 1; /* path_join made it: dir/name */
         g->id = segment_id(g->name);
         name_put(s->names, s->nnames, g->name, si);
     }
@@ -1006,18 +1013,13 @@ static char *path_join(const char *dir, const char *name)
 /* This host's name as segment names spell it (docs/format.md, section 1). */
 static void host_name(char host[65])
 {
-    snprintf(host, 65, "host");
-    char buf[65];
-    if (gethostname(buf, sizeof(buf) - 1) == 0) {
-        buf[sizeof(buf) - 1] = '\0';
-        for (char *c = buf; *c; c++) {
-            if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
-                  (*c >= '0' && *c <= '9') || *c == '.' || *c == '_'))
-                *c = '_';
-        }
-        if (buf[0] != '\0')
-            snprintf(host, 65, "%s", buf);
-    }
+    static const char keep[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._";
+    char buf[65] = "";
+    gethostname(buf, sizeof(buf) - 1); /* fails only for a name this long: cut */
+    buf[sizeof(buf) - 1] = '\0';
+    for (size_t i = strspn(buf, keep); buf[i] != '\0'; i += 1 + strspn(buf + i + 1, keep))
+        buf[i] = '_';
+    snprintf(host, 65, "%s", buf[0] != '\0' ? buf : "host");
 }
 
 int tc_store_writer_may_append(const char *name, int64_t mtime_ns, int64_t now_wall_ns,
@@ -1054,22 +1056,17 @@ typedef struct {
     uint64_t bytes_read;
 } window;
 
-/* The bytes [off, off + need) of segment g, or NULL if they are not in the file
- * (or a read failed: *fault_kind is then set).  Reads `want` bytes from off when
- * the window does not hold them. */
+/* The bytes [off, off + need) of segment g, or NULL if a read found fewer
+ * (the file shrank) or failed (*fault_kind is then set).  Reads `want` bytes
+ * from off when the window does not hold them.  Callers pass
+ * off + need <= g->file_len and need <= want <= w->cap (a header, a window). */
 static const uint8_t *win_get(segment *g, window *w, uint64_t off, size_t need, size_t want,
                               int *fault_kind, int *errnum)
 {
-    if (off + need > g->file_len)
-        return NULL;
     if (g->path == NULL)
         return g->base + off;
     if (off >= w->start && off + need <= w->start + w->len)
         return w->buf + (off - w->start);
-    if (want < need)
-        want = need;
-    if (want > w->cap)
-        want = w->cap;
     if (want > g->file_len - off)
         want = (size_t)(g->file_len - off);
     w->start = off;
@@ -1092,19 +1089,21 @@ static const uint8_t *win_get(segment *g, window *w, uint64_t off, size_t need, 
     return w->buf;
 }
 
-/* Finds the next 64-byte aligned offset after a bad header that holds a header
- * which checks (docs/format.md, section 6: resynchronisation).  Holes are
- * skipped with SEEK_DATA (they read as zeros and hold no header), and at most
- * RESYNC_BUDGET_BYTES are read per call; g->resync_more says to go on later. */
-static int segment_resync(segment *g, window *w, uint64_t *next, int *fault_kind, int *errnum)
+/* Resynchronisation (docs/format.md, section 6): the first 64-byte aligned
+ * offset from o on that holds a header which checks.  Holes are skipped with
+ * SEEK_DATA (they read as zeros and hold no header), and once `budget` bytes
+ * have been read the search stops with *more set (the scan goes on at its next
+ * refresh, so a huge garbage file costs bounded time per call).  Returns 1
+ * with *at the header's offset, else 0 with *at where the search stopped. */
+static int resync_search(segment *g, window *w, uint64_t o, uint64_t budget, uint64_t *at,
+                         int *more, int *fault_kind, int *errnum)
 {
-    uint64_t o = g->resync_from > g->scan_end ? g->resync_from : g->scan_end + REC_ALIGN;
-    uint64_t budget_end = w->bytes_read + RESYNC_BUDGET_BYTES;
-    g->resync_more = 0;
+    uint64_t budget_end = w->bytes_read + budget;
+    *more = 0;
     while (o + REC_HEADER_BYTES <= g->file_len) {
         if (g->path != NULL && !(o >= w->start && o + REC_HEADER_BYTES <= w->start + w->len)) {
             if (w->bytes_read >= budget_end) {
-                g->resync_more = 1;
+                *more = 1;
                 break;
             }
             off_t d = lseek(w->fd, (off_t)o, SEEK_DATA);
@@ -1112,10 +1111,10 @@ static int segment_resync(segment *g, window *w, uint64_t *next, int *fault_kind
                 o = g->file_len; /* only a hole is left */
                 break;
             }
-            if (d > (off_t)o)
+            if (d > (off_t)o) {
                 o = round_up((uint64_t)d, REC_ALIGN);
-            if (o + REC_HEADER_BYTES > g->file_len)
-                break;
+                continue;
+            }
         }
         const uint8_t *b = win_get(g, w, o, REC_HEADER_BYTES, w->cap, fault_kind, errnum);
         if (b == NULL)
@@ -1125,17 +1124,18 @@ static int segment_resync(segment *g, window *w, uint64_t *next, int *fault_kind
             header_decode(b, &h);
             uint64_t total;
             if (header_check(&h, g->id, o, g->file_len - o, &total) != HDR_BAD) {
-                *next = o;
+                *at = o;
                 return 1;
             }
         }
         o += REC_ALIGN;
     }
-    g->resync_from = o;
+    *at = o;
     return 0;
 }
 
-/* Indexes the records of segment si between scan_end and file_len.  A valid
+/* Indexes the records of file segment si between scan_end and file_len (an
+ * arena's records are indexed as they are put: it is never scanned).  A valid
  * header whose payload is not all there yet stops the scan: the writer may
  * still be writing.  Returns 0, or -1 without memory. */
 static int segment_scan(tc_store *s, size_t si, size_t *added)
@@ -1144,11 +1144,9 @@ static int segment_scan(tc_store *s, size_t si, size_t *added)
     if (g->scan_end + REC_HEADER_BYTES > g->file_len && !g->resync_more)
         return 0;
     window w = {s->scan_buf, SCAN_WINDOW_BYTES, 0, 0, -1, 0};
-    if (g->path != NULL) {
-        w.fd = seg_acquire(s, si);
-        if (w.fd < 0)
-            return 0;
-    }
+    w.fd = seg_acquire(s, si);
+    if (w.fd < 0)
+        return 0;
     int rc = 0, kind = NO_FAULT, errnum = 0;
     size_t want = SCAN_WINDOW_BYTES;
     for (;;) {
@@ -1164,9 +1162,14 @@ static int segment_scan(tc_store *s, size_t si, size_t *added)
         if (hc == HDR_SHORT)
             break;
         if (hc == HDR_BAD) {
-            uint64_t next;
-            if (!segment_resync(g, &w, &next, &kind, &errnum))
+            /* a search cut short by its budget goes on from where it stopped */
+            uint64_t from = g->resync_from > g->scan_end ? g->resync_from
+                                                         : g->scan_end + REC_ALIGN, next;
+            if (!resync_search(g, &w, from, RESYNC_BUDGET_BYTES, &next, &g->resync_more,
+                               &kind, &errnum)) {
+                g->resync_from = next;
                 break; /* maybe a write in progress; look again next time */
+            }
             s->corrupt++;
             g->scan_end = next;
             g->resync_from = 0;
@@ -1180,7 +1183,7 @@ static int segment_scan(tc_store *s, size_t si, size_t *added)
         uint32_t state = 0;
         if (h.version == REC_VERSION_V1)
             g->has_v1 = 1;
-        int whole = g->path == NULL || g->scan_end + total <= w.start + w.len;
+        int whole = g->scan_end + total <= w.start + w.len;
         if (whole && h.stored_len >= SCAN_VERIFY_MIN &&
             !entry_live(index_find(s, h.key0, h.key1))) {
             if (payload_checksum(b + REC_HEADER_BYTES, h.stored_len) != h.payload_sum) {
@@ -1200,8 +1203,7 @@ static int segment_scan(tc_store *s, size_t si, size_t *added)
         g->scan_end += total;
         want = total > SCAN_WINDOW_BYTES / 2 ? SCAN_SMALL_READ : SCAN_WINDOW_BYTES;
     }
-    if (g->path != NULL)
-        seg_release(s, si);
+    seg_release(s, si);
     if (kind != NO_FAULT)
         fault(s, kind, "reading segment %s: %s", g->path, strerror(errnum));
     return rc;
@@ -1509,6 +1511,32 @@ static int refresh_readdir(tc_store *s, int64_t now_wall, size_t *added)
     return rc;
 }
 
+/* After segments went away (a compaction merged them, a clear): entries of
+ * removed segments go, and every other segment is scanned from the start, so a
+ * key whose entry went finds its other copies (a merged segment, a duplicate).
+ * Rare.  Returns 0, or -1 without memory. */
+static int reindex_pass(tc_store *s, size_t *added)
+{
+    uint64_t corrupt = s->corrupt; /* damage seen before is not counted twice */
+    for (size_t i = 0; i < s->nslots; i++) {
+        entry *e = &s->slots[i];
+        if (e->seg != 0 && s->segs[e->seg - 1].gone)
+            entry_kill(s, e, 0);
+    }
+    for (size_t si = 0; si < s->nsegs; si++) {
+        segment *g = &s->segs[si];
+        if ((long)si == s->own || g->ignored || g->gone)
+            continue;
+        g->scan_end = 0;
+        g->resync_from = 0;
+        g->resync_more = 0;
+        if (segment_scan(s, si, added) < 0)
+            return -1;
+    }
+    s->corrupt = corrupt;
+    return 0;
+}
+
 /* Picks up grown tails of known segments and new segment files (docs/format.md
  * section 7).  Per call it re-checks the segments whose writer may still
  * append and REFRESH_IDLE_CHECKS of the others (round robin), and lists the
@@ -1524,28 +1552,8 @@ static int refresh_locked(tc_store *s, size_t *added, int force, char *err, size
     s->refreshes++;
     int64_t now_wall = wall_ns();
     size_t n = s->nsegs, idle_left = force ? n : REFRESH_IDLE_CHECKS;
-    if (__atomic_exchange_n(&s->reindex, 0, __ATOMIC_ACQ_REL)) {
-        uint64_t corrupt = s->corrupt; /* damage seen before is not counted twice */
-        /* Entries of removed segments go; every other segment is scanned from
-         * the start, so a key whose entry went finds its other copies (a
-         * merged segment, a duplicate).  Rare: after a compaction or a clear. */
-        for (size_t i = 0; i < s->nslots; i++) {
-            entry *e = &s->slots[i];
-            if (e->seg != 0 && s->segs[e->seg - 1].gone)
-                entry_kill(s, e, 0);
-        }
-        for (size_t si = 0; si < n; si++) {
-            segment *g = &s->segs[si];
-            if ((long)si == s->own || g->ignored || g->gone)
-                continue;
-            g->scan_end = 0;
-            g->resync_from = 0;
-            g->resync_more = 0;
-            if (segment_scan(s, si, added) < 0)
-                goto nomem;
-        }
-        s->corrupt = corrupt;
-    }
+    if (__atomic_exchange_n(&s->reindex, 0, __ATOMIC_ACQ_REL) && reindex_pass(s, added) < 0)
+        goto nomem;
     for (size_t si = 0; si < n; si++) {
         segment *g = &s->segs[si];
         if ((long)si == s->own || g->ignored || g->gone || !g->live_writer)
@@ -1553,8 +1561,12 @@ static int refresh_locked(tc_store *s, size_t *added, int force, char *err, size
         if (segment_recheck(s, si, now_wall, added) < 0)
             goto nomem;
     }
+    /* round robin from where the last refresh stopped (the cursor moves
+     * below, so the start is kept: a moving start skipped segments, and a
+     * forced refresh did not re-check them all) */
+    size_t start = s->idle_cursor;
     for (size_t k = 0; k < n && idle_left > 0; k++) {
-        size_t si = (s->idle_cursor + k) % n;
+        size_t si = (start + k) % n;
         segment *g = &s->segs[si];
         if ((long)si == s->own || g->ignored || g->gone || g->live_writer)
             continue;
@@ -1571,6 +1583,15 @@ static int refresh_locked(tc_store *s, size_t *added, int force, char *err, size
     }
     if (list && refresh_readdir(s, now_wall, added) < 0)
         goto nomem;
+    /* The rechecks and scans above (a reindex pass included) may have found
+     * more segments gone, removed by the same compaction: their keys were just
+     * indexed from them, or their copies in the merged segment (listed just
+     * now) were not.  Another pass; each marks a segment gone for good, so
+     * this ends. */
+    while (__atomic_exchange_n(&s->reindex, 0, __ATOMIC_ACQ_REL)) {
+        if (reindex_pass(s, added) < 0)
+            goto nomem;
+    }
     return TC_STORE_OK;
 nomem:
     fault(s, TC_FAULT_NOMEM, "out of memory while indexing %s", s->dir);
@@ -1787,10 +1808,9 @@ static int make_dirs(const char *dir, unsigned mode, char *insecure, size_t inse
  * RLIMIT_NOFILE, so that a process at a low limit keeps its fds for itself. */
 static size_t fd_cache_cap(void)
 {
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
-        return 32;
-    size_t cap = (size_t)(rl.rlim_cur / 64);
+    struct rlimit rl = {32 * 64, 32 * 64}; /* getrlimit cannot fail for NOFILE */
+    getrlimit(RLIMIT_NOFILE, &rl);
+    rlim_t cap = rl.rlim_cur / 64; /* RLIM_INFINITY (not allowed for NOFILE) would be capped */
     return cap < 1 ? 1 : cap > 32 ? 32 : cap;
 }
 
@@ -1878,7 +1898,7 @@ static void close_locked(tc_store *s)
     }
     for (size_t i = 0; i < s->nsegs; i++) {
         segment *g = &s->segs[i];
-        if (g->path == NULL && g->base)
+        if (g->path == NULL) /* an arena chunk is added with its mapping */
             munmap(g->base, g->map_len);
         if (g->fd >= 0)
             close(g->fd);
@@ -2142,7 +2162,7 @@ static int gather_finish(tc_store *s, entry *e, const uint8_t hb[REC_HEADER_BYTE
         if (verified)
             fault(s, TC_FAULT_CHANGED,
                   "a record in %s changed on disk after it was verified and is dropped; do "
-                  "not edit segments in use", g->name ? g->name : "the arena");
+                  "not edit segments in use", g->name); /* an arena's bytes never change */
         entry_kill(s, e, 1);
         return 0;
     }
@@ -2152,12 +2172,8 @@ static int gather_finish(tc_store *s, entry *e, const uint8_t hb[REC_HEADER_BYTE
               (unsigned long long)h.dtype_word);
         return 0;
     }
-    const uint8_t *payload = row;
-    if (g->path == NULL) {
-        if (e->offset + REC_HEADER_BYTES + h.stored_len > g->file_len)
-            return 0;
-        payload = g->base + e->offset + REC_HEADER_BYTES;
-    }
+    /* an arena record is read in place (in bounds: see seg_read) */
+    const uint8_t *payload = g->path == NULL ? g->base + e->offset + REC_HEADER_BYTES : row;
     if (!verified) {
         if (payload_checksum(payload, h.stored_len) != h.payload_sum) {
             entry_kill(s, e, 1);
@@ -2166,7 +2182,7 @@ static int gather_finish(tc_store *s, entry *e, const uint8_t hb[REC_HEADER_BYTE
         __atomic_fetch_or(&e->state, ENTRY_VERIFIED, __ATOMIC_ACQ_REL);
     }
     if (h.flags & REC_FLAG_ZSTD) {
-        void *frame = malloc(h.stored_len ? (size_t)h.stored_len : 1);
+        void *frame = malloc((size_t)h.stored_len + 1); /* + 1: never malloc(0) */
         if (frame == NULL) {
             fault(s, TC_FAULT_NOMEM, "out of memory decompressing a record");
             return 0;
@@ -2203,9 +2219,7 @@ static int gather_row(tc_store *s, uint64_t k0, uint64_t k1, uint64_t dtype_word
      * than the row) followed by whatever comes next in the file. */
     struct iovec iov[2] = {{hb, sizeof(hb)}, {row, (size_t)item_bytes}};
     if (g->path == NULL) {
-        if (e->offset + REC_HEADER_BYTES > g->file_len)
-            return 0;
-        memcpy(hb, g->base + e->offset, sizeof(hb));
+        memcpy(hb, g->base + e->offset, sizeof(hb)); /* in bounds: seg_read */
     } else {
         int fd = seg_acquire(s, si);
         if (fd < 0) {
@@ -2275,15 +2289,7 @@ static ssize_t read_most(int fd, struct iovec *iov, int niov, uint64_t off)
         if (r <= 0)
             return got ? (ssize_t)got : r;
         got += (size_t)r;
-        while (niov > 0 && (size_t)r >= iov->iov_len) {
-            r -= (ssize_t)iov->iov_len;
-            iov++;
-            niov--;
-        }
-        if (niov > 0) {
-            iov->iov_base = (uint8_t *)iov->iov_base + r;
-            iov->iov_len -= (size_t)r;
-        }
+        iov_advance(&iov, &niov, (size_t)r);
     }
     return (ssize_t)got;
 }
@@ -2375,9 +2381,6 @@ static int gather_batched(tc_store *s, const uint64_t *keys, size_t n, uint64_t 
     return 0;
 }
 
-/* Refresh-and-retry rounds of a gather that met removed segments. */
-#define GATHER_RECOVERY_ROUNDS 3
-
 int tc_store_gather(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtype_word, int ndim,
                     const int64_t *shape, uint8_t *dest, uint8_t *served, char *err,
                     size_t err_len)
@@ -2410,35 +2413,27 @@ int tc_store_gather(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtype_
         unserved += !served[i];
     int reindex = __atomic_load_n(&s->reindex, __ATOMIC_ACQUIRE);
     pthread_rwlock_unlock(&s->lock);
-    if (unserved == 0 || !reindex || s->dir == NULL)
+    if (unserved == 0 || !reindex)
         return TC_STORE_OK;
     /* Segments went away during this gather (a compaction merged them, most
      * likely): index their records' other copies now and serve those rows,
-     * rather than have every reader recompute them.  A refresh can itself
-     * find more segments gone (one whose descriptor the gather still held, for
-     * example) after it dropped the entries of the first ones: their rows need
-     * another round, so the recovery repeats while that happens (bounded). */
-    for (int round = 0; round < GATHER_RECOVERY_ROUNDS && unserved && reindex; round++) {
-        pthread_rwlock_wrlock(&s->lock);
+     * rather than have every reader recompute them.  The refresh repeats its
+     * reindex pass until no more segments are found gone (refresh_locked),
+     * and the rows are served under the same write lock.  (Only a file
+     * segment is ever found gone: an arena never sets reindex.) */
+    pthread_rwlock_wrlock(&s->lock);
+    if (s->closed) {
+        rc = closed_err(err, err_len);
+    } else {
         size_t added = 0;
-        if (!s->closed)
-            refresh_locked(s, &added, 0, NULL, 0);
-        pthread_rwlock_unlock(&s->lock);
-        pthread_rwlock_rdlock(&s->lock);
-        if (s->closed) {
-            pthread_rwlock_unlock(&s->lock);
-            return closed_err(err, err_len);
-        }
-        unserved = 0;
+        refresh_locked(s, &added, 0, NULL, 0); /* a fault leaves the rows missing */
         for (size_t i = 0; i < n; i++) {
             if (!served[i] && probe(s, keys[2 * i], keys[2 * i + 1]) != NULL)
                 served[i] = (uint8_t)gather_row(s, keys[2 * i], keys[2 * i + 1], dtype_word,
                                                 ndim, shape, item_bytes, dest + i * item_bytes);
-            unserved += !served[i];
         }
-        reindex = __atomic_load_n(&s->reindex, __ATOMIC_ACQUIRE);
-        pthread_rwlock_unlock(&s->lock);
     }
+    pthread_rwlock_unlock(&s->lock);
     return rc;
 }
 /* ---- put -------------------------------------------------------------------- */
@@ -2500,15 +2495,7 @@ static size_t batch_flush(tc_store *s, put_batch *b)
             break;
         }
         done += (uint64_t)w;
-        while (niov > 0 && (size_t)w >= iov->iov_len) {
-            w -= (ssize_t)iov->iov_len;
-            iov++;
-            niov--;
-        }
-        if (niov > 0) {
-            iov->iov_base = (uint8_t *)iov->iov_base + w;
-            iov->iov_len -= (size_t)w;
-        }
+        iov_advance(&iov, &niov, (size_t)w);
     }
     g->file_len = start + done;
     g->scan_end = g->file_len;
@@ -2593,9 +2580,9 @@ static int put_locked(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtyp
 
     put_batch b;
     memset(&b, 0, sizeof(b));
-    b.recs = malloc((n ? n : 1) * sizeof(staged));
-    b.buffers = malloc((n ? n : 1) * sizeof(void *));
-    uint8_t(*headers)[REC_HEADER_BYTES] = malloc((n ? n : 1) * REC_HEADER_BYTES);
+    b.recs = malloc(n * sizeof(staged)); /* n > 0 here */
+    b.buffers = malloc(n * sizeof(void *));
+    uint8_t(*headers)[REC_HEADER_BYTES] = malloc(n * REC_HEADER_BYTES);
     if (b.recs == NULL || b.buffers == NULL || headers == NULL) {
         free(b.recs);
         free(b.buffers);
@@ -2621,7 +2608,7 @@ static int put_locked(tc_store *s, const uint64_t *keys, size_t n, uint64_t dtyp
         void *zbuf = NULL;
         if (s->opt.compress && item_bytes > 0) {
             size_t cap = tc_zstd_bound((size_t)item_bytes);
-            zbuf = cap ? malloc(cap) : NULL;
+            zbuf = malloc(cap); /* cap is 0 only without libzstd: compresses nothing */
             char zerr[200];
             size_t c = zbuf ? tc_zstd_compress(zbuf, cap, payload, (size_t)item_bytes,
                                                s->opt.zstd_level, s->opt.zstd_threads, zerr,
@@ -2796,22 +2783,10 @@ static void segment_verify(tc_store *s, size_t si, tc_store_verify_result *r,
             r->corrupt++;
             if (problem)
                 problem(ctx, g->name, si, off, why);
-            /* Resynchronise as the scan does: the next aligned header that checks. */
-            uint64_t o = off + REC_ALIGN;
-            for (; o + REC_HEADER_BYTES <= len; o += REC_ALIGN) {
-                const uint8_t *nb =
-                    win_get(g, &w, o, REC_HEADER_BYTES, SCAN_WINDOW_BYTES, &kind, &errnum);
-                if (nb == NULL) {
-                    o = len;
-                    break;
-                }
-                rec_header n;
-                header_decode(nb, &n);
-                uint64_t t;
-                if (n.magic == REC_MAGIC && header_check(&n, g->id, o, len - o, &t) != HDR_BAD)
-                    break;
-            }
-            off = o;
+            /* Resynchronise as the scan does, through the whole file (a budget
+             * of twice its length never runs out): holes are skipped. */
+            int more;
+            resync_search(g, &w, off + REC_ALIGN, 2 * len, &off, &more, &kind, &errnum);
             continue;
         }
         entry *e = index_find(s, h.key0, h.key1);
@@ -2920,7 +2895,7 @@ uint64_t tc_store_fault_take(tc_store *s, int kind, char *buf, size_t len)
     uint64_t now = __atomic_load_n(&s->faults[kind], __ATOMIC_RELAXED);
     uint64_t news = now - s->reported[kind];
     s->reported[kind] = now;
-    if (news && buf != NULL && len > 0)
+    if (news && len > 0) /* buf may be NULL only with len 0 */
         snprintf(buf, len, "%s", s->fault_msg[kind]);
     pthread_mutex_unlock(&s->fault_lock);
     pthread_rwlock_unlock(&s->lock);
@@ -3032,7 +3007,7 @@ static int compact_segment(tc_store *s, size_t si, key_set *seen, int out_fd, ui
     window w = {s->scan_buf, SCAN_WINDOW_BYTES, 0, 0, -1, 0};
     if ((w.fd = seg_acquire(s, si)) < 0)
         return 0;
-    int rc = 0, kind = NO_FAULT, errnum = 0;
+    int rc = 0, kind = NO_FAULT, errnum = 0, more;
     uint64_t off = 0;
     while (off + REC_HEADER_BYTES <= g->file_len) {
         const uint8_t *b = win_get(g, &w, off, REC_HEADER_BYTES, SCAN_WINDOW_BYTES, &kind, &errnum);
@@ -3044,15 +3019,15 @@ static int compact_segment(tc_store *s, size_t si, key_set *seen, int out_fd, ui
         header_decode(hb, &h);
         uint64_t total = 0;
         int hc = header_check(&h, g->id, off, g->file_len - off, &total);
-        if (hc == HDR_SHORT)
+        if (hc == HDR_SHORT) {
+            off = g->file_len; /* a torn tail: its writer is gone, it ends the walk */
             break;
+        }
         if (hc == HDR_BAD) {
-            g->scan_end = off;
-            g->resync_from = 0;
-            uint64_t next;
-            if (!segment_resync(g, &w, &next, &kind, &errnum))
+            /* not found: at the end, or stopped early (a read, the budget) */
+            if (!resync_search(g, &w, off + REC_ALIGN, RESYNC_BUDGET_BYTES, &off, &more,
+                               &kind, &errnum))
                 break;
-            off = next;
             continue;
         }
         int fresh = key_set_add(seen, h.key0, h.key1);
@@ -3121,16 +3096,17 @@ static int compact_segment(tc_store *s, size_t si, key_set *seen, int out_fd, ui
     seg_release(s, si);
     if (rc < 0)
         return -1;
-    /* A segment walked only in part (a read fault, a resync budget spent) may
-     * hold records that were not merged: it must not be removed. */
-    return kind == NO_FAULT && !g->resync_more ? 1 : 0;
+    /* A segment walked only in part (a read that failed or came up short, a
+     * resync budget spent) may hold records that were not merged: it must not
+     * be removed.  Walked to its end means no header fits after `off`. */
+    return kind == NO_FAULT && off + REC_HEADER_BYTES > g->file_len ? 1 : 0;
 }
 
 int tc_store_compact(const char *dir, int64_t min_idle_s, tc_store_compact_result *r,
                      char *merged, size_t merged_len, char *err, size_t err_len)
 {
     memset(r, 0, sizeof(*r));
-    if (merged && merged_len)
+    if (merged_len) /* merged may be NULL only with merged_len 0 */
         merged[0] = '\0';
     tc_store_options opt = {0};
     tc_store *s = NULL;
@@ -3208,7 +3184,7 @@ int tc_store_compact(const char *dir, int64_t min_idle_s, tc_store_compact_resul
         rc = TC_STORE_EIO;
         goto done;
     }
-    if (merged && merged_len)
+    if (merged_len)
         snprintf(merged, merged_len, "%s", name);
     /* its index file, so that the next open reads the merged records without a
      * scan (after the rename: an index never names a segment that is not there) */
@@ -3279,7 +3255,7 @@ int tc_store_record_parse(const uint8_t *buf, size_t len, uint64_t seg_id, uint6
     const char *why = NULL;
     int v = header_validate(&h, seg_id, offset, (uint64_t)len, &total, &why);
     if (v == HDR_BAD) {
-        set_err(err, err_len, "bad record header: %s", why ? why : "invalid");
+        set_err(err, err_len, "bad record header: %s", why); /* set on HDR_BAD */
         return TC_STORE_ECORRUPT;
     }
     if (v == HDR_SHORT) {

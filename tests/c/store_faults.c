@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -131,8 +132,8 @@ ssize_t __wrap_pread(int fd, void *b, size_t n, off_t off)
 {
     int w;
     if (inject(&w)) {
-        if (w % 3 == 1 && n > 1) /* a short read */
-            return __real_pread(fd, b, n / 2, off);
+        if (w % 3 == 1 && n > 1) /* a short read, shorter than a header at most */
+            return __real_pread(fd, b, n / 2 < 100 ? n / 2 : 100, off);
         if (w % 3 == 2 && calls == fail_at)
             FAIL(-1, EINTR); /* once: an EINTR for ever is not a thing */
         FAIL(-1, EIO);
@@ -169,10 +170,12 @@ ssize_t __wrap_pwrite(int fd, const void *b, size_t n, off_t off)
 {
     int w;
     if (inject(&w)) {
-        if (w % 3 == 1 && n > 1)
+        if (w % 4 == 1 && n > 1)
             return __real_pwrite(fd, b, n / 2, off);
-        if (w % 3 == 2 && calls == fail_at)
+        if (w % 4 == 2 && calls == fail_at)
             FAIL(-1, EINTR);
+        if (w % 4 == 3)
+            return 0; /* a write of nothing */
         FAIL(-1, ENOSPC);
     }
     return __real_pwrite(fd, b, n, off);
@@ -236,12 +239,14 @@ off_t __wrap_lseek(int fd, off_t off, int whence)
 
 /* ---- the world -------------------------------------------------------------- */
 
-#define NUMEL 40
+#define NUMEL 41 /* 328 bytes: records carry padding */
 #define PER 6 /* records per writer's segment */
+#define BIG_PUT 700 /* more records than one pwritev takes (PUT_MAX_IOV / 3), and an index that grows */
 static const uint64_t I64 = 0 | 64 << 8 | 1 << 16;
 static const int64_t SHAPE[1] = {NUMEL};
 static char root[64], dir[128], other[128];
 static int failures;
+static uint64_t world_corrupt; /* damaged records the world starts with */
 
 static void check(int ok, const char *what, long n)
 {
@@ -345,8 +350,9 @@ static void copy_dir(const char *from, const char *to)
     closedir(d);
 }
 
-/* The directory before each try: three finished writers' segments (made once
- * by forked writers that exited, then copied under the same names). */
+/* The directory before each try: three finished writers' segments and a
+ * fourth one damaged (a bad header the scan searches past, a bad payload),
+ * made once by forked writers that exited, then copied under the same names. */
 static void fresh_world(void)
 {
     rm_dir(dir);
@@ -384,7 +390,7 @@ static void check_directory(long n)
         return;
     tc_store_verify_result r;
     check(tc_store_verify(s, &r, NULL, NULL, err, sizeof(err)) == TC_STORE_OK, "verify", n);
-    check(r.corrupt == 0, "corrupt records after a fault", n);
+    check(r.corrupt <= world_corrupt, "more corrupt records after a fault", n);
     check(r.torn <= r.segments, "more than a torn tail per segment", n);
     uint64_t keys[2 * 200];
     int64_t items[200][NUMEL], dest[200][NUMEL];
@@ -429,7 +435,7 @@ static int op_open(void)
     return rc;
 }
 
-static int put_into(const char *path)
+static int put_into(const char *path, uint64_t first, size_t count, int lookup)
 {
     tc_store_options opt = {0};
     opt.max_bytes = 0;
@@ -439,22 +445,21 @@ static int put_into(const char *path)
     int rc = tc_store_open(path, &opt, &s, err, sizeof(err));
     if (rc != TC_STORE_OK)
         return -100;
-    uint64_t keys[2 * 16];
-    int64_t items[16][NUMEL];
-    make_keys(100, 16, keys, items);
+    static uint64_t keys[2 * BIG_PUT];
+    static int64_t items[BIG_PUT][NUMEL], dest[BIG_PUT][NUMEL];
+    static uint8_t present[BIG_PUT], served[BIG_PUT];
+    make_keys(first, count, keys, items);
     size_t stored = 0;
     extern long armed_at;
     fail_at = armed_at;
-    rc = tc_store_put(s, keys, 16, I64, 1, SHAPE, (const uint8_t *)items, &stored, err,
+    rc = tc_store_put(s, keys, count, I64, 1, SHAPE, (const uint8_t *)items, &stored, err,
                       sizeof(err));
-    uint8_t present[16], served[16];
-    int64_t dest[16][NUMEL];
+    if (rc == TC_STORE_OK && lookup)
+        rc = tc_store_lookup(s, keys, count, present, err, sizeof(err));
     if (rc == TC_STORE_OK)
-        rc = tc_store_lookup(s, keys, 16, present, err, sizeof(err));
-    if (rc == TC_STORE_OK)
-        rc = tc_store_gather(s, keys, 16, I64, 1, SHAPE, (uint8_t *)dest, served, err,
+        rc = tc_store_gather(s, keys, count, I64, 1, SHAPE, (uint8_t *)dest, served, err,
                              sizeof(err));
-    for (int i = 0; rc == TC_STORE_OK && i < 16; i++)
+    for (size_t i = 0; rc == TC_STORE_OK && i < count; i++)
         check(!served[i] || memcmp(dest[i], items[i], sizeof(items[i])) == 0,
               "own rows differ", fail_at);
     fail_at = 0;
@@ -466,12 +471,17 @@ long armed_at;
 
 static int op_put_dir(void)
 {
-    return put_into(dir);
+    return put_into(dir, 100, 16, 1);
 }
 
 static int op_put_arena(void)
 {
-    return put_into(NULL);
+    return put_into(NULL, 100, 16, 1);
+}
+
+static int op_put_big(void)
+{
+    return put_into(dir, 1000, BIG_PUT, 0); /* no lookup: a read per record */
 }
 
 static int op_gather(void)
@@ -487,6 +497,26 @@ static int op_gather(void)
         check(!served[i] || memcmp(dest[i], items[i], sizeof(items[i])) == 0,
               "gathered rows differ", armed_at);
     return rc;
+}
+
+static int op_entry_info(void)
+{
+    uint64_t keys[2 * 4 * PER];
+    int64_t items[4 * PER][NUMEL];
+    make_keys(0, 4 * PER, keys, items);
+    char err[256];
+    for (int i = 0; i < 4 * PER; i++) {
+        uint64_t dtype;
+        int ndim;
+        int64_t shape[TC_STORE_MAX_NDIM];
+        int rc = tc_store_entry_info(prepared, keys + 2 * i, &dtype, &ndim, shape, err,
+                                     sizeof(err));
+        if (rc == TC_STORE_OK)
+            check(dtype == I64 && ndim == 1 && shape[0] == NUMEL, "entry info differs", armed_at);
+        else if (rc != TC_STORE_EMISSING)
+            return rc;
+    }
+    return TC_STORE_OK;
 }
 
 static int op_lookup(void)
@@ -526,15 +556,25 @@ static const struct {
     int needs_store;  /* open `prepared` (faults off) before arming */
     int new_segment;  /* a writer adds a segment after `prepared` opened */
     int arms_itself;  /* the op arms the injector after its own set-up */
+    int compacted;    /* `prepared`'s segments are merged (faults off) before arming */
 } ops[] = {
-    {"open", op_open, 0, 0, 0},
-    {"put to a directory", op_put_dir, 0, 0, 1},
-    {"put to the arena", op_put_arena, 0, 0, 1},
-    {"lookup", op_lookup, 1, 1, 0},
-    {"gather", op_gather, 1, 0, 0},
-    {"refresh", op_refresh, 1, 1, 0},
-    {"verify", op_verify, 1, 1, 0},
-    {"compact", op_compact, 0, 0, 0},
+    {"open", op_open, 0, 0, 0, 0},
+    {"put to a directory", op_put_dir, 0, 0, 1, 0},
+    {"put to the arena", op_put_arena, 0, 0, 1, 0},
+    {"put a large batch", op_put_big, 0, 0, 1, 0},
+    {"lookup", op_lookup, 1, 1, 0, 0},
+    {"entry info", op_entry_info, 1, 1, 0, 0},
+    {"gather", op_gather, 1, 0, 0, 0},
+    {"refresh", op_refresh, 1, 1, 0, 0},
+    {"verify", op_verify, 1, 1, 0, 0},
+    {"compact", op_compact, 0, 0, 0, 0},
+    /* a reader whose segments a compaction merged: its rows come back through
+     * the refresh that drops the removed segments and indexes the merged one */
+    {"gather, compacted", op_gather, 1, 1, 0, 1},
+    {"lookup, compacted", op_lookup, 1, 1, 0, 1},
+    {"info, compacted", op_entry_info, 1, 0, 0, 1},
+    {"refresh, compacted", op_refresh, 1, 0, 0, 1},
+    {"verify, compacted", op_verify, 1, 0, 0, 1},
 };
 
 static int index_faults(void); /* the persisted index's block, at the end */
@@ -551,27 +591,80 @@ int main(void)
     setvbuf(stdout, NULL, _IONBF, 0);
     for (int w = 0; w < 3; w++)
         write_segment_in_child(template_dir, (uint64_t)w * PER, PER);
+    {
+        char dmg[160], seg[512] = "", to[512];
+        snprintf(dmg, sizeof(dmg), "%s/damaged", root);
+        write_segment_in_child(dmg, 150, PER);
+        DIR *d = __real_opendir(dmg);
+        struct dirent *de;
+        while (d != NULL && (de = __real_readdir(d)) != NULL) {
+            if (de->d_name[0] != '.') {
+                snprintf(seg, sizeof(seg), "%s/%s", dmg, de->d_name);
+                snprintf(to, sizeof(to), "%s/%s", template_dir, de->d_name);
+            }
+        }
+        if (d != NULL)
+            closedir(d);
+        const long rec = 128 + (NUMEL * 8 + 63) / 64 * 64;
+        int fd = __real_open(seg, O_WRONLY, 0);
+        if (fd < 0 || __real_pwrite(fd, "\xff\xff", 2, 2 * rec + 30) != 2 ||
+            __real_pwrite(fd, "\x01\x02", 2, 4 * rec + 200) != 2)
+            abort();
+        close(fd);
+        copy_file(seg, to);
+        rm_dir(dmg);
+        tc_store_options opt = {0};
+        tc_store *s;
+        char err[256];
+        tc_store_verify_result r;
+        if (tc_store_open(template_dir, &opt, &s, err, sizeof(err)) != TC_STORE_OK ||
+            tc_store_verify(s, &r, NULL, NULL, err, sizeof(err)) != TC_STORE_OK || r.corrupt != 2)
+            abort();
+        world_corrupt = r.corrupt;
+        tc_store_free(s);
+    }
     write_segment_in_child(late_dir, 3 * PER, PER);
     long total = 0;
     for (size_t o = 0; o < sizeof(ops) / sizeof(ops[0]); o++) {
         for (forever = 0; forever <= 1; forever++) {
             long n;
+            long made = 0;
+            /* each N with each error its call can give (variants 0-3 cover
+             * every wrapper's choice: they cycle through 2, 3 or 4 errors) */
             for (n = 1;; n++) {
+              for (variant = 0; variant < 4; variant++) {
                 fresh_world();
-                variant = (int)(n % 12);
                 tc_store_options opt = {0};
                 char err[256];
                 prepared = NULL;
+                /* a compacted reader keeps one descriptor (RLIMIT_NOFILE 64), so
+                 * it meets the removed segments instead of reading them
+                 * through descriptors it holds */
+                struct rlimit was, low;
+                getrlimit(RLIMIT_NOFILE, &was);
+                low = was;
+                if (ops[o].compacted)
+                    low.rlim_cur = 64;
+                setrlimit(RLIMIT_NOFILE, &low);
                 if (ops[o].needs_store &&
                     tc_store_open(dir, &opt, &prepared, err, sizeof(err)) != TC_STORE_OK)
                     abort();
+                setrlimit(RLIMIT_NOFILE, &was);
+                if (ops[o].compacted) {
+                    tc_store_compact_result cr;
+                    char merged[256];
+                    if (tc_store_compact(dir, 0, &cr, merged, sizeof(merged), err,
+                                         sizeof(err)) != TC_STORE_OK ||
+                        cr.removed != 4)
+                        abort();
+                }
                 if (ops[o].new_segment)
                     add_late_segment();
                 calls = 0;
                 armed_at = n;
                 fail_at = ops[o].arms_itself ? 0 : n;
                 int rc = ops[o].fn();
-                long made = calls;
+                made = calls;
                 fail_at = 0;
                 check(rc == -100 || rc_ok(rc), "unexpected return code", n);
                 if (prepared)
@@ -580,6 +673,9 @@ int main(void)
                 total++;
                 if (made < n || failures)
                     break; /* the operation finished before the Nth call */
+              }
+              if (made < n || failures)
+                  break;
             }
             printf("store_faults: %-18s %-7s %4ld tries\n", ops[o].name,
                    forever ? "forever" : "once", n);
