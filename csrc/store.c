@@ -150,6 +150,7 @@ struct tc_store {
     pthread_mutex_t fd_lock;
     pthread_mutex_t fault_lock;
     pid_t pid;
+    uint64_t fork_gen; /* fork_generation when pid was last checked */
     int closed;
     char *dir; /* NULL: arena */
     char host[65];
@@ -177,7 +178,7 @@ struct tc_store {
     uint64_t bytes_written, records_written, records, corrupt, bytes_indexed, refreshes;
     uint64_t readdirs, skipped, gone;
     uint64_t faults[TC_FAULT_KINDS];   /* atomic */
-    uint64_t reported[TC_FAULT_KINDS]; /* fault_lock */
+    uint64_t reported[TC_FAULT_KINDS]; /* written under fault_lock, read atomically */
     char fault_msg[TC_FAULT_KINDS][200]; /* fault_lock */
     uint8_t *scan_buf; /* SCAN_WINDOW_BYTES, for scans under the write lock */
     uint64_t prefetched; /* bytes of indexed segments handed to readahead (index_adopt) */
@@ -1628,8 +1629,13 @@ static void fork_parent(void)
     pthread_mutex_unlock(&fork_list_lock);
 }
 
+/* Bumped in every child at fork(): a store compares it with the generation it
+ * saw last, so the common case of fork_check costs one load, not a getpid(). */
+static uint64_t fork_generation;
+
 static void fork_child(void)
 {
+    __atomic_add_fetch(&fork_generation, 1, __ATOMIC_RELEASE);
     for (tc_store *s = fork_list; s != NULL; s = s->fork_next) {
         pthread_rwlock_init(&s->lock, NULL);
         pthread_mutex_init(&s->fd_lock, NULL);
@@ -1677,6 +1683,10 @@ static void fork_list_remove(tc_store *s)
  * re-made by fork_child.) */
 static void fork_check(tc_store *s)
 {
+    uint64_t gen = __atomic_load_n(&fork_generation, __ATOMIC_ACQUIRE);
+    if (gen == __atomic_load_n(&s->fork_gen, __ATOMIC_RELAXED))
+        return;
+    __atomic_store_n(&s->fork_gen, gen, __ATOMIC_RELAXED);
     pid_t pid = getpid();
     if (pid == s->pid)
         return;
@@ -1839,6 +1849,7 @@ int tc_store_open(const char *dir, const tc_store_options *opt, tc_store **out, 
     pthread_mutex_init(&s->fd_lock, NULL);
     pthread_mutex_init(&s->fault_lock, NULL);
     s->pid = getpid();
+    s->fork_gen = __atomic_load_n(&fork_generation, __ATOMIC_ACQUIRE);
     s->own = -1;
     s->opt = *opt;
     s->fd_cap = fd_cache_cap();
@@ -2885,6 +2896,15 @@ int tc_store_io_error(tc_store *s, char *buf, size_t len)
     return have;
 }
 
+int tc_store_faults_pending(tc_store *s)
+{
+    for (int k = 0; k < TC_FAULT_KINDS; k++)
+        if (__atomic_load_n(&s->faults[k], __ATOMIC_RELAXED) !=
+            __atomic_load_n(&s->reported[k], __ATOMIC_RELAXED))
+            return 1;
+    return 0;
+}
+
 uint64_t tc_store_fault_take(tc_store *s, int kind, char *buf, size_t len)
 {
     if (kind < 0 || kind >= TC_FAULT_KINDS)
@@ -2894,7 +2914,7 @@ uint64_t tc_store_fault_take(tc_store *s, int kind, char *buf, size_t len)
     pthread_mutex_lock(&s->fault_lock);
     uint64_t now = __atomic_load_n(&s->faults[kind], __ATOMIC_RELAXED);
     uint64_t news = now - s->reported[kind];
-    s->reported[kind] = now;
+    __atomic_store_n(&s->reported[kind], now, __ATOMIC_RELAXED);
     if (news && len > 0) /* buf may be NULL only with len 0 */
         snprintf(buf, len, "%s", s->fault_msg[kind]);
     pthread_mutex_unlock(&s->fault_lock);

@@ -141,6 +141,9 @@ int tc_store_io_error(tc_store *s, char *buf, size_t len);
 /* How many faults of this kind happened since the last take (0 if none), with
  * the message of the latest one in buf. */
 uint64_t tc_store_fault_take(tc_store *s, int kind, char *buf, size_t len);
+/* 1 if some kind has faults not taken yet: no lock, no system call (a fault that
+ * lands meanwhile is reported by a later take).  A cache asks it after every call. */
+int tc_store_faults_pending(tc_store *s);
 
 /* 1 if the writer named by a segment file name may still append to it: on this
  * host (`host` as segment names spell it) while its pid runs, elsewhere while

@@ -654,8 +654,8 @@ static PyObject *Store_take_faults(StoreObject *self, PyObject *unused)
     if (check_open(self) < 0)
         return NULL;
     PyObject *d = PyDict_New();
-    if (d == NULL)
-        return NULL;
+    if (d == NULL || !tc_store_faults_pending(self->store))
+        return d; /* the common case: nothing new, no lock taken */
     for (int k = 0; k < TC_FAULT_KINDS; k++) {
         char msg[256] = "";
         uint64_t news;
