@@ -255,7 +255,11 @@ def test_two_threads_get_correct_results():
             for _ in range(30):
                 x = xs[torch.randint(0, 4, (1,), generator=g).item()]
                 idx = torch.randperm(32, generator=g)[:12]
-                if not torch.allclose(m(x[idx]), ref(x[idx])):
+                # A cached row was computed in whatever miss batch it first met, and a
+                # linear layer's rounding depends on the batch's size: equal up to
+                # float32 rounding (outputs near 0 need an absolute tolerance), while a
+                # wrong row (another item's, or garbage) is off by far more.
+                if not torch.allclose(m(x[idx]), ref(x[idx]), rtol=1e-5, atol=1e-6):
                     errors.append(seed)
 
     threads = [threading.Thread(target=work, args=(s,)) for s in range(2)]
