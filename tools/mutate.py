@@ -62,7 +62,7 @@ HASH_ALL = [["tests/test_hash_vectors.py", "tests/test_hash_api.py",
 HASH_STRIDED = [["tests/test_hash_api.py", "-k", "non_contiguous or strided or conjugate"],
                 ["tests/test_hash_dispatch.py"]]
 DISPATCH = [["tests/test_hash_dispatch.py"]]
-DLPACK = [["tests/test_hash_api.py"],
+DLPACK = [["tests/test_hash_api.py", "tests/test_dlpack_capsule.py"],
           ["tests/test_store.py", "-k", "dtype_word or dimensions or round_trip"]] + GUARDS
 CUDA_HOST = [["tests/test_cuda_kernel_image.py", "-k", "this_build"],
              ["tests/test_cuda_unavailable.py"]]
@@ -80,6 +80,15 @@ class Mutant:
 
 
 M = Mutant
+
+
+def _cuda(id: str, find: str, replace: str, why: str, gpu: bool = False) -> Mutant:
+    """A mutant of cuda.c: its host side runs against the fake CUDA driver (needs a C
+    compiler), its device side needs a GPU."""
+    return Mutant(id, "cuda.c", find, replace, CUDA_GPU if gpu else CUDA_HOST, why,
+                  requires="gpu" if gpu else "cc")
+
+
 MUTANTS: List[Mutant] = [
     # ---- store.c: limits -------------------------------------------------------------
     M("store-limit-ge", "store.c",
@@ -260,26 +269,31 @@ MUTANTS: List[Mutant] = [
       "if (t->ndim < 0 || t->ndim > TC_MAX_NDIM) {", "if (t->ndim < 0 || t->ndim >= TC_MAX_NDIM) {",
       DLPACK, "a tensor with the most dimensions allowed is refused"),
     # ---- cuda.c, host side ----------------------------------------------------------------
-    M("cuda-failure-not-remembered", "cuda.c",
-      "        if (m.failure)\n            modules[nmodules++] = m;",
-      "        if (0)\n            modules[nmodules++] = m;", CUDA_HOST,
-      "a context whose kernels failed to load retries the JIT on every call", requires="cc"),
-    M("cuda-jit-log-lost", "cuda.c",
-      'const char *log = error_log[0] ? error_log : info_log[0] ? info_log : "(empty)";',
-      'const char *log = info_log[0] ? info_log : "(empty)";', CUDA_HOST,
-      "the JIT error log is left out of the reason", requires="cc"),
-    M("cuda-empty-batch", "cuda.c",
-      "if (x->ndim < 1 || x->shape[0] == 0)\n        return 0;",
-      "if (x->ndim < 1)\n        return 0;", CUDA_GPU,
-      "an empty batch reaches the launches", requires="gpu"),
-    M("cuda-acc-rounding", "cuda.c",
-      "uint64_t acc_bytes = (16 * pl->batch + 255) / 256 * 256;",
-      "uint64_t acc_bytes = 16 * pl->batch / 256 * 256;", CUDA_GPU,
-      "the digest accumulator is rounded down (scratch overlaps it)", requires="gpu"),
+    _cuda("cuda-failure-not-remembered",
+          "        if (m.failure)\n            modules[nmodules++] = m;",
+          "        if (0)\n            modules[nmodules++] = m;",
+          "a context whose kernels failed to load retries the JIT on every call"),
+    _cuda("cuda-jit-log-lost",
+          'const char *log = error_log[0] ? error_log : info_log[0] ? info_log : "(empty)";',
+          'const char *log = info_log[0] ? info_log : "(empty)";',
+          "the JIT error log is left out of the reason"),
+    _cuda("cuda-empty-batch",
+          "if (x->ndim < 1 || x->shape[0] == 0)\n        return 0;",
+          "if (x->ndim < 1)\n        return 0;",
+          "an empty batch reaches the launches", gpu=True),
+    _cuda("cuda-acc-rounding",
+          "uint64_t acc_bytes = (16 * pl->batch + 255) / 256 * 256;",
+          "uint64_t acc_bytes = 16 * pl->batch / 256 * 256;",
+          "the digest accumulator is rounded down (scratch overlaps it)", gpu=True),
 ]
 
 
 # ---- the scratch tree and its build ------------------------------------------------------
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip()
+
 
 def _copy_tree(dst: Path) -> None:
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
@@ -403,11 +417,23 @@ def _locate(m: Mutant, tree: Path) -> Optional[str]:
 # ---- the Python side: mutmut over one shim module, in a scratch copy -----------------------
 
 PY_TARGETS = {
-    # module: the test files that guard it (mutmut runs, per mutant, those of them that
-    # reach the mutated function). Kept to files without subprocesses, for time.
-    "keys": ["tests/test_keys.py", "tests/test_decorator.py"],
-    "cache": ["tests/test_cache_flow.py", "tests/test_cache_faults.py"],
+    # module: the test files that guard it (mutmut runs, per mutant, those of their tests
+    # that reach the mutated function). Files without subprocesses, for time; a file that
+    # does not exist (yet) is left out.
+    "keys": ["tests/test_keys.py", "tests/test_fingerprint.py", "tests/test_keywords.py",
+             "tests/test_decorator.py", "tests/test_call_path.py", "tests/test_keys_mutants.py"],
+    "cache": ["tests/test_cache_flow.py", "tests/test_cache_faults.py", "tests/test_call_path.py",
+              "tests/test_keywords.py", "tests/test_decorator.py",
+              "tests/test_cache_mutants.py"],
 }
+# Left out of every mutmut run: tests that rewrite and re-import source files (30-80 s each
+# on 2 loaded cores, and they reach most of keys.py, so mutmut would run them for nearly
+# every mutant). The class-source and code-walk paths they guard are covered by faster
+# tests of test_keys.py and test_keys_mutants.py.
+PY_DESELECT = [
+    "tests/test_keys.py::test_edits_outside_the_decorated_class_are_never_served_stale",
+    "tests/test_fingerprint.py::test_changed_base_class_source_changes_key",
+]
 
 
 def _toml_list(items) -> str:
@@ -429,11 +455,13 @@ def run_python(module: str, children: int, json_out: Optional[str], keep: bool,
         py = tree / "pyproject.toml"
         text = py.read_text()
         text = text[:text.index("[tool.mutmut]")] if "[tool.mutmut]" in text else text
-        tests = tests or PY_TARGETS[module]
+        tests = tests or [t for t in PY_TARGETS[module] if (ROOT / t).exists()]
+        deselect = [a for d in PY_DESELECT for a in ("--deselect", d)]
         text += ("[tool.mutmut]\n"
                  'source_paths = ["torchcache_c"]\n'
                  f'only_mutate = ["torchcache_c/{module}.py"]\n'
-                 'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]\n'
+                 "pytest_add_cli_args = "
+                 f"{_toml_list(['-p', 'no:cacheprovider', '-q', *deselect])}\n"
                  f"pytest_add_cli_args_test_selection = {_toml_list(tests)}\n"
                  'also_copy = ["csrc", "fuzz", "setup.py", "README.md", "docs"]\n')
         py.write_text(text)
@@ -451,10 +479,11 @@ def run_python(module: str, children: int, json_out: Optional[str], keep: bool,
                 print(probe.stdout[-3000:], probe.stderr[-3000:])
                 return 1
             every = sorted(json.loads(meta_path.read_text())["exit_code_by_key"])
-            step = max(1, -(-len(every) // sample))
-            names = every[::step]
-            print(f"mutmut torchcache_c/{module}.py: {len(every)} mutants; checking every "
-                  f"{step}th ({len(names)})", flush=True)
+            # Evenly spread and deterministic: the same tree gives the same sample.
+            names = sorted({every[i * len(every) // sample]
+                            for i in range(min(sample, len(every)))})
+            print(f"mutmut torchcache_c/{module}.py: {len(every)} mutants; checking "
+                  f"{len(names)}, evenly spread", flush=True)
         run = subprocess.run([mutmut, "run", "--max-children", str(children), *names],
                              cwd=tree, env=env, capture_output=True, text=True)
         (scratch / "run.log").write_text(run.stdout + run.stderr)
@@ -482,13 +511,12 @@ def run_python(module: str, children: int, json_out: Optional[str], keep: bool,
             Path(json_out).write_text(json.dumps({
                 "command": f"python tools/mutate.py --python {module}"
                            + (f" --sample {sample}" if sample else ""),
-                "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT,
-                                         capture_output=True, text=True).stdout.strip(),
-                "module_commit": subprocess.run(
-                    ["git", "log", "-1", "--format=%H", "--", f"torchcache_c/{module}.py"],
-                    cwd=ROOT, capture_output=True, text=True).stdout.strip(),
+                "commit": _git("rev-parse", "HEAD"),
+                "module_commit": _git("log", "-1", "--format=%H", "--",
+                                      f"torchcache_c/{module}.py"),
                 "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "load": os.getloadavg(), "seconds": round(elapsed), "tests": tests,
+                "deselected": PY_DESELECT, "children": children,
                 "mutants_total": len(codes), "checked": len(checked), "counts": counts,
                 "score": round(score, 4), "survivors": survivors,
             }, indent=1) + "\n")
@@ -517,8 +545,7 @@ def _write_c_results(a, results, started, complete):
         Path(a.json).write_text(json.dumps({
             "command": "python tools/mutate.py" + (f" --only {a.only}" if a.only else ""),
             "complete": complete,
-            "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                     text=True).stdout.strip(),
+            "commit": _git("rev-parse", "HEAD"),
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": platform.machine(), "load": os.getloadavg(),
             "seconds": round(elapsed), "counts": counts, "score": round(score, 4),
