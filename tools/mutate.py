@@ -423,7 +423,7 @@ PY_TARGETS = {
     "keys": ["tests/test_keys.py", "tests/test_fingerprint.py", "tests/test_keywords.py",
              "tests/test_decorator.py", "tests/test_call_path.py", "tests/test_keys_mutants.py"],
     "cache": ["tests/test_cache_flow.py", "tests/test_cache_faults.py", "tests/test_call_path.py",
-              "tests/test_keywords.py", "tests/test_decorator.py",
+              "tests/test_keywords.py", "tests/test_decorator.py", "tests/test_device_tier.py",
               "tests/test_cache_mutants.py"],
 }
 # Left out of every mutmut run: tests that rewrite and re-import source files (30-80 s each
@@ -441,7 +441,8 @@ def _toml_list(items) -> str:
 
 
 def run_python(module: str, children: int, json_out: Optional[str], keep: bool,
-               sample: int = 0, tests: Optional[List[str]] = None) -> int:
+               sample: int = 0, tests: Optional[List[str]] = None,
+               rerun: Optional[str] = None) -> int:
     """mutmut over torchcache_c/<module>.py with PY_TARGETS[module]; prints and returns the
     counts. The scratch copy gets its own [tool.mutmut] section (the repository's section,
     for `mutmut run` by hand, is for keys.py)."""
@@ -469,7 +470,13 @@ def run_python(module: str, children: int, json_out: Optional[str], keep: bool,
         env = dict(os.environ, PYTHONPATH=str(tree / "mutants"))
         meta_path = tree / "mutants" / "torchcache_c" / f"{module}.py.meta"
         names: List[str] = []
-        if sample:
+        if rerun:
+            # The survivors of an earlier run (mutmut's names are stable while the module's
+            # source is): did the tests added since kill them?
+            names = sorted(json.loads(Path(rerun).read_text())["survivors"])
+            print(f"mutmut torchcache_c/{module}.py: rechecking the {len(names)} survivors "
+                  f"of {rerun}", flush=True)
+        elif sample:
             # Generate the mutants and collect mutmut's test map, then pick every k-th.
             probe = subprocess.run([mutmut, "run", "--max-children", str(children),
                                     f"torchcache_c.{module}.__no_such_mutant__"], cwd=tree,
@@ -510,7 +517,8 @@ def run_python(module: str, children: int, json_out: Optional[str], keep: bool,
             Path(json_out).parent.mkdir(parents=True, exist_ok=True)
             Path(json_out).write_text(json.dumps({
                 "command": f"python tools/mutate.py --python {module}"
-                           + (f" --sample {sample}" if sample else ""),
+                           + (f" --sample {sample}" if sample else "")
+                           + (f" --rerun {rerun}" if rerun else ""),
                 "commit": _git("rev-parse", "HEAD"),
                 "module_commit": _git("log", "-1", "--format=%H", "--",
                                       f"torchcache_c/{module}.py"),
@@ -572,10 +580,12 @@ def main(argv=None) -> int:
                     "(comma-separated)")
     ap.add_argument("--sample", type=int, default=0,
                     help="check about this many mutants, evenly spread (0: all of them)")
+    ap.add_argument("--rerun", help="with --python: check again the survivors listed in this "
+                    "results JSON (of an earlier --json)")
     a = ap.parse_args(argv)
     if a.python:
         return run_python(a.python, a.children, a.json, a.keep, a.sample,
-                          a.tests.split(",") if a.tests else None)
+                          a.tests.split(",") if a.tests else None, a.rerun)
     prefixes = tuple(x for x in a.only.split(",") if x) or ("",)
     chosen = [m for m in MUTANTS if m.id.startswith(prefixes)]
     assert len({m.id for m in MUTANTS}) == len(MUTANTS), "duplicate mutant id"
