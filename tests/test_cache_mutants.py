@@ -6,8 +6,11 @@ they must tell the user.
 import copy
 import gc
 import json
+import logging
 import os
+import signal
 import stat
+import time
 
 import pytest
 import torch
@@ -143,8 +146,44 @@ def test_the_private_persistent_parent_is_a_0700_torchcache_c_temporary_director
     assert stat.S_IMODE(os.stat(parent).st_mode) == 0o700
 
 
-def test_removing_an_already_removed_private_directory_at_exit_is_not_an_error(tmp_path):
-    cache._remove_private_dir(tmp_path / "gone", os.getpid())
+def test_removing_an_already_removed_private_directory_at_exit_is_not_an_error(tmp_path,
+                                                                              caplog):
+    gone = tmp_path / "gone"
+    with caplog.at_level(logging.INFO, logger="torchcache_c"):
+        cache._remove_private_dir(gone, os.getpid())
+    assert f"removed temporary cache directory {gone}" in caplog.messages
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_calls_although_the_parent_held_the_cache_lock_at_the_fork():
+    """A lock held at the fork (here by the forking thread itself) is never released in the
+    child: the child must get fresh locks, or its first call waits forever."""
+    Scale = torchcache()(type("Scale", (_Scale,), {}))
+    m = Scale().eval()
+    x = torch.randn(3, 3)
+    with torch.no_grad():
+        m(x)
+    with m.cache_instance._lock:
+        pid = os.fork()
+        if pid == 0:  # the child: exit status 0 only if the call answered correctly
+            status = 1
+            try:
+                with torch.no_grad():
+                    status = 0 if torch.equal(m(x), _reference(x)) else 1
+            finally:
+                os._exit(status)
+    # A child that deadlocked never exits: give it a minute (a hang guard, not a speed
+    # limit), then stop it.
+    for _ in range(600):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise AssertionError("the forked child's call never returned (a lock held at the fork)")
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_a_zero_memory_limit_reports_the_cache_full_after_the_first_miss():
