@@ -473,7 +473,8 @@ def run_python(module: str, children: int, json_out: Optional[str], keep: bool,
         if rerun:
             # The survivors of an earlier run (mutmut's names are stable while the module's
             # source is): did the tests added since kill them?
-            names = sorted(json.loads(Path(rerun).read_text())["survivors"])
+            names = sorted({n for f in rerun.split(",")
+                            for n in json.loads(Path(f).read_text())["survivors"]})
             print(f"mutmut torchcache_c/{module}.py: rechecking the {len(names)} survivors "
                   f"of {rerun}", flush=True)
         elif sample:
@@ -580,8 +581,8 @@ def main(argv=None) -> int:
                     "(comma-separated)")
     ap.add_argument("--sample", type=int, default=0,
                     help="check about this many mutants, evenly spread (0: all of them)")
-    ap.add_argument("--rerun", help="with --python: check again the survivors listed in this "
-                    "results JSON (of an earlier --json)")
+    ap.add_argument("--rerun", help="with --python: check again the survivors listed in these "
+                    "results JSON files (comma-separated; written by earlier --json runs)")
     a = ap.parse_args(argv)
     if a.python:
         return run_python(a.python, a.children, a.json, a.keep, a.sample,
