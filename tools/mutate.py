@@ -426,6 +426,13 @@ PY_TARGETS = {
               "tests/test_keywords.py", "tests/test_decorator.py", "tests/test_device_tier.py",
               "tests/test_cache_mutants.py"],
 }
+# Seconds mutmut adds to a mutant's estimated test time before it multiplies by its
+# timeout_multiplier (15) to get the wall-clock limit. mutmut's default (1 s) leaves out
+# pytest's collection of the selected files in the forked child: on 2 loaded cores a mutant
+# whose tests take 0.5 s was then stopped at 22 s and counted "timeout" (killed) although
+# its tests pass (KeyTracker._due's `<` -> `<=` was one). 20 s gives such runs 5 minutes.
+PY_TIMEOUT_CONSTANT = 20
+
 # Left out of every mutmut run: tests that rewrite and re-import source files (30-80 s each
 # on 2 loaded cores, and they reach most of keys.py, so mutmut would run them for nearly
 # every mutant). The class-source and code-walk paths they guard are covered by faster
@@ -447,6 +454,8 @@ def run_python(module: str, children: int, json_out: Optional[str], keep: bool,
     counts. The scratch copy gets its own [tool.mutmut] section (the repository's section,
     for `mutmut run` by hand, is for keys.py)."""
     started = time.monotonic()
+    head = _git("rev-parse", "HEAD")  # what the scratch copy was made from
+    module_commit = _git("log", "-1", "--format=%H", "--", f"torchcache_c/{module}.py")
     scratch = Path(tempfile.mkdtemp(prefix="tc-mutmut-"))
     tree = scratch / "tree"
     tree.mkdir()
@@ -464,7 +473,8 @@ def run_python(module: str, children: int, json_out: Optional[str], keep: bool,
                  "pytest_add_cli_args = "
                  f"{_toml_list(['-p', 'no:cacheprovider', '-q', *deselect])}\n"
                  f"pytest_add_cli_args_test_selection = {_toml_list(tests)}\n"
-                 'also_copy = ["csrc", "fuzz", "setup.py", "README.md", "docs"]\n')
+                 'also_copy = ["csrc", "fuzz", "setup.py", "README.md", "docs"]\n'
+                 f"timeout_constant = {PY_TIMEOUT_CONSTANT}\n")
         py.write_text(text)
         mutmut = str(Path(sys.executable).with_name("mutmut"))
         env = dict(os.environ, PYTHONPATH=str(tree / "mutants"))
@@ -474,7 +484,8 @@ def run_python(module: str, children: int, json_out: Optional[str], keep: bool,
             # The survivors of an earlier run (mutmut's names are stable while the module's
             # source is): did the tests added since kill them?
             names = sorted({n for f in rerun.split(",")
-                            for n in json.loads(Path(f).read_text())["survivors"]})
+                            for key in ("survivors", "timeouts")
+                            for n in json.loads(Path(f).read_text()).get(key, [])})
             print(f"mutmut torchcache_c/{module}.py: rechecking the {len(names)} survivors "
                   f"of {rerun}", flush=True)
         elif sample:
@@ -520,14 +531,14 @@ def run_python(module: str, children: int, json_out: Optional[str], keep: bool,
                 "command": f"python tools/mutate.py --python {module}"
                            + (f" --sample {sample}" if sample else "")
                            + (f" --rerun {rerun}" if rerun else ""),
-                "commit": _git("rev-parse", "HEAD"),
-                "module_commit": _git("log", "-1", "--format=%H", "--",
-                                      f"torchcache_c/{module}.py"),
+                "commit": head, "module_commit": module_commit,
                 "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "load": os.getloadavg(), "seconds": round(elapsed), "tests": tests,
                 "deselected": PY_DESELECT, "children": children,
                 "mutants_total": len(codes), "checked": len(checked), "counts": counts,
                 "score": round(score, 4), "survivors": survivors,
+                "timeouts": sorted(k for k, v in checked.items() if v == "timeout"),
+                "statuses": checked,
             }, indent=1) + "\n")
         return 0 if score >= 0.9 else 1
     finally:
@@ -581,8 +592,9 @@ def main(argv=None) -> int:
                     "(comma-separated)")
     ap.add_argument("--sample", type=int, default=0,
                     help="check about this many mutants, evenly spread (0: all of them)")
-    ap.add_argument("--rerun", help="with --python: check again the survivors listed in these "
-                    "results JSON files (comma-separated; written by earlier --json runs)")
+    ap.add_argument("--rerun", help="with --python: check again the survivors and timeouts "
+                    "listed in these results JSON files (comma-separated; written by earlier "
+                    "--json runs)")
     a = ap.parse_args(argv)
     if a.python:
         return run_python(a.python, a.children, a.json, a.keep, a.sample,
