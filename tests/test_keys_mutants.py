@@ -230,3 +230,27 @@ def test_a_builtin_function_argument_is_keyed_by_its_name():
     with torch.no_grad():
         assert torch.equal(tanh(x), torch.tanh(x))
         assert torch.equal(sigmoid(x), torch.sigmoid(x))
+
+
+class _Tagged:
+    """Stands for an extension object: no __dict__, no slots to read, a repr that shows
+    its content and its address."""
+    __slots__ = ()
+    tags: dict = {}
+
+    def __init__(self, k):
+        _Tagged.tags[id(self)] = k
+
+    def __repr__(self):
+        return f"<_Tagged k={_Tagged.tags[id(self)]} at 0x{id(self):x}>"
+
+
+def test_an_object_known_only_by_its_repr_is_keyed_by_the_repr_without_the_address(
+        monkeypatch):
+    monkeypatch.setattr(keys, "_warned_address", set())
+    one, two, again = _Tagged(1), _Tagged(2), _Tagged(1)
+    text = keys._Walk().value(one)
+    assert "k=1" in text and " at 0x" not in text
+    assert text == keys._Walk().value(again) and text != keys._Walk().value(two)
+    a, b, c = _Activated(one), _Activated(again), _Activated(two)
+    assert _key_of(a) == _key_of(b) and _key_of(a) != _key_of(c)
