@@ -481,7 +481,12 @@ def run_python(module: str, children: int, json_out: Optional[str], keep: bool,
                  f"timeout_constant = {PY_TIMEOUT_CONSTANT}\n")
         py.write_text(text)
         mutmut = str(Path(sys.executable).with_name("mutmut"))
-        env = dict(os.environ, PYTHONPATH=str(tree / "mutants"))
+        # One intra-op thread: mutmut forks each mutant's run from a process that has run
+        # tests, and GNU OpenMP is not fork-safe: with torch's default thread pool a forked
+        # child's first parallel op waits forever (futex, 0% CPU), and mutmut then counts a
+        # "timeout" (killed) for a mutant that no test may have caught.
+        env = dict(os.environ, PYTHONPATH=str(tree / "mutants"), OMP_NUM_THREADS="1",
+                   MKL_NUM_THREADS="1")
         meta_path = tree / "mutants" / "torchcache_c" / f"{module}.py.meta"
         names: List[str] = []
         if rerun:
