@@ -4,6 +4,8 @@ run without the cache, keys against what the module computes (equal computation,
 key; different computation, different key), messages against what they must tell the user.
 """
 import logging
+import sys
+import types
 
 import pytest
 import torch
@@ -254,3 +256,106 @@ def test_an_object_known_only_by_its_repr_is_keyed_by_the_repr_without_the_addre
     assert text == keys._Walk().value(again) and text != keys._Walk().value(two)
     a, b, c = _Activated(one), _Activated(again), _Activated(two)
     assert _key_of(a) == _key_of(b) and _key_of(a) != _key_of(c)
+
+
+def test_a_global_forward_hook_registered_later_changes_the_key():
+    m = _Outer().eval()
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        m(x)
+        handle = torch.nn.modules.module.register_module_forward_hook(
+            lambda mod, inp, out: out * 3 if isinstance(mod, nn.Linear) else None)
+        try:
+            out = m(x)
+            reference = m.block(x)   # uncached, with the global hook
+        finally:
+            handle.remove()
+    assert torch.equal(out, reference)
+
+
+@torchcache()
+class _WithEmpty(nn.Module):
+    def __init__(self, cols):
+        super().__init__()
+        self.register_buffer("empty", torch.zeros(0, cols))
+
+    def forward(self, x):
+        return x + self.empty.sum()
+
+
+def test_an_empty_buffer_is_keyed_by_its_shape():
+    a, b, c = _WithEmpty(3), _WithEmpty(3), _WithEmpty(5)
+    assert _key_of(a) == _key_of(b) and _key_of(a) != _key_of(c)
+    x = torch.randn(2, 3)
+    with torch.no_grad():
+        assert torch.equal(a(x), x)
+
+
+_helpers_module = types.ModuleType("m16_user_helpers")  # user code: no file, not stdlib
+_helpers_module.post = lambda y: y + 1
+sys.modules["m16_user_helpers"] = _helpers_module
+m16_user_helpers = _helpers_module
+
+
+@torchcache()
+class _UsesUserModule(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return m16_user_helpers.post(x)
+
+
+def test_a_user_module_function_that_forward_names_is_keyed_and_rebinding_it_is_seen(
+        monkeypatch):
+    m = _UsesUserModule().eval()
+    x = torch.randn(2, 3)
+    with torch.no_grad():
+        assert torch.equal(m(x), x + 1)
+        monkeypatch.setattr(_helpers_module, "post", lambda y: y * 2)
+        out = m(x)
+    assert torch.equal(out, x * 2) and m.calls == 2
+
+
+class _Tally:
+    def __init__(self):
+        self.n = 0
+
+
+_TALLY = _Tally()
+
+
+@torchcache()
+class _Tallied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        _TALLY.n += 1
+        return x * 2
+
+
+def test_a_module_level_object_that_forward_mutates_does_not_re_key_every_call():
+    """An object held by a global counts by its contents as first read (docs/keys.md,
+    section 3): a tally that forward bumps must not turn every call into a miss."""
+    m = _Tallied().eval()
+    x = torch.randn(2, 3)
+    with torch.no_grad():
+        outs = [m(x) for _ in range(3)]
+    assert all(torch.equal(o, x * 2) for o in outs) and m.calls == 1
+
+
+def test_attributes_that_forward_assigns_are_named_in_the_log(caplog):
+    # What forward assigns is learned once per class: a class of this test's own.
+    m = torchcache()(type("Counting", (_Tallied,), {}))().eval()
+    with caplog.at_level(logging.INFO, logger="torchcache_c"):
+        with torch.no_grad():
+            m(torch.randn(2, 4))
+    lines = [r.getMessage() for r in caplog.records
+             if r.getMessage().startswith("attributes assigned by forward are left out")]
+    assert lines and "calls" in lines[0].split(": ", 1)[1].split(", ")
+
