@@ -190,9 +190,10 @@ def test_a_zero_memory_limit_reports_the_cache_full_after_the_first_miss():
     Scale = torchcache(max_memory_cache_size=0)(type("Scale", (_Scale,), {}))
     m = Scale().eval()
     assert not m.cache_instance.is_memory_cache_full
-    x = torch.randn(2, 3)
+    x = torch.randn(1, 3)
     with torch.no_grad():
         m(x)
+        assert m.cache_instance.is_memory_cache_full
         out = m(x)
     assert m.cache_instance.is_memory_cache_full and m.calls == 2
     assert torch.equal(out, _reference(x))
@@ -207,3 +208,43 @@ def test_an_input_requiring_grad_is_refused_with_the_remedy():
     assert "argument" in message and "requires grad while grad is enabled" in message
     assert "Detach the input, call under torch.no_grad(), or do not cache this module" \
         in message
+
+
+def test_many_calls_under_one_key_keep_one_store_and_never_warn_of_churn(caplog):
+    Scale = torchcache()(type("Scale", (_Scale,), {}))
+    m = Scale().eval()
+    x = torch.randn(2, 3)
+    with caplog.at_level(logging.WARNING, logger="torchcache_c"), torch.no_grad():
+        handles = set()
+        for _ in range(6):
+            assert torch.equal(m(x), _reference(x))
+            handles.add(id(m.cache_instance._handle))
+    assert m.calls == 1 and len(handles) == 1
+    assert "keep changing between calls" not in caplog.text
+
+
+def test_instances_with_equal_keys_share_one_memory_store():
+    Scale = torchcache()(type("Scale", (_Scale,), {}))
+    a, b = Scale().eval(), Scale().eval()
+    x = torch.randn(3, 3)
+    with torch.no_grad():
+        a(x)
+        out = b(x)
+    assert b.calls == 0 and torch.equal(out, _reference(x))
+
+
+def test_the_instance_hash_helper_uses_the_cache_s_subsample_count():
+    from torchcache_c.hashing import hash_tensor
+
+    Scale = torchcache(subsample_count=4)(type("Scale", (_Scale,), {}))
+    x = torch.randn(2, 100)
+    got = Scale().cache_instance.hash_tensor(x)
+    assert torch.equal(got, hash_tensor(x, subsample_count=4))
+    assert not torch.equal(got, hash_tensor(x))
+
+
+def test_the_module_hash_override_warning_names_the_override(caplog):
+    Scale = torchcache(persistent_module_hash="fixed-key-7")(type("Scale", (_Scale,), {}))
+    with caplog.at_level(logging.WARNING, logger="torchcache_c"):
+        Scale()
+    assert "persistent_module_hash='fixed-key-7' overrides the module key" in caplog.text
