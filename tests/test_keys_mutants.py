@@ -3,7 +3,9 @@
 run without the cache, keys against what the module computes (equal computation, equal
 key; different computation, different key), messages against what they must tell the user.
 """
+import functools
 import logging
+import math
 import sys
 import types
 
@@ -359,3 +361,61 @@ def test_attributes_that_forward_assigns_are_named_in_the_log(caplog):
              if r.getMessage().startswith("attributes assigned by forward are left out")]
     assert lines and "calls" in lines[0].split(": ", 1)[1].split(", ")
 
+
+
+def _exec_module_class(body: str):
+    ns = {"nn": nn, "torch": torch, "torchcache": torchcache}
+    exec("@torchcache()\nclass Made(nn.Module):\n    def forward(self, x):\n" + body, ns)
+    return ns["Made"]()
+
+
+def test_a_set_literal_in_forward_is_keyed_by_its_members():
+    a = _exec_module_class("        return x * (2 if 'a' in {'a', 'b'} else 3)\n")
+    b = _exec_module_class("        return x * (2 if 'a' in {'c', 'b'} else 3)\n")
+    again = _exec_module_class("        return x * (2 if 'a' in {'a', 'b'} else 3)\n")
+    assert _key_of(a) != _key_of(b) and _key_of(a) == _key_of(again)
+
+
+def test_partial_keywords_and_set_attributes_are_keyed_by_content():
+    mul2, mul3 = functools.partial(torch.mul, other=2.0), functools.partial(torch.mul, other=3.0)
+    assert _key_of(_Activated(mul2)) != _key_of(_Activated(mul3))
+    assert _key_of(_Activated(mul2)) == _key_of(_Activated(functools.partial(torch.mul,
+                                                                            other=2.0)))
+    x = torch.randn(2, 3)
+    with torch.no_grad():
+        assert torch.equal(_Activated(mul3)(x), x * 3.0)
+    assert _key_of(_Activated({1, 2})) != _key_of(_Activated({1, 3}))
+    assert _key_of(_Activated({1, 2})) == _key_of(_Activated({2, 1}))
+
+
+def test_builtins_of_the_same_name_from_other_modules_get_other_keys():
+    assert _key_of(_Activated(torch.exp)) != _key_of(_Activated(math.exp))
+
+
+class _SlottedScale:
+    __slots__ = ("k",)
+
+    def __init__(self, k):
+        self.k = k
+
+    def __call__(self, x):
+        return x * self.k
+
+
+def test_a_callable_object_with_slots_is_keyed_by_its_slots():
+    assert _key_of(_Activated(_SlottedScale(2.0))) != _key_of(_Activated(_SlottedScale(3.0)))
+
+
+def test_a_cached_function_sees_in_place_writes_to_a_tensor_it_closes_over():
+    w = torch.ones(3)
+
+    @torchcache()
+    def scaled(x):
+        return x * w
+
+    x = torch.randn(2, 3)
+    with torch.no_grad():
+        scaled(x)
+        w.mul_(2.0)
+        out = scaled(x)
+    assert torch.equal(out, x * w)
