@@ -489,6 +489,16 @@ def run_python(module: str, children: int, json_out: Optional[str], keep: bool,
                    MKL_NUM_THREADS="1")
         meta_path = tree / "mutants" / "torchcache_c" / f"{module}.py.meta"
         names: List[str] = []
+        if sample or rerun:
+            # Generate the mutants and collect mutmut's test map first: a `mutmut run` given
+            # mutant names in a fresh tree stops early ("could not find any test case").
+            probe = subprocess.run([mutmut, "run", "--max-children", str(children),
+                                    f"torchcache_c.{module}.__no_such_mutant__"], cwd=tree,
+                                   env=env, capture_output=True, text=True)
+            (scratch / "probe.log").write_text(probe.stdout + probe.stderr)
+            if not meta_path.exists():
+                print(probe.stdout[-3000:], probe.stderr[-3000:])
+                return 1
         if rerun:
             # The survivors of an earlier run (mutmut's names are stable while the module's
             # source is): did the tests added since kill them?
@@ -498,14 +508,6 @@ def run_python(module: str, children: int, json_out: Optional[str], keep: bool,
             print(f"mutmut torchcache_c/{module}.py: rechecking the {len(names)} survivors "
                   f"of {rerun}", flush=True)
         elif sample:
-            # Generate the mutants and collect mutmut's test map, then pick every k-th.
-            probe = subprocess.run([mutmut, "run", "--max-children", str(children),
-                                    f"torchcache_c.{module}.__no_such_mutant__"], cwd=tree,
-                                   env=env, capture_output=True, text=True)
-            (scratch / "probe.log").write_text(probe.stdout + probe.stderr)
-            if not meta_path.exists():
-                print(probe.stdout[-3000:], probe.stderr[-3000:])
-                return 1
             every = sorted(json.loads(meta_path.read_text())["exit_code_by_key"])
             # Evenly spread and deterministic: the same tree gives the same sample.
             names = sorted({every[i * len(every) // sample]
