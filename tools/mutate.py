@@ -62,7 +62,7 @@ HASH_ALL = [["tests/test_hash_vectors.py", "tests/test_hash_api.py",
 HASH_STRIDED = [["tests/test_hash_api.py", "-k", "non_contiguous or strided or conjugate"],
                 ["tests/test_hash_dispatch.py"]]
 DISPATCH = [["tests/test_hash_dispatch.py"]]
-DLPACK = [["tests/test_hash_api.py"],
+DLPACK = [["tests/test_hash_api.py", "tests/test_dlpack_capsule.py"],
           ["tests/test_store.py", "-k", "dtype_word or dimensions or round_trip"]] + GUARDS
 CUDA_HOST = [["tests/test_cuda_kernel_image.py", "-k", "this_build"],
              ["tests/test_cuda_unavailable.py"]]
@@ -80,6 +80,15 @@ class Mutant:
 
 
 M = Mutant
+
+
+def _cuda(id: str, find: str, replace: str, why: str, gpu: bool = False) -> Mutant:
+    """A mutant of cuda.c: its host side runs against the fake CUDA driver (needs a C
+    compiler), its device side needs a GPU."""
+    return Mutant(id, "cuda.c", find, replace, CUDA_GPU if gpu else CUDA_HOST, why,
+                  requires="gpu" if gpu else "cc")
+
+
 MUTANTS: List[Mutant] = [
     # ---- store.c: limits -------------------------------------------------------------
     M("store-limit-ge", "store.c",
@@ -138,7 +147,7 @@ MUTANTS: List[Mutant] = [
       "a record whose payload fails its checksum is served"),
     # ---- store.c: validation and the index ---------------------------------------------
     M("store-short-at-end", "store.c",
-      "if (avail < REC_HEADER_BYTES || t > avail)", "if (avail < REC_HEADER_BYTES || t >= avail)",
+      "    if (t > avail)\n        return HDR_SHORT;", "    if (t >= avail)\n        return HDR_SHORT;",
       STORE_BASIC, "the last record of a file is taken for a torn one"),
     M("store-raw-len-unchecked", "store.c",
       "    if (n != h->raw_len) {", "    if (0) {",
@@ -201,9 +210,10 @@ MUTANTS: List[Mutant] = [
       "meta[m++] = sample_count;", "meta[m++] = 0;", HASH_VEC,
       "sampled and full digests share metadata"),
     M("hash-sample-ge", "hash.c",
-      "    if (sample_count >= numel)\n        sample_count = 0;\n    tc_stream_init(s);",
-      "    if (sample_count > numel)\n        sample_count = 0;\n    tc_stream_init(s);",
-      HASH_VEC + [["tests/test_hash_api.py"]], "N == numel is not the full-content digest"),
+      "return sample_count >= numel ? 0 : sample_count;",
+      "return sample_count > numel ? 0 : sample_count;",
+      HASH_VEC + [["tests/test_hash_api.py"]],
+      "N == numel is not the full-content digest (the one rule both hash paths call)"),
     M("hash-sample-frac", "hash.c",
       "if (frac >= count) {", "if (frac > count) {", HASH_VEC,
       "sampled element indices drift from floor(i * numel / N)"),
@@ -213,9 +223,9 @@ MUTANTS: List[Mutant] = [
       HASH_STRIDED, "strided items read the wrong elements"),
     M("hash-compact-misdetected", "hash.c",
       "        if (item->shape[d] != 1 && item->strides[d] != expect)\n            compact = 0;\n"
-      "        expect *= item->shape[d];\n    }\n    if (sample_count",
+      "        expect *= item->shape[d];\n    }\n    sample_count = tc_effective",
       "        if (item->shape[d] != 1 && item->strides[d] != expect)\n            (void)0;\n"
-      "        expect *= item->shape[d];\n    }\n    if (sample_count",
+      "        expect *= item->shape[d];\n    }\n    sample_count = tc_effective",
       HASH_STRIDED, "a strided item is hashed as if contiguous"),
     # ---- hash_batch.c, hash_avx2.c, hash_dispatch.c --------------------------------------
     M("batch-blocks-per-item", "hash_batch.c",
@@ -230,14 +240,14 @@ MUTANTS: List[Mutant] = [
       "            for (int k = 0; k < threads; k++)\n                t += workers[k].sums[j];",
       "            for (int k = 1; k < threads; k++)\n                t += workers[k].sums[j];",
       HASH_ALL, "the first worker's block sums are lost in threaded batches"),
-    M("batch-sample-ge", "hash_batch.c",
-      "    if (sample_count >= numel)\n        sample_count = 0;\n    size_t item_bytes",
-      "    if (sample_count > numel)\n        sample_count = 0;\n    size_t item_bytes",
-      HASH_VEC + [["tests/test_hash_api.py"]], "batch: N == numel is not the full digest"),
     M("avx2-w-dropped", "hash_avx2.c",
       "acc_a[v] = _mm256_add_epi64(acc_a[v], _mm256_add_epi64(w, m1));",
       "acc_a[v] = _mm256_add_epi64(acc_a[v], m1);", HASH_ALL,
       "the AVX2 stripe loop drops the data word term"),
+    M("avx2-short-w-dropped", "hash_avx2.c",
+      "acc_a[v] = _mm256_add_epi64(acc_a[v], _mm256_add_epi64(m1, w));",
+      "acc_a[v] = _mm256_add_epi64(acc_a[v], m1);", HASH_ALL,
+      "the AVX2 short-block kernel (257 B - 4 KiB items) drops the data word term"),
     M("dispatch-level-unchecked", "hash_dispatch.c",
       "if (level < TC_SIMD_PORTABLE || level > simd_best)",
       "if (level < TC_SIMD_PORTABLE || level > TC_SIMD_AVX512)", DISPATCH,
@@ -260,26 +270,31 @@ MUTANTS: List[Mutant] = [
       "if (t->ndim < 0 || t->ndim > TC_MAX_NDIM) {", "if (t->ndim < 0 || t->ndim >= TC_MAX_NDIM) {",
       DLPACK, "a tensor with the most dimensions allowed is refused"),
     # ---- cuda.c, host side ----------------------------------------------------------------
-    M("cuda-failure-not-remembered", "cuda.c",
-      "        if (m.failure)\n            modules[nmodules++] = m;",
-      "        if (0)\n            modules[nmodules++] = m;", CUDA_HOST,
-      "a context whose kernels failed to load retries the JIT on every call", requires="cc"),
-    M("cuda-jit-log-lost", "cuda.c",
-      'const char *log = error_log[0] ? error_log : info_log[0] ? info_log : "(empty)";',
-      'const char *log = info_log[0] ? info_log : "(empty)";', CUDA_HOST,
-      "the JIT error log is left out of the reason", requires="cc"),
-    M("cuda-empty-batch", "cuda.c",
-      "if (x->ndim < 1 || x->shape[0] == 0)\n        return 0;",
-      "if (x->ndim < 1)\n        return 0;", CUDA_GPU,
-      "an empty batch reaches the launches", requires="gpu"),
-    M("cuda-acc-rounding", "cuda.c",
-      "uint64_t acc_bytes = (16 * pl->batch + 255) / 256 * 256;",
-      "uint64_t acc_bytes = 16 * pl->batch / 256 * 256;", CUDA_GPU,
-      "the digest accumulator is rounded down (scratch overlaps it)", requires="gpu"),
+    _cuda("cuda-failure-not-remembered",
+          "        if (m.failure)\n            modules[nmodules++] = m;",
+          "        if (0)\n            modules[nmodules++] = m;",
+          "a context whose kernels failed to load retries the JIT on every call"),
+    _cuda("cuda-jit-log-lost",
+          'const char *log = error_log[0] ? error_log : info_log[0] ? info_log : "(empty)";',
+          'const char *log = info_log[0] ? info_log : "(empty)";',
+          "the JIT error log is left out of the reason"),
+    _cuda("cuda-empty-batch",
+          "if (x->ndim < 1 || x->shape[0] == 0)\n        return 0;",
+          "if (x->ndim < 1)\n        return 0;",
+          "an empty batch reaches the launches", gpu=True),
+    _cuda("cuda-acc-rounding",
+          "uint64_t acc_bytes = (16 * pl->batch + 255) / 256 * 256;",
+          "uint64_t acc_bytes = 16 * pl->batch / 256 * 256;",
+          "the digest accumulator is rounded down (scratch overlaps it)", gpu=True),
 ]
 
 
 # ---- the scratch tree and its build ------------------------------------------------------
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip()
+
 
 def _copy_tree(dst: Path) -> None:
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
@@ -403,11 +418,30 @@ def _locate(m: Mutant, tree: Path) -> Optional[str]:
 # ---- the Python side: mutmut over one shim module, in a scratch copy -----------------------
 
 PY_TARGETS = {
-    # module: the test files that guard it (mutmut runs, per mutant, those of them that
-    # reach the mutated function). Kept to files without subprocesses, for time.
-    "keys": ["tests/test_keys.py", "tests/test_decorator.py"],
-    "cache": ["tests/test_cache_flow.py", "tests/test_cache_faults.py"],
+    # module: the test files that guard it (mutmut runs, per mutant, those of their tests
+    # that reach the mutated function). Files without subprocesses, for time; a file that
+    # does not exist (yet) is left out.
+    "keys": ["tests/test_keys.py", "tests/test_fingerprint.py", "tests/test_keywords.py",
+             "tests/test_decorator.py", "tests/test_call_path.py", "tests/test_keys_mutants.py"],
+    "cache": ["tests/test_cache_flow.py", "tests/test_cache_faults.py", "tests/test_call_path.py",
+              "tests/test_keywords.py", "tests/test_decorator.py", "tests/test_device_tier.py",
+              "tests/test_cache_mutants.py"],
 }
+# Seconds mutmut adds to a mutant's estimated test time before it multiplies by its
+# timeout_multiplier (15) to get the wall-clock limit. mutmut's default (1 s) leaves out
+# pytest's collection of the selected files in the forked child: on 2 loaded cores a mutant
+# whose tests take 0.5 s was then stopped at 22 s and counted "timeout" (killed) although
+# its tests pass (KeyTracker._due's `<` -> `<=` was one). 20 s gives such runs 5 minutes.
+PY_TIMEOUT_CONSTANT = 20
+
+# Left out of every mutmut run: tests that rewrite and re-import source files (30-80 s each
+# on 2 loaded cores, and they reach most of keys.py, so mutmut would run them for nearly
+# every mutant). The class-source and code-walk paths they guard are covered by faster
+# tests of test_keys.py and test_keys_mutants.py.
+PY_DESELECT = [
+    "tests/test_keys.py::test_edits_outside_the_decorated_class_are_never_served_stale",
+    "tests/test_fingerprint.py::test_changed_base_class_source_changes_key",
+]
 
 
 def _toml_list(items) -> str:
@@ -415,11 +449,14 @@ def _toml_list(items) -> str:
 
 
 def run_python(module: str, children: int, json_out: Optional[str], keep: bool,
-               sample: int = 0, tests: Optional[List[str]] = None) -> int:
+               sample: int = 0, tests: Optional[List[str]] = None,
+               rerun: Optional[str] = None) -> int:
     """mutmut over torchcache_c/<module>.py with PY_TARGETS[module]; prints and returns the
     counts. The scratch copy gets its own [tool.mutmut] section (the repository's section,
     for `mutmut run` by hand, is for keys.py)."""
     started = time.monotonic()
+    head = _git("rev-parse", "HEAD")  # what the scratch copy was made from
+    module_commit = _git("log", "-1", "--format=%H", "--", f"torchcache_c/{module}.py")
     scratch = Path(tempfile.mkdtemp(prefix="tc-mutmut-"))
     tree = scratch / "tree"
     tree.mkdir()
@@ -429,20 +466,29 @@ def run_python(module: str, children: int, json_out: Optional[str], keep: bool,
         py = tree / "pyproject.toml"
         text = py.read_text()
         text = text[:text.index("[tool.mutmut]")] if "[tool.mutmut]" in text else text
-        tests = tests or PY_TARGETS[module]
+        tests = tests or [t for t in PY_TARGETS[module] if (ROOT / t).exists()]
+        deselect = [a for d in PY_DESELECT for a in ("--deselect", d)]
         text += ("[tool.mutmut]\n"
                  'source_paths = ["torchcache_c"]\n'
                  f'only_mutate = ["torchcache_c/{module}.py"]\n'
-                 'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]\n'
+                 "pytest_add_cli_args = "
+                 f"{_toml_list(['-p', 'no:cacheprovider', '-q', *deselect])}\n"
                  f"pytest_add_cli_args_test_selection = {_toml_list(tests)}\n"
-                 'also_copy = ["csrc", "fuzz", "setup.py", "README.md", "docs"]\n')
+                 'also_copy = ["csrc", "fuzz", "setup.py", "README.md", "docs"]\n'
+                 f"timeout_constant = {PY_TIMEOUT_CONSTANT}\n")
         py.write_text(text)
         mutmut = str(Path(sys.executable).with_name("mutmut"))
-        env = dict(os.environ, PYTHONPATH=str(tree / "mutants"))
+        # One intra-op thread: mutmut forks each mutant's run from a process that has run
+        # tests, and GNU OpenMP is not fork-safe: with torch's default thread pool a forked
+        # child's first parallel op waits forever (futex, 0% CPU), and mutmut then counts a
+        # "timeout" (killed) for a mutant that no test may have caught.
+        env = dict(os.environ, PYTHONPATH=str(tree / "mutants"), OMP_NUM_THREADS="1",
+                   MKL_NUM_THREADS="1")
         meta_path = tree / "mutants" / "torchcache_c" / f"{module}.py.meta"
         names: List[str] = []
-        if sample:
-            # Generate the mutants and collect mutmut's test map, then pick every k-th.
+        if sample or rerun:
+            # Generate the mutants and collect mutmut's test map first: a `mutmut run` given
+            # mutant names in a fresh tree stops early ("could not find any test case").
             probe = subprocess.run([mutmut, "run", "--max-children", str(children),
                                     f"torchcache_c.{module}.__no_such_mutant__"], cwd=tree,
                                    env=env, capture_output=True, text=True)
@@ -450,11 +496,21 @@ def run_python(module: str, children: int, json_out: Optional[str], keep: bool,
             if not meta_path.exists():
                 print(probe.stdout[-3000:], probe.stderr[-3000:])
                 return 1
+        if rerun:
+            # The survivors of an earlier run (mutmut's names are stable while the module's
+            # source is): did the tests added since kill them?
+            names = sorted({n for f in rerun.split(",")
+                            for key in ("survivors", "timeouts")
+                            for n in json.loads(Path(f).read_text()).get(key, [])})
+            print(f"mutmut torchcache_c/{module}.py: rechecking the {len(names)} survivors "
+                  f"of {rerun}", flush=True)
+        elif sample:
             every = sorted(json.loads(meta_path.read_text())["exit_code_by_key"])
-            step = max(1, -(-len(every) // sample))
-            names = every[::step]
-            print(f"mutmut torchcache_c/{module}.py: {len(every)} mutants; checking every "
-                  f"{step}th ({len(names)})", flush=True)
+            # Evenly spread and deterministic: the same tree gives the same sample.
+            names = sorted({every[i * len(every) // sample]
+                            for i in range(min(sample, len(every)))})
+            print(f"mutmut torchcache_c/{module}.py: {len(every)} mutants; checking "
+                  f"{len(names)}, evenly spread", flush=True)
         run = subprocess.run([mutmut, "run", "--max-children", str(children), *names],
                              cwd=tree, env=env, capture_output=True, text=True)
         (scratch / "run.log").write_text(run.stdout + run.stderr)
@@ -481,16 +537,16 @@ def run_python(module: str, children: int, json_out: Optional[str], keep: bool,
             Path(json_out).parent.mkdir(parents=True, exist_ok=True)
             Path(json_out).write_text(json.dumps({
                 "command": f"python tools/mutate.py --python {module}"
-                           + (f" --sample {sample}" if sample else ""),
-                "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT,
-                                         capture_output=True, text=True).stdout.strip(),
-                "module_commit": subprocess.run(
-                    ["git", "log", "-1", "--format=%H", "--", f"torchcache_c/{module}.py"],
-                    cwd=ROOT, capture_output=True, text=True).stdout.strip(),
+                           + (f" --sample {sample}" if sample else "")
+                           + (f" --rerun {rerun}" if rerun else ""),
+                "commit": head, "module_commit": module_commit,
                 "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "load": os.getloadavg(), "seconds": round(elapsed), "tests": tests,
+                "deselected": PY_DESELECT, "children": children,
                 "mutants_total": len(codes), "checked": len(checked), "counts": counts,
                 "score": round(score, 4), "survivors": survivors,
+                "timeouts": sorted(k for k, v in checked.items() if v == "timeout"),
+                "statuses": checked,
             }, indent=1) + "\n")
         return 0 if score >= 0.9 else 1
     finally:
@@ -517,8 +573,7 @@ def _write_c_results(a, results, started, complete):
         Path(a.json).write_text(json.dumps({
             "command": "python tools/mutate.py" + (f" --only {a.only}" if a.only else ""),
             "complete": complete,
-            "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                     text=True).stdout.strip(),
+            "commit": _git("rev-parse", "HEAD"),
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": platform.machine(), "load": os.getloadavg(),
             "seconds": round(elapsed), "counts": counts, "score": round(score, 4),
@@ -545,10 +600,13 @@ def main(argv=None) -> int:
                     "(comma-separated)")
     ap.add_argument("--sample", type=int, default=0,
                     help="check about this many mutants, evenly spread (0: all of them)")
+    ap.add_argument("--rerun", help="with --python: check again the survivors and timeouts "
+                    "listed in these results JSON files (comma-separated; written by earlier "
+                    "--json runs)")
     a = ap.parse_args(argv)
     if a.python:
         return run_python(a.python, a.children, a.json, a.keep, a.sample,
-                          a.tests.split(",") if a.tests else None)
+                          a.tests.split(",") if a.tests else None, a.rerun)
     prefixes = tuple(x for x in a.only.split(",") if x) or ("",)
     chosen = [m for m in MUTANTS if m.id.startswith(prefixes)]
     assert len({m.id for m in MUTANTS}) == len(MUTANTS), "duplicate mutant id"

@@ -1,0 +1,250 @@
+"""Behaviours of the call flow (torchcache_c/cache.py) that mutation testing found
+unguarded (docs/testing.md, "Mutation testing"). Outputs are checked against the module run
+without the cache, stored bytes against the tensors that were put, messages against what
+they must tell the user.
+"""
+import copy
+import gc
+import json
+import logging
+import os
+import signal
+import stat
+import time
+
+import pytest
+import torch
+import torch.nn as nn
+
+from torchcache_c import _C, cache, torchcache
+from torchcache_c.tiers import HostTier
+
+
+class _Scale(nn.Module):
+    """Counts forward runs; y = 2x + 1 (the uncached reference is _reference)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return 2 * x + 1
+
+
+def _reference(x):
+    return 2 * x + 1
+
+
+def _persistent_class(cache_dir):
+    @torchcache(persistent=True, persistent_cache_dir=str(cache_dir))
+    class Scale(_Scale):
+        pass
+
+    return Scale
+
+
+def test_a_fresh_instance_serves_what_an_earlier_one_stored_on_disk(tmp_path):
+    """The layout sidecar written by the first instance is read back by the second (its
+    store handle is a new one): every row is a hit, and the outputs are forward's."""
+    Scale = _persistent_class(tmp_path)
+    x = torch.randn(5, 3)
+    first = Scale().eval()
+    with torch.no_grad():
+        first(x)
+    del first
+    gc.collect()
+    second = Scale().eval()
+    with torch.no_grad():
+        out = second(x)
+    assert second.calls == 0 and torch.equal(out, _reference(x))
+
+
+@pytest.mark.parametrize("damage", ["unknown dtype", "dtypes not a list", "unknown format",
+                                    "leaves and dtypes differ"])
+def test_a_layout_sidecar_that_does_not_match_the_schema_is_recomputed_not_trusted(
+        tmp_path, damage):
+    Scale = _persistent_class(tmp_path)
+    x = torch.randn(4, 3)
+    first = Scale().eval()
+    with torch.no_grad():
+        first(x)
+    (sidecar,) = first.cache_instance.cache_dir.glob("layout-*.json")
+    del first
+    gc.collect()
+    data = json.loads(sidecar.read_text())
+    if damage == "unknown dtype":
+        data["dtypes"] = ["float33"]
+    elif damage == "dtypes not a list":
+        data["dtypes"] = "float32"
+    elif damage == "unknown format":
+        data["format"] = "torchcache_c-layout-99"
+    else:
+        data["dtypes"] = data["dtypes"] * 2
+    sidecar.write_text(json.dumps(data))
+    second = Scale().eval()
+    with torch.no_grad():
+        out = second(x)
+    assert second.calls == 1 and torch.equal(out, _reference(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16,
+                                   torch.int32, torch.uint8, torch.bool, torch.complex64])
+def test_the_host_tier_fetches_rows_in_the_dtype_they_were_stored_in(dtype):
+    tier = HostTier(_C.Store(None, max_bytes=1 << 20), cache._dtype_from_word)
+    keys = torch.arange(8, dtype=torch.int64).view(4, 2) + 11
+    src = (torch.arange(24).view(4, 6) % 7 - 2).to(dtype)
+    assert tier.put(keys, src) == 4
+    got, served = tier.fetch(keys, dtype, torch.device("cpu"))
+    assert bool(served.all()) and got.dtype == dtype and torch.equal(got, src)
+
+
+def test_clear_forgets_memory_entries_and_the_next_call_recomputes():
+    Scale = torchcache()(type("Scale", (_Scale,), {}))
+    m = Scale().eval()
+    x = torch.randn(3, 3)
+    with torch.no_grad():
+        m(x)
+        m.cache_instance.clear()
+        out = m(x)
+    assert m.calls == 2 and torch.equal(out, _reference(x))
+
+
+def test_clear_empties_the_persistent_directory_of_this_module_key(tmp_path):
+    Scale = _persistent_class(tmp_path)
+    m = Scale().eval()
+    x = torch.randn(3, 3)
+    with torch.no_grad():
+        m(x)
+    path = m.cache_instance.cache_dir
+    assert any(path.glob("layout-*.json"))
+    m.cache_instance.clear()
+    assert not any(path.glob("layout-*.json")) and not any(path.glob("*.seg*"))
+    with torch.no_grad():
+        out = m(x)
+    assert m.calls == 2 and torch.equal(out, _reference(x))
+
+
+def test_a_copy_keeps_the_key_and_a_private_persistent_directory_is_shared():
+    Scale = torchcache(persistent=True)(type("Scale", (_Scale,), {}))
+    m = Scale().eval()
+    x = torch.randn(3, 3)
+    with torch.no_grad():
+        m(x)
+    twin = copy.deepcopy(m)
+    assert twin.cache_instance.module_hash == m.cache_instance.module_hash
+    assert twin.cache_instance.cache_dir == m.cache_instance.cache_dir
+    with torch.no_grad():
+        out = twin(x)
+    assert twin.calls == m.calls == 1 and torch.equal(out, _reference(x))
+
+
+def test_the_private_persistent_parent_is_a_0700_torchcache_c_temporary_directory():
+    Scale = torchcache(persistent=True)(type("Scale", (_Scale,), {}))
+    parent = Scale().cache_instance.cache_dir.parent
+    assert parent.name.startswith("torchcache_c-")
+    assert stat.S_IMODE(os.stat(parent).st_mode) == 0o700
+
+
+def test_removing_an_already_removed_private_directory_at_exit_is_not_an_error(tmp_path,
+                                                                              caplog):
+    gone = tmp_path / "gone"
+    with caplog.at_level(logging.INFO, logger="torchcache_c"):
+        cache._remove_private_dir(gone, os.getpid())
+    assert f"removed temporary cache directory {gone}" in caplog.messages
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_calls_although_the_parent_held_the_cache_lock_at_the_fork():
+    """A lock held at the fork (here by the forking thread itself) is never released in the
+    child: the child must get fresh locks, or its first call waits forever."""
+    Scale = torchcache()(type("Scale", (_Scale,), {}))
+    m = Scale().eval()
+    x = torch.randn(3, 3)
+    with torch.no_grad():
+        m(x)
+    with m.cache_instance._lock:
+        pid = os.fork()
+        if pid == 0:  # the child: exit status 0 only if the call answered correctly
+            status = 1
+            try:
+                with torch.no_grad():
+                    status = 0 if torch.equal(m(x), _reference(x)) else 1
+            finally:
+                os._exit(status)
+    # A child that deadlocked never exits: give it a minute (a hang guard, not a speed
+    # limit), then stop it.
+    for _ in range(600):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise AssertionError("the forked child's call never returned (a lock held at the fork)")
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_zero_memory_limit_reports_the_cache_full_after_the_first_miss():
+    Scale = torchcache(max_memory_cache_size=0)(type("Scale", (_Scale,), {}))
+    m = Scale().eval()
+    assert not m.cache_instance.is_memory_cache_full
+    x = torch.randn(1, 3)
+    with torch.no_grad():
+        m(x)
+        assert m.cache_instance.is_memory_cache_full
+        out = m(x)
+    assert m.cache_instance.is_memory_cache_full and m.calls == 2
+    assert torch.equal(out, _reference(x))
+
+
+def test_an_input_requiring_grad_is_refused_with_the_remedy():
+    Scale = torchcache()(type("Scale", (_Scale,), {}))
+    m = Scale()
+    with pytest.raises(ValueError) as err:
+        m(torch.randn(2, 3, requires_grad=True))
+    message = str(err.value)
+    assert "argument" in message and "requires grad while grad is enabled" in message
+    assert "Detach the input, call under torch.no_grad(), or do not cache this module" \
+        in message
+
+
+def test_many_calls_under_one_key_keep_one_store_and_never_warn_of_churn(caplog):
+    Scale = torchcache()(type("Scale", (_Scale,), {}))
+    m = Scale().eval()
+    x = torch.randn(2, 3)
+    with caplog.at_level(logging.WARNING, logger="torchcache_c"), torch.no_grad():
+        handles = set()
+        for _ in range(6):
+            assert torch.equal(m(x), _reference(x))
+            handles.add(id(m.cache_instance._handle))
+    assert m.calls == 1 and len(handles) == 1
+    assert "keep changing between calls" not in caplog.text
+
+
+def test_instances_with_equal_keys_share_one_memory_store():
+    Scale = torchcache()(type("Scale", (_Scale,), {}))
+    a, b = Scale().eval(), Scale().eval()
+    x = torch.randn(3, 3)
+    with torch.no_grad():
+        a(x)
+        out = b(x)
+    assert b.calls == 0 and torch.equal(out, _reference(x))
+
+
+def test_the_instance_hash_helper_uses_the_cache_s_subsample_count():
+    from torchcache_c.hashing import hash_tensor
+
+    Scale = torchcache(subsample_count=4)(type("Scale", (_Scale,), {}))
+    x = torch.randn(2, 100)
+    got = Scale().cache_instance.hash_tensor(x)
+    assert torch.equal(got, hash_tensor(x, subsample_count=4))
+    assert not torch.equal(got, hash_tensor(x))
+
+
+def test_the_module_hash_override_warning_names_the_override(caplog):
+    Scale = torchcache(persistent_module_hash="fixed-key-7")(type("Scale", (_Scale,), {}))
+    with caplog.at_level(logging.WARNING, logger="torchcache_c"):
+        Scale()
+    assert "persistent_module_hash='fixed-key-7' overrides the module key" in caplog.text
