@@ -147,7 +147,8 @@ MUTANTS: List[Mutant] = [
       "a record whose payload fails its checksum is served"),
     # ---- store.c: validation and the index ---------------------------------------------
     M("store-short-at-end", "store.c",
-      "    if (t > avail)\n        return HDR_SHORT;", "    if (t >= avail)\n        return HDR_SHORT;",
+      "    if (t > avail)\n        return HDR_SHORT;",
+      "    if (t >= avail)\n        return HDR_SHORT;",
       STORE_BASIC, "the last record of a file is taken for a torn one"),
     M("store-raw-len-unchecked", "store.c",
       "    if (n != h->raw_len) {", "    if (0) {",
