@@ -778,11 +778,13 @@ class KeyTracker:
         h = hashlib.blake2b(digest_size=16)
         cache: Dict[str, Tuple[tuple, str]] = {}
         for name, t in tensors:
-            signature = (t._version, t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype,
-                         t.device)
+            # A sparse tensor has no single storage pointer or strides: no signature,
+            # digested every time.
+            signature = None if t.layout != torch.strided else (
+                t._version, t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device)
             known = self._tensor_cache.get(name)
-            digest = known[1] if known is not None and known[0] == signature and not full \
-                else tensor_digest(t)
+            digest = known[1] if known is not None and signature is not None and \
+                known[0] == signature and not full else tensor_digest(t)
             cache[name] = (signature, digest)
             h.update(f"{name}={digest};".encode())
         self._tensor_cache = cache
