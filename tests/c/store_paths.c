@@ -1623,6 +1623,95 @@ static void key_words(void)
     tc_store_free(s);
 }
 
+/* Copies the file at path to a new inode under the same name. */
+static void replace_by_copy(const char *path)
+{
+    char copy[600];
+    snprintf(copy, sizeof(copy), "%s.copy", path);
+    int in = open(path, O_RDONLY), out = open(copy, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    char buf[65536];
+    ssize_t got;
+    CHECK(in >= 0 && out >= 0);
+    while (in >= 0 && out >= 0 && (got = read(in, buf, sizeof(buf))) > 0)
+        CHECK(write(out, buf, (size_t)got) == got);
+    close(in);
+    close(out);
+    CHECK(rename(copy, path) == 0);
+}
+
+/* Two segments indexed from their index files by a reader keeping one
+ * descriptor, both then replaced under their names (new inodes): the one not
+ * cached is found gone at its first read, and a batch of its unverified
+ * entries is not verified from the replacement; its rows are misses, the
+ * other segment's (read through the descriptor it holds) are served. */
+static void index_gone(void)
+{
+    char d[128], p[512], err[256];
+    snprintf(d, sizeof(d), "%s/index-gone", root);
+    for (uint64_t k = 0; k < 2; k++) {
+        tc_store *w = open_dir(d, 0, 0);
+        CHECK(put_numel(w, 87000 + 2000 * k, 1100, IDX_NUMEL) == 1100);
+        tc_store_free(w);
+    }
+    CHECK(count_indexes(d) == 2);
+    struct rlimit was, low;
+    CHECK(getrlimit(RLIMIT_NOFILE, &was) == 0);
+    low = was;
+    low.rlim_cur = 63; /* one descriptor in the cache */
+    CHECK(setrlimit(RLIMIT_NOFILE, &low) == 0);
+    tc_store_options o = {0};
+    o.refresh_ms = 3600 * 1000; /* no refresh after a miss: the entries stay */
+    tc_store *s = NULL;
+    CHECK(tc_store_open(d, &o, &s, err, sizeof(err)) == TC_STORE_OK && s != NULL);
+    CHECK(setrlimit(RLIMIT_NOFILE, &was) == 0);
+    if (s == NULL)
+        return;
+    DIR *dir = opendir(d);
+    struct dirent *de;
+    while (dir && (de = readdir(dir)) != NULL) {
+        if (strncmp(de->d_name, "seg-", 4) != 0)
+            continue;
+        snprintf(p, sizeof(p), "%s/%s", d, de->d_name);
+        replace_by_copy(p);
+    }
+    if (dir)
+        closedir(dir);
+    uint64_t ids[10], keys[2 * 10];
+    uint8_t hit[10], present[10];
+    size_t first[2];
+    for (uint64_t k = 0; k < 2; k++) { /* lookups: no refresh within refresh_ms */
+        keys[0] = 87000 + 2000 * k;
+        keys[1] = keys[0] * 7 + 1;
+        CHECK(tc_store_lookup(s, keys, 1, present, err, sizeof(err)) == TC_STORE_OK);
+        first[k] = present[0];
+    }
+    CHECK(first[0] + first[1] == 1); /* one segment cached, one found gone */
+    tc_store_stats st;
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.gone == 1);
+    for (uint64_t k = 0; k < 2; k++) {
+        size_t n = 0;
+        for (size_t i = 0; i < 10; i++) {
+            keys[2 * i] = 87001 + 2000 * k + 50 * i;
+            keys[2 * i + 1] = keys[2 * i] * 7 + 1;
+        }
+        CHECK(tc_store_lookup(s, keys, 10, present, err, sizeof(err)) == TC_STORE_OK);
+        for (size_t i = 0; i < 10; i++)
+            n += present[i];
+        CHECK(n == (first[k] ? 10 : 0));
+    }
+    /* a gather serves the cached segment's rows (the bytes it indexed, from
+     * the descriptor it holds); its misses refresh, which finds that segment
+     * replaced too: neither copy (new files under known names) is read */
+    for (size_t i = 0; i < 10; i++)
+        ids[i] = 87000 + 2000 * (i % 2) + 100 * i;
+    CHECK(served_ids(s, ids, 10, IDX_NUMEL, hit) == 5);
+    for (size_t i = 0; i < 10; i++)
+        CHECK(hit[i] == first[i % 2]);
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.gone == 2);
+    CHECK(served_ids(s, ids, 10, IDX_NUMEL, hit) == 0);
+    tc_store_free(s);
+}
+
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)st, (void)flag, (void)ftw;
@@ -1984,6 +2073,7 @@ int main(void)
     write_limits();
     index_not_for_v1();
     key_words();
+    index_gone();
 
     if (failures) {
         fprintf(stderr, "store_paths: %d failures (scratch left in %s)\n", failures, root);
