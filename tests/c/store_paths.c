@@ -1231,6 +1231,41 @@ static void index_writers(void)
     CHECK(served(s, 52480, 32, 0) == 31);
     tc_store_free(s);
 
+    /* a finished writer's 1100 small records (its index file removed) and
+     * garbage after them: the reader serves every record, counts nothing
+     * corrupt (the tail may be a write in progress) and, with the tail still
+     * to be searched again, writes no index */
+    snprintf(d, sizeof(d), "%s/index-tail", root);
+    {
+        pid_t pid = fork();
+        if (pid == 0) {
+            tc_store *cw = open_dir(d, 0, 0);
+            int bad = cw == NULL || put_numel(cw, 89000, 1100, IDX_NUMEL) != 1100;
+            tc_store_free(cw);
+            exit(bad);
+        }
+        int status = 0;
+        CHECK(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+              WEXITSTATUS(status) == 0);
+    }
+    one_index(d, idx, sizeof(idx));
+    CHECK(idx[0] != '\0' && unlink(idx) == 0);
+    one_segment(d, seg, sizeof(seg));
+    {
+        struct stat sb;
+        char junk[4096];
+        memset(junk, 0x5a, sizeof(junk));
+        CHECK(stat(seg, &sb) == 0 && sb.st_size == 1100 * (128 + IDX_NUMEL * 4));
+        write_file(seg, junk, sizeof(junk), sb.st_size);
+    }
+    s = open_dir(d, 0, 0);
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.records == 1100 && st.corrupt == 0);
+    CHECK(count_indexes(d) == 0);
+    for (size_t i = 0; i < 1100; i++)
+        ids[i] = 89000 + i;
+    CHECK(served_ids(s, ids, 1100, IDX_NUMEL, hit) == 1100);
+    tc_store_free(s);
+
     /* compaction of two finished writers of 600 small records each: the merged
      * segment gets an index, which a reader adopts and verifies */
     snprintf(d, sizeof(d), "%s/index-compact", root);
