@@ -1391,21 +1391,24 @@ static void foreign_owner(void)
     tc_store_free(s);
 }
 
-/* Forty segments (forty writers one after the other): the reader's segment
+/* Forty segments (forty finished writers): the reader's segment
  * table and its name table grow past their first sizes, rehashing the names
  * already known, and every row is served from its own segment. */
 static void many_segments(void)
 {
     char d[128];
     snprintf(d, sizeof(d), "%s/many", root);
-    for (uint64_t k = 0; k < 40; k++) {
-        tc_store *w = open_dir(d, 0, 0);
-        CHECK(put(w, 82000 + k, 1, 0) == 1);
-        tc_store_free(w);
-    }
+    for (uint64_t k = 0; k < 40; k++)
+        put_in_child(d, 82000 + k, 1);
     tc_store *s = open_dir(d, 0, 0);
     tc_store_stats st;
     CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.segments == 40 && st.records == 40);
+    /* a miss refreshes: 32 of the 40 finished writers' segments are re-checked
+     * (the rest at the next refresh), and nothing is found */
+    uint64_t before = st.refreshes;
+    CHECK(served(s, 82999, 1, 0) == 0);
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.refreshes > before &&
+          st.records == 40);
     CHECK(served(s, 82000, 32, 0) == 32 && served(s, 82032, 8, 0) == 8);
     /* a child of this reader-writer (descriptors cached for the segments read)
      * leaves its parent's segment to the parent and writes its own */
@@ -1446,6 +1449,12 @@ static void gather_cut(void)
     one_segment(d, seg, sizeof(seg));
     tc_store *s = open_dir(d, 0, 0);
     CHECK(served(s, 83000, 6, 0) == 6); /* verified */
+    patch(seg, (long)(1 * rec + 32), "\xb4", 1); /* raw_len of record 1: 1204 bytes */
+    key[0] = 83001;
+    key[1] = 83001 * 7 + 1;
+    CHECK(tc_store_gather(s, key, 1, F32, 1, SHAPE, (uint8_t *)dest, ok, err, sizeof(err)) ==
+          TC_STORE_OK && !ok[0]);
+    CHECK(faults_of(s, TC_FAULT_CHANGED) == 1);
     CHECK(truncate(seg, (off_t)(5 * rec + 128 + 400)) == 0);
     key[0] = 83005;
     key[1] = 83005 * 7 + 1;
@@ -1457,8 +1466,8 @@ static void gather_cut(void)
     key[1] = 83004 * 7 + 1;
     CHECK(tc_store_gather(s, key, 1, F32, 1, SHAPE, (uint8_t *)dest, ok, err, sizeof(err)) ==
           TC_STORE_OK && !ok[0]);
-    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.corrupt == 2);
-    CHECK(served(s, 83000, 4, 0) == 4);
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.corrupt == 3);
+    CHECK(served(s, 83000, 4, 0) == 3);
     tc_store_free(s);
 
     /* compressed records (zeros: a few dozen bytes each), the last one cut
