@@ -1756,6 +1756,77 @@ static void index_gone(void)
     tc_store_free(s);
 }
 
+/* Segments replaced under their names by a directory and by a symbolic link
+ * (to a good copy) while a reader keeping one descriptor indexes them: those
+ * it must open again are found gone (not regular, not followed), never read;
+ * the one whose descriptor it holds is still served, exactly. */
+static void replaced_by_others(void)
+{
+    char d[128], p[512], aside[600];
+    snprintf(d, sizeof(d), "%s/replaced", root);
+    for (uint64_t k = 0; k < 4; k++)
+        put_in_child(d, 90000 + 10 * k, 4);
+    struct rlimit was, low;
+    CHECK(getrlimit(RLIMIT_NOFILE, &was) == 0);
+    low = was;
+    low.rlim_cur = 63; /* one descriptor in the cache */
+    CHECK(setrlimit(RLIMIT_NOFILE, &low) == 0);
+    tc_store *s = open_dir(d, 0, 0);
+    CHECK(setrlimit(RLIMIT_NOFILE, &was) == 0);
+    if (s == NULL)
+        return;
+    DIR *dir = opendir(d);
+    struct dirent *de;
+    int k = 0;
+    char names[4][256];
+    while (dir && (de = readdir(dir)) != NULL) {
+        if (strncmp(de->d_name, "seg-", 4) == 0 && k < 4)
+            snprintf(names[k++], sizeof(names[0]), "%s", de->d_name);
+    }
+    if (dir)
+        closedir(dir);
+    CHECK(k == 4);
+    for (int i = 0; i < k; i++) {
+        snprintf(p, sizeof(p), "%s/%s", d, names[i]);
+        snprintf(aside, sizeof(aside), "%s/aside-%d", d, i);
+        CHECK(rename(p, aside) == 0);
+        if (i % 2 == 0)
+            CHECK(mkdir(p, 0755) == 0);
+        else
+            CHECK(symlink(aside, p) == 0);
+    }
+    /* gathers read (lookups of records the scan verified do not): at most
+     * the segment whose descriptor is held serves its rows */
+    size_t rows = 0;
+    for (uint64_t j = 0; j < 4; j++)
+        rows += served(s, 90000 + 10 * j, 4, 0);
+    CHECK(rows == 0 || rows == 4);
+    tc_store_stats st;
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.gone >= 3);
+    tc_store_free(s);
+}
+
+/* With stdin closed, descriptor 0 is free: a segment opened then must not
+ * take it (stray reads and writes to 0-2 would land in the cache). */
+static void stdio_closed(void)
+{
+    char d[128];
+    snprintf(d, sizeof(d), "%s/stdio", root);
+    int saved = dup(0);
+    CHECK(saved >= 0 && close(0) == 0);
+    tc_store *w = open_dir(d, 0, 0);
+    CHECK(put(w, 91000, 4, 0) == 4 && served(w, 91000, 4, 0) == 4);
+    struct stat st;
+    CHECK(fstat(0, &st) < 0 && errno == EBADF); /* still closed: not a segment */
+    tc_store_free(w);
+    tc_store *s = open_dir(d, 0, 0);
+    CHECK(served(s, 91000, 4, 0) == 4);
+    CHECK(fstat(0, &st) < 0 && errno == EBADF);
+    tc_store_free(s);
+    CHECK(dup2(saved, 0) == 0);
+    close(saved);
+}
+
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)st, (void)flag, (void)ftw;
@@ -2118,6 +2189,8 @@ int main(void)
     index_not_for_v1();
     key_words();
     index_gone();
+    replaced_by_others();
+    stdio_closed();
 
     if (failures) {
         fprintf(stderr, "store_paths: %d failures (scratch left in %s)\n", failures, root);
