@@ -1575,6 +1575,16 @@ static void index_not_for_v1(void)
     CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.records == n && st.corrupt == 0);
     CHECK(count_indexes(d) == 0);
     CHECK(served(s, 85000, 32, 0) == 32 && served(s, 85000 + n - 32, 32, 0) == 32);
+    /* a child of this reader (it never wrote) reads through the descriptors it
+     * inherited */
+    pid_t kid = fork();
+    if (kid == 0) {
+        int bad = served(s, 85500, 32, 0) != 32;
+        tc_store_free(s);
+        exit(bad);
+    }
+    int kst = 0;
+    CHECK(kid > 0 && waitpid(kid, &kst, 0) == kid && WIFEXITED(kst) && WEXITSTATUS(kst) == 0);
     tc_store_free(s);
 }
 
