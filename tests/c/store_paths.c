@@ -1859,6 +1859,50 @@ static void stdio_closed(void)
     close(saved);
 }
 
+/* The reader's table: a record dropped (changed under its writer) is left out
+ * when the table grows, and an index file adopted by a refresh into a table
+ * with room for it needs no resize.  Every row is served exactly. */
+static void table_sizes(void)
+{
+    char d[128], seg[512], err[256];
+    const uint64_t rec = 128 + 64;
+    snprintf(d, sizeof(d), "%s/table", root);
+    tc_store *s = open_dir(d, 0, 0);
+    CHECK(put_numel(s, 92000, 600, 16) == 600);
+    one_segment(d, seg, sizeof(seg));
+    patch(seg, (long)(10 * rec + 8), "\x01", 1); /* key of record 10 */
+    uint64_t ids[1100];
+    uint8_t hit[1100];
+    ids[0] = 92010;
+    CHECK(served_ids(s, ids, 1, 16, hit) == 0); /* dropped */
+    CHECK(put_numel(s, 92600, 2400, 16) == 2400); /* the table grows past it */
+    for (size_t i = 0; i < 1000; i++)
+        ids[i] = 92000 + 2 * i;
+    CHECK(served_ids(s, ids, 1000, 16, hit) == 999);
+    for (size_t i = 0; i < 1000; i++)
+        CHECK(hit[i] == (ids[i] != 92010));
+    /* another writer's 1100 records and their index, found by a refresh */
+    pid_t pid = fork();
+    if (pid == 0) {
+        tc_store *cw = open_dir(d, 0, 0);
+        int bad = cw == NULL || put_numel(cw, 96000, 1100, 16) != 1100;
+        tc_store_free(cw);
+        exit(bad);
+    }
+    int status = 0;
+    CHECK(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+          WEXITSTATUS(status) == 0);
+    CHECK(count_indexes(d) == 1);
+    size_t added = 0;
+    CHECK(tc_store_refresh(s, &added, err, sizeof(err)) == TC_STORE_OK && added == 1100);
+    for (size_t i = 0; i < 1100; i++)
+        ids[i] = 96000 + i;
+    CHECK(served_ids(s, ids, 1100, 16, hit) == 1100);
+    tc_store_stats st;
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.records == 600 - 1 + 2400 + 1100);
+    tc_store_free(s);
+}
+
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)st, (void)flag, (void)ftw;
@@ -2223,6 +2267,7 @@ int main(void)
     index_gone();
     replaced_by_others();
     stdio_closed();
+    table_sizes();
 
     if (failures) {
         fprintf(stderr, "store_paths: %d failures (scratch left in %s)\n", failures, root);
