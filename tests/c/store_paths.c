@@ -1,8 +1,12 @@
 /* store_paths.c -- the store's less travelled paths, for .ci/coverage.sh:
  * damaged and truncated segments, resynchronisation, verify's problem
  * reports, hostile directory entries, sparse files, the arena, compression,
- * the byte limit, closed stores and the liveness rule.  Every served row is
- * checked against the bytes put for its key; exits non-zero on any mismatch. */
+ * the byte limit, closed stores and the liveness rule, persisted index files
+ * (docs/format.md section 9: who writes one, and records damaged after it was
+ * written, found at their batched first use), modes and owners, segments
+ * replaced or gone under a reader, files that may not grow.  Every served row
+ * is checked against the bytes put for its key; exits non-zero on any
+ * mismatch. */
 #include "store.h"
 #include "hash.h"
 #include "zstd_dl.h"
