@@ -1,8 +1,12 @@
 /* store_paths.c -- the store's less travelled paths, for .ci/coverage.sh:
  * damaged and truncated segments, resynchronisation, verify's problem
  * reports, hostile directory entries, sparse files, the arena, compression,
- * the byte limit, closed stores and the liveness rule.  Every served row is
- * checked against the bytes put for its key; exits non-zero on any mismatch. */
+ * the byte limit, closed stores and the liveness rule, persisted index files
+ * (docs/format.md section 9: who writes one, and records damaged after it was
+ * written, found at their batched first use), modes and owners, segments
+ * replaced or gone under a reader, files that may not grow.  Every served row
+ * is checked against the bytes put for its key; exits non-zero on any
+ * mismatch. */
 #include "store.h"
 #include "hash.h"
 #include "zstd_dl.h"
@@ -16,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -1011,6 +1016,897 @@ static void resync_budget(void)
     tc_store_free(s);
 }
 
+/* ---- persisted index files (docs/format.md section 9) ------------------------- */
+
+/* Items of `numel` float32 values (numel * 4 bytes), ids first..first+n-1. */
+static void numel_items(uint64_t first, size_t n, size_t numel, uint64_t *keys, float *it)
+{
+    for (size_t i = 0; i < n; i++) {
+        keys[2 * i] = first + i;
+        keys[2 * i + 1] = (first + i) * 7 + 1;
+        for (size_t j = 0; j < numel; j++)
+            it[i * numel + j] = (float)(first + i) * 0.25f - (float)j;
+    }
+}
+
+static size_t put_numel(tc_store *s, uint64_t first, size_t n, size_t numel)
+{
+    uint64_t *keys = malloc(n * 2 * sizeof(uint64_t));
+    float *it = malloc(n * numel * sizeof(float));
+    int64_t shape[1] = {(int64_t)numel};
+    size_t stored = 0;
+    char err[256];
+    CHECK(keys != NULL && it != NULL);
+    if (keys != NULL && it != NULL) {
+        numel_items(first, n, numel, keys, it);
+        CHECK(tc_store_put(s, keys, n, F32, 1, shape, (uint8_t *)it, &stored, err,
+                           sizeof(err)) == TC_STORE_OK);
+    }
+    free(keys);
+    free(it);
+    return stored;
+}
+
+/* Looks up then gathers the ids in `ids` (one lookup, one gather of them all);
+ * every gathered row is compared with the bytes put for its id, and the
+ * lookup's answer must be the gather's.  hit[i] says whether ids[i] was
+ * served.  Returns the rows served. */
+static size_t served_ids(tc_store *s, const uint64_t *ids, size_t n, size_t numel, uint8_t *hit)
+{
+    uint64_t *keys = malloc(n * 2 * sizeof(uint64_t));
+    float *it = malloc(n * numel * sizeof(float)), *dest = malloc(n * numel * sizeof(float));
+    uint8_t *present = malloc(n);
+    int64_t shape[1] = {(int64_t)numel};
+    char err[256];
+    size_t count = 0;
+    CHECK(keys != NULL && it != NULL && dest != NULL && present != NULL);
+    if (keys == NULL || it == NULL || dest == NULL || present == NULL)
+        goto out;
+    for (size_t i = 0; i < n; i++)
+        numel_items(ids[i], 1, numel, keys + 2 * i, it + i * numel);
+    CHECK(tc_store_lookup(s, keys, n, present, err, sizeof(err)) == TC_STORE_OK);
+    CHECK(tc_store_gather(s, keys, n, F32, 1, shape, (uint8_t *)dest, hit, err, sizeof(err)) ==
+          TC_STORE_OK);
+    for (size_t i = 0; i < n; i++) {
+        CHECK(present[i] == hit[i]);
+        if (hit[i]) {
+            CHECK(memcmp(dest + i * numel, it + i * numel, numel * sizeof(float)) == 0);
+            count++;
+        }
+    }
+out:
+    free(keys);
+    free(it);
+    free(dest);
+    free(present);
+    return count;
+}
+
+/* The index file of the one segment in d, or "" when there is none. */
+static void one_index(const char *d, char *path, size_t len)
+{
+    DIR *dir = opendir(d);
+    struct dirent *de;
+    path[0] = '\0';
+    while (dir && (de = readdir(dir)) != NULL) {
+        size_t l = strlen(de->d_name);
+        if (strncmp(de->d_name, "idx-", 4) == 0 && l > 4 && strcmp(de->d_name + l - 4, ".tci") == 0)
+            snprintf(path, len, "%s/%s", d, de->d_name);
+    }
+    if (dir)
+        closedir(dir);
+}
+
+static size_t count_indexes(const char *d)
+{
+    DIR *dir = opendir(d);
+    struct dirent *de;
+    size_t n = 0;
+    while (dir && (de = readdir(dir)) != NULL)
+        n += strncmp(de->d_name, "idx-", 4) == 0;
+    if (dir)
+        closedir(dir);
+    return n;
+}
+
+#define IDX_NUMEL 112 /* 448-byte items: 576-byte records, under SCAN_VERIFY_MIN */
+#define IDX_N 2048    /* 1.18 MB of records: more than one verify batch (1 MiB) */
+
+/* A writer's index, then records damaged after it was written: a reader that
+ * adopts the index verifies each record at its first use, in batches, and
+ * serves the intact ones exactly; every damaged one is a miss, counted
+ * corrupt.  Batches split by distance and by size, a key asked twice, a
+ * record the writer dropped before its close (not listed), and a file cut
+ * short under the reader (the records past the cut are left to probe). */
+static void index_verify(void)
+{
+    char d[128], seg[512], idx[512], err[256];
+    const uint64_t rec = 128 + IDX_NUMEL * 4, base = 40000;
+    snprintf(d, sizeof(d), "%s/index", root);
+    tc_store *w = open_dir(d, 0, 0);
+    CHECK(put_numel(w, base, IDX_N, IDX_NUMEL) == IDX_N);
+    one_segment(d, seg, sizeof(seg));
+    /* the writer's own record 7 changed under it: its next read drops it, and
+     * the index its close writes does not list it */
+    patch(seg, (long)(7 * rec + 8), "\x5a", 1);
+    uint64_t id7 = base + 7;
+    uint8_t hit[IDX_N + 1];
+    CHECK(served_ids(w, &id7, 1, IDX_NUMEL, hit) == 0);
+    tc_store_free(w);
+    one_index(d, idx, sizeof(idx));
+    CHECK(idx[0] != '\0');
+
+    /* damage after the index was written: key0, key1, raw_len, header_sum,
+     * a payload byte */
+    patch(seg, (long)(100 * rec + 8), "\x01", 1);
+    patch(seg, (long)(101 * rec + 16), "\x01", 1);
+    patch(seg, (long)(102 * rec + 32), "\x08", 1);
+    patch(seg, (long)(103 * rec + 56), "\x01", 1);
+    patch(seg, (long)(104 * rec + 128 + 8), "\x01", 1);
+
+    /* every key in one lookup (two verify batches), id 0 asked twice */
+    tc_store *s = open_dir(d, 0, 0);
+    tc_store_stats st;
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.records == IDX_N - 1 &&
+          st.corrupt == 0);
+    uint64_t *ids = malloc((IDX_N + 1) * sizeof(uint64_t));
+    CHECK(ids != NULL);
+    if (ids == NULL)
+        return;
+    for (size_t i = 0; i < IDX_N; i++)
+        ids[i] = base + i;
+    ids[IDX_N] = base;
+    CHECK(served_ids(s, ids, IDX_N + 1, IDX_NUMEL, hit) == IDX_N + 1 - 6);
+    for (size_t i = 0; i <= IDX_N; i++)
+        CHECK(hit[i] == !(i == 7 || (i >= 100 && i <= 104)));
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.corrupt == 5 &&
+          st.records == IDX_N - 6);
+    tc_store_verify_result r;
+    CHECK(tc_store_verify(s, &r, NULL, NULL, err, sizeof(err)) == TC_STORE_OK &&
+          r.corrupt == 3 && r.records == IDX_N - 6); /* 100..103: one damaged stretch */
+    tc_store_free(s);
+
+    /* keys far apart (each its own read), damaged ones among them */
+    s = open_dir(d, 0, 0);
+    size_t n = 0;
+    for (size_t i = 0; i < IDX_N; i += 20)
+        ids[n++] = base + i;
+    ids[n++] = base + 101;
+    ids[n++] = base + 104;
+    CHECK(served_ids(s, ids, n, IDX_NUMEL, hit) == n - 3); /* 100, 101, 104 */
+    CHECK(!hit[5] && !hit[n - 2] && !hit[n - 1]);
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.corrupt == 3);
+    tc_store_free(s);
+
+    /* cut inside record 2000's payload under a reader that adopted the index */
+    s = open_dir(d, 0, 0);
+    CHECK(truncate(seg, (off_t)(2000 * rec + 128 + 100)) == 0);
+    n = 0;
+    for (size_t i = 1990; i < 2010; i++)
+        ids[n++] = base + i;
+    CHECK(served_ids(s, ids, n, IDX_NUMEL, hit) == 10);
+    for (size_t i = 0; i < n; i++)
+        CHECK(hit[i] == (i < 10));
+    tc_store_free(s);
+    s = open_dir(d, 0, 0); /* the index now covers more than the file: scanned */
+    n = 0;
+    for (size_t i = 1990; i < 2010; i++)
+        ids[n++] = base + i;
+    CHECK(served_ids(s, ids, n, IDX_NUMEL, hit) == 10);
+    CHECK(served_ids(s, ids, 10, IDX_NUMEL, hit) == 10);
+    tc_store_free(s);
+    free(ids);
+}
+
+/* Who writes an index and who does not: a writer of many large records
+ * (worth no index), a reader that met damage while scanning a finished
+ * writer's segment (no index), compaction merging many small records (an
+ * index for the merged segment, the merged ones' removed), and a table large
+ * enough to be mapped (a writer of 23,000 records and a reader adopting them). */
+static void index_writers(void)
+{
+    char d[128], seg[512], idx[512], err[256];
+    const uint64_t big = 128 + (NUMEL * 4 + 63) / 64 * 64;
+    uint8_t hit[1100];
+    uint64_t ids[1100];
+
+    /* 1100 records of 1.2 KB: no index at the writer's close */
+    snprintf(d, sizeof(d), "%s/index-big", root);
+    tc_store *w = open_dir(d, 0, 0);
+    for (size_t done = 0; done < 1100; done += 20)
+        CHECK(put(w, 50000 + done, 20, 0) == 20);
+    tc_store_free(w);
+    CHECK(count_indexes(d) == 0);
+    tc_store *s = open_dir(d, 0, 0);
+    CHECK(served(s, 50000, 32, 0) == 32 && served(s, 51068, 32, 0) == 32);
+    tc_store_free(s);
+
+    /* a finished writer's 1100 records, one payload damaged: the reader's scan
+     * counts it and leaves no index behind */
+    snprintf(d, sizeof(d), "%s/index-damaged", root);
+    put_in_child(d, 52000, 1100);
+    CHECK(count_indexes(d) == 0);
+    one_segment(d, seg, sizeof(seg));
+    patch(seg, (long)(500 * big + 128 + 40), "\x77", 1);
+    s = open_dir(d, 0, 0);
+    tc_store_stats st;
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.corrupt == 1 && st.records == 1099);
+    CHECK(count_indexes(d) == 0);
+    CHECK(served(s, 52480, 32, 0) == 31);
+    tc_store_free(s);
+
+    /* a finished writer's 1100 small records (its index file removed) and
+     * garbage after them: the reader serves every record, counts nothing
+     * corrupt (the tail may be a write in progress) and, with the tail still
+     * to be searched again, writes no index */
+    snprintf(d, sizeof(d), "%s/index-tail", root);
+    {
+        pid_t pid = fork();
+        if (pid == 0) {
+            tc_store *cw = open_dir(d, 0, 0);
+            int bad = cw == NULL || put_numel(cw, 89000, 1100, IDX_NUMEL) != 1100;
+            tc_store_free(cw);
+            exit(bad);
+        }
+        int status = 0;
+        CHECK(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+              WEXITSTATUS(status) == 0);
+    }
+    one_index(d, idx, sizeof(idx));
+    CHECK(idx[0] != '\0' && unlink(idx) == 0);
+    one_segment(d, seg, sizeof(seg));
+    {
+        struct stat sb;
+        char junk[4096];
+        memset(junk, 0x5a, sizeof(junk));
+        CHECK(stat(seg, &sb) == 0 && sb.st_size == 1100 * (128 + IDX_NUMEL * 4));
+        write_file(seg, junk, sizeof(junk), sb.st_size);
+    }
+    s = open_dir(d, 0, 0);
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.records == 1100 && st.corrupt == 0);
+    CHECK(count_indexes(d) == 0);
+    for (size_t i = 0; i < 1100; i++)
+        ids[i] = 89000 + i;
+    CHECK(served_ids(s, ids, 1100, IDX_NUMEL, hit) == 1100);
+    tc_store_free(s);
+
+    /* compaction of two finished writers of 600 small records each: the merged
+     * segment gets an index, which a reader adopts and verifies */
+    snprintf(d, sizeof(d), "%s/index-compact", root);
+    for (int c = 0; c < 2; c++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            tc_store *cw = open_dir(d, 0, 0);
+            int bad = cw == NULL || put_numel(cw, 60000 + 600 * (uint64_t)c, 600, IDX_NUMEL) != 600;
+            tc_store_free(cw);
+            exit(bad);
+        }
+        int status = 0;
+        CHECK(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+              WEXITSTATUS(status) == 0);
+    }
+    CHECK(count_indexes(d) == 0); /* 600 each: too few for an index */
+    tc_store_compact_result cr;
+    char merged[256];
+    CHECK(tc_store_compact(d, 3600, &cr, merged, sizeof(merged), err, sizeof(err)) ==
+          TC_STORE_OK && cr.removed == 2 && cr.records == 1200);
+    CHECK(count_indexes(d) == 1);
+    s = open_dir(d, 0, 0);
+    for (size_t i = 0; i < 1100; i++)
+        ids[i] = 60000 + i;
+    CHECK(served_ids(s, ids, 1100, IDX_NUMEL, hit) == 1100);
+    for (size_t i = 0; i < 100; i++)
+        ids[i] = 61100 + i;
+    CHECK(served_ids(s, ids, 100, IDX_NUMEL, hit) == 100);
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.records == 1200 && st.corrupt == 0);
+    tc_store_free(s);
+
+    /* compaction of two writers' 1100 large records: no index for the merged segment */
+    snprintf(d, sizeof(d), "%s/index-compact-big", root);
+    put_in_child(d, 53000, 550);
+    put_in_child(d, 53550, 550);
+    CHECK(tc_store_compact(d, 3600, &cr, merged, sizeof(merged), err, sizeof(err)) ==
+          TC_STORE_OK && cr.removed == 2 && cr.records == 1100);
+    CHECK(count_indexes(d) == 0);
+    s = open_dir(d, 0, 0);
+    CHECK(served(s, 53000, 32, 0) == 32 && served(s, 54068, 32, 0) == 32);
+    tc_store_free(s);
+
+    /* 23,000 records of one float: the table (65,536 slots of 40 bytes) is
+     * mapped, in the writer as it grows and in the reader adopting the index */
+    snprintf(d, sizeof(d), "%s/index-large-table", root);
+    w = open_dir(d, 0, 0);
+    CHECK(put_numel(w, 100000, 23000, 1) == 23000);
+    tc_store_free(w);
+    one_index(d, idx, sizeof(idx));
+    CHECK(idx[0] != '\0');
+    s = open_dir(d, 0, 0);
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.records == 23000);
+    for (size_t i = 0; i < 1100; i++)
+        ids[i] = 100000 + 20 * i;
+    CHECK(served_ids(s, ids, 1100, 1, hit) == 1100);
+    tc_store_free(s);
+}
+
+/* Modes: a directory others may write without the sticky bit is refused in
+ * strict mode and reported otherwise; with the sticky bit it is fine; the
+ * modes asked for new directories and segments are the ones they get. */
+static void dir_modes(void)
+{
+    char d[128], sub[192], seg[512], err[256];
+    tc_store_options o = {0};
+    tc_store *s = NULL;
+    snprintf(d, sizeof(d), "%s/open-to-all", root);
+    CHECK(mkdir(d, 0755) == 0 && chmod(d, 0777) == 0);
+    o.strict = 1;
+    CHECK(tc_store_open(d, &o, &s, err, sizeof(err)) == TC_STORE_EPERM && s == NULL);
+    CHECK(strstr(err, "writable by other users") != NULL);
+    o.strict = 0;
+    CHECK(tc_store_open(d, &o, &s, err, sizeof(err)) == TC_STORE_OK && s != NULL);
+    CHECK(faults_of(s, TC_FAULT_INSECURE) == 1);
+    CHECK(put(s, 80000, 4, 0) == 4 && served(s, 80000, 4, 0) == 4);
+    tc_store_free(s);
+    CHECK(chmod(d, 01777) == 0); /* sticky: others cannot replace our files */
+    o.strict = 1;
+    s = NULL;
+    CHECK(tc_store_open(d, &o, &s, err, sizeof(err)) == TC_STORE_OK && s != NULL);
+    CHECK(faults_of(s, TC_FAULT_INSECURE) == 0 && served(s, 80000, 4, 0) == 4);
+    tc_store_free(s);
+
+    snprintf(sub, sizeof(sub), "%s/private/cache", root);
+    o.strict = 1;
+    o.dir_mode = 0700;
+    o.file_mode = 0600;
+    s = NULL;
+    CHECK(tc_store_open(sub, &o, &s, err, sizeof(err)) == TC_STORE_OK && s != NULL);
+    CHECK(put(s, 80100, 4, 0) == 4);
+    tc_store_free(s);
+    struct stat st;
+    CHECK(stat(sub, &st) == 0 && (st.st_mode & 0777) == 0700);
+    one_segment(sub, seg, sizeof(seg));
+    CHECK(stat(seg, &st) == 0 && (st.st_mode & 0777) == 0600);
+    s = open_dir(sub, 0, 0);
+    CHECK(served(s, 80100, 4, 0) == 4);
+    tc_store_free(s);
+}
+
+/* A segment owned by another user (chown: this runs as root in CI, else the
+ * case is skipped) is ignored with a fault unless the store reads a cache
+ * shared between users; either way nothing wrong is served. */
+static void foreign_owner(void)
+{
+    char d[128], seg[512], err[256];
+    if (geteuid() != 0)
+        return;
+    snprintf(d, sizeof(d), "%s/foreign", root);
+    tc_store *w = open_dir(d, 0, 0);
+    CHECK(put(w, 81000, 6, 0) == 6);
+    tc_store_free(w);
+    one_segment(d, seg, sizeof(seg));
+    CHECK(chown(seg, 54321, 54321) == 0);
+    tc_store *s = open_dir(d, 0, 0);
+    CHECK(faults_of(s, TC_FAULT_FOREIGN) == 1 && served(s, 81000, 6, 0) == 0);
+    tc_store_free(s);
+    tc_store_options o = {0};
+    o.allow_other_owners = 1;
+    s = NULL;
+    CHECK(tc_store_open(d, &o, &s, err, sizeof(err)) == TC_STORE_OK && s != NULL);
+    CHECK(faults_of(s, TC_FAULT_FOREIGN) == 0 && served(s, 81000, 6, 0) == 6);
+    tc_store_free(s);
+}
+
+/* Forty segments (forty finished writers): the reader's segment
+ * table and its name table grow past their first sizes, rehashing the names
+ * already known, and every row is served from its own segment. */
+static void many_segments(void)
+{
+    char d[128];
+    snprintf(d, sizeof(d), "%s/many", root);
+    for (uint64_t k = 0; k < 40; k++)
+        put_in_child(d, 82000 + k, 1);
+    tc_store *s = open_dir(d, 0, 0);
+    tc_store_stats st;
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.segments == 40 && st.records == 40);
+    /* a miss refreshes: 32 of the 40 finished writers' segments are re-checked
+     * (the rest at the next refresh), and nothing is found */
+    uint64_t before = st.refreshes;
+    CHECK(served(s, 82999, 1, 0) == 0);
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.refreshes > before &&
+          st.records == 40);
+    CHECK(served(s, 82000, 32, 0) == 32 && served(s, 82032, 8, 0) == 8);
+    /* a child of this reader-writer (descriptors cached for the segments read)
+     * leaves its parent's segment to the parent and writes its own */
+    CHECK(put(s, 82040, 1, 0) == 1);
+    pid_t kid = fork();
+    if (kid == 0) {
+        int bad = served(s, 82040, 1, 0) != 1 || put(s, 82041, 1, 0) != 1 ||
+                  served(s, 82000, 32, 0) != 32 || served(s, 82041, 1, 0) != 1;
+        tc_store_free(s);
+        exit(bad || failures);
+    }
+    int kst = 0;
+    CHECK(kid > 0 && waitpid(kid, &kst, 0) == kid && WIFEXITED(kst) && WEXITSTATUS(kst) == 0);
+    CHECK(put(s, 82042, 1, 0) == 1 && served(s, 82040, 3, 0) == 3);
+    tc_store_free(s);
+    s = open_dir(d, 0, 0);
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.segments == 42 && st.records == 43);
+    tc_store_free(s);
+}
+
+/* One-row gathers (the unbatched path) of verified records whose file was cut
+ * under the reader: inside a plain payload, inside a compressed payload, and
+ * inside a header.  Each is a miss counted corrupt; the rows before the cut
+ * are still served exactly. */
+static void gather_cut(void)
+{
+    char d[128], seg[512], err[256];
+    const uint64_t rec = 128 + (NUMEL * 4 + 63) / 64 * 64;
+    float dest[NUMEL];
+    uint8_t ok[1];
+    uint64_t key[2];
+    tc_store_stats st;
+
+    snprintf(d, sizeof(d), "%s/gather-cut", root);
+    tc_store *w = open_dir(d, 0, 0);
+    CHECK(put(w, 83000, 6, 0) == 6);
+    tc_store_free(w);
+    one_segment(d, seg, sizeof(seg));
+    tc_store *s = open_dir(d, 0, 0);
+    CHECK(served(s, 83000, 6, 0) == 6); /* verified */
+    patch(seg, (long)(1 * rec + 32), "\xb4", 1); /* raw_len of record 1: 1204 bytes */
+    key[0] = 83001;
+    key[1] = 83001 * 7 + 1;
+    CHECK(tc_store_gather(s, key, 1, F32, 1, SHAPE, (uint8_t *)dest, ok, err, sizeof(err)) ==
+          TC_STORE_OK && !ok[0]);
+    CHECK(faults_of(s, TC_FAULT_CHANGED) == 1);
+    CHECK(truncate(seg, (off_t)(5 * rec + 128 + 400)) == 0);
+    key[0] = 83005;
+    key[1] = 83005 * 7 + 1;
+    CHECK(tc_store_gather(s, key, 1, F32, 1, SHAPE, (uint8_t *)dest, ok, err, sizeof(err)) ==
+          TC_STORE_OK && !ok[0]);
+    CHECK(faults_of(s, TC_FAULT_SHORT) == 1);
+    CHECK(truncate(seg, (off_t)(4 * rec + 50)) == 0); /* inside record 4's header */
+    key[0] = 83004;
+    key[1] = 83004 * 7 + 1;
+    CHECK(tc_store_gather(s, key, 1, F32, 1, SHAPE, (uint8_t *)dest, ok, err, sizeof(err)) ==
+          TC_STORE_OK && !ok[0]);
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.corrupt == 3);
+    CHECK(served(s, 83000, 4, 0) == 3);
+    tc_store_free(s);
+
+    /* compressed records (zeros: a few dozen bytes each), the last one cut
+     * inside its payload */
+    snprintf(d, sizeof(d), "%s/gather-cut-zstd", root);
+    tc_store_options zo = {0};
+    zo.compress = 1;
+    zo.zstd_level = 3;
+    w = NULL;
+    if (tc_store_open(d, &zo, &w, err, sizeof(err)) != TC_STORE_OK)
+        return; /* no libzstd here */
+    CHECK(put(w, 83100, 4, 1) == 4);
+    tc_store_free(w);
+    one_segment(d, seg, sizeof(seg));
+    struct stat sb;
+    CHECK(stat(seg, &sb) == 0 && sb.st_size == 4 * 192); /* 128 + a 64-byte payload each */
+    s = open_dir(d, 0, 0);
+    CHECK(served(s, 83100, 4, 1) == 4);
+    CHECK(truncate(seg, (off_t)(3 * 192 + 128 + 4)) == 0);
+    key[0] = 83103;
+    key[1] = 83103 * 7 + 1;
+    CHECK(tc_store_gather(s, key, 1, F32, 1, SHAPE, (uint8_t *)dest, ok, err, sizeof(err)) ==
+          TC_STORE_OK && !ok[0]);
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.corrupt == 1);
+    CHECK(served(s, 83100, 3, 1) == 3);
+    tc_store_free(s);
+}
+
+/* A writer whose file may not grow (RLIMIT_FSIZE, SIGXFSZ ignored) stops
+ * writing with an error it can report, keeps serving what it wrote, and a
+ * reader serves those rows exactly.  Then a record damaged under its writer
+ * and put again (a second copy of the key in the same segment): verify
+ * counts the damaged copy, and every row is served from the good one. */
+static void write_limits(void)
+{
+    char d[128], seg[512], err[256], msg[256];
+    const uint64_t rec = 128 + (NUMEL * 4 + 63) / 64 * 64;
+    snprintf(d, sizeof(d), "%s/fsize", root);
+    tc_store *w = open_dir(d, 0, 0);
+    CHECK(tc_store_io_error(w, msg, sizeof(msg)) == 0);
+    struct rlimit was, low;
+    CHECK(getrlimit(RLIMIT_FSIZE, &was) == 0);
+    void (*old)(int) = signal(SIGXFSZ, SIG_IGN);
+    low = was;
+    low.rlim_cur = 3 * rec + 100; /* room for three records and part of a fourth */
+    CHECK(setrlimit(RLIMIT_FSIZE, &low) == 0);
+    size_t stored = put(w, 84000, 4, 0);
+    size_t more = put(w, 84004, 4, 0); /* refused at once: writing stopped */
+    CHECK(setrlimit(RLIMIT_FSIZE, &was) == 0);
+    signal(SIGXFSZ, old);
+    CHECK(stored == 3 && more == 0);
+    CHECK(tc_store_io_error(w, msg, sizeof(msg)) == 1 && strstr(msg, "writing segment") != NULL);
+    CHECK(served(w, 84000, 8, 0) == 3);
+    tc_store_free(w);
+    tc_store *s = open_dir(d, 0, 0);
+    tc_store_stats st;
+    CHECK(served(s, 84000, 8, 0) == 3);
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.records == 3);
+    tc_store_free(s);
+
+    snprintf(d, sizeof(d), "%s/rewrite", root);
+    w = open_dir(d, 0, 0);
+    CHECK(put(w, 84100, 4, 0) == 4);
+    one_segment(d, seg, sizeof(seg));
+    patch(seg, (long)(1 * rec + 128 + 20), "\x33", 1);
+    CHECK(served(w, 84100, 4, 0) == 3);
+    CHECK(put(w, 84101, 1, 0) == 1); /* stored again, at the end of the segment */
+    CHECK(served(w, 84100, 4, 0) == 4);
+    tc_store_verify_result r;
+    CHECK(tc_store_verify(w, &r, NULL, NULL, err, sizeof(err)) == TC_STORE_OK &&
+          r.corrupt == 1 && r.records == 4);
+    tc_store_free(w);
+    s = open_dir(d, 0, 0);
+    CHECK(served(s, 84100, 4, 0) == 4);
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.records == 4 && st.corrupt == 1);
+    tc_store_free(s);
+}
+
+/* A finished writer's segment of 1100 version 1 records (made by hand; its
+ * pid is not running): the reader scans and serves them all, but writes no
+ * index for a segment holding version 1 records. */
+static void index_not_for_v1(void)
+{
+    char d[128], p[512], host[65] = "", name[160];
+    const size_t rec = 128 + (NUMEL * 4 + 63) / 64 * 64, n = 1100;
+    gethostname(host, sizeof(host) - 1);
+    snprintf(d, sizeof(d), "%s/index-v1", root);
+    CHECK(mkdir(d, 0755) == 0);
+    snprintf(name, sizeof(name), "seg-%s-99999999-00000000000000a1.tcs", host);
+    snprintf(p, sizeof(p), "%s/%s", d, name);
+    uint8_t *buf = malloc(n * rec);
+    CHECK(buf != NULL);
+    if (buf == NULL)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t key[2];
+        float it[1][NUMEL];
+        items(85000 + i, 1, key, it, 0);
+        CHECK(hand_record(buf + i * rec, 1, name, i * rec, 85000 + i, it[0]) == rec);
+    }
+    write_file(p, buf, n * rec, 0);
+    free(buf);
+    tc_store *s = open_dir(d, 0, 0);
+    tc_store_stats st;
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.records == n && st.corrupt == 0);
+    CHECK(count_indexes(d) == 0);
+    CHECK(served(s, 85000, 32, 0) == 32 && served(s, 85000 + n - 32, 32, 0) == 32);
+    /* a child of this reader (it never wrote) reads through the descriptors it
+     * inherited */
+    pid_t kid = fork();
+    if (kid == 0) {
+        int bad = served(s, 85500, 32, 0) != 32;
+        tc_store_free(s);
+        exit(bad);
+    }
+    int kst = 0;
+    CHECK(kid > 0 && waitpid(kid, &kst, 0) == kid && WIFEXITED(kst) && WEXITSTATUS(kst) == 0);
+    tc_store_free(s);
+}
+
+/* Keys repeated inside one put are stored once (the repeat found first or
+ * last among those staged); keys sharing key0 are different keys.  Then
+ * compaction of keys whose key0 is 0 (the merge's key set tells them from
+ * its empty slots by both words). */
+static void key_words(void)
+{
+    char d[128], err[256];
+    snprintf(d, sizeof(d), "%s/keywords", root);
+    tc_store *w = open_dir(d, 0, 0);
+    uint64_t keys[2 * 5] = {86000, 1, 86001, 2, 86000, 1, 86000, 3, 86001, 2};
+    float it[5][16], dest[5][16];
+    int64_t shape[1] = {16};
+    for (int i = 0; i < 5; i++)
+        for (int j = 0; j < 16; j++)
+            it[i][j] = (float)(keys[2 * i] + keys[2 * i + 1]) + (float)j;
+    size_t stored = 0;
+    CHECK(tc_store_put(w, keys, 5, F32, 1, shape, (uint8_t *)it, &stored, err, sizeof(err)) ==
+          TC_STORE_OK && stored == 3);
+    tc_store_free(w);
+    tc_store *s = open_dir(d, 0, 0);
+    uint8_t ok[5];
+    CHECK(tc_store_gather(s, keys, 5, F32, 1, shape, (uint8_t *)dest, ok, err, sizeof(err)) ==
+          TC_STORE_OK);
+    for (int i = 0; i < 5; i++)
+        CHECK(ok[i] && memcmp(dest[i], it[i], sizeof(it[i])) == 0);
+    tc_store_stats st;
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.records == 3);
+    /* an item of no elements: an empty payload, verified as such */
+    uint64_t empty[2] = {86100, 1};
+    int64_t none[1] = {0};
+    CHECK(tc_store_put(s, empty, 1, F32, 1, none, (uint8_t *)it, &stored, err, sizeof(err)) ==
+          TC_STORE_OK && stored == 1);
+    tc_store_verify_result r;
+    CHECK(tc_store_verify(s, &r, NULL, NULL, err, sizeof(err)) == TC_STORE_OK &&
+          r.records == 4 && r.corrupt == 0);
+    CHECK(tc_store_gather(s, empty, 1, F32, 1, none, (uint8_t *)dest, ok, err, sizeof(err)) ==
+          TC_STORE_OK && ok[0]);
+    tc_store_free(s);
+
+    snprintf(d, sizeof(d), "%s/key0-zero", root);
+    for (int c = 0; c < 2; c++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            tc_store *cw = open_dir(d, 0, 0);
+            int bad = cw == NULL;
+            uint64_t k[2 * 100];
+            float x[100][16];
+            for (int round = 0; !bad && round < 6; round++) {
+                for (int i = 0; i < 100; i++) {
+                    k[2 * i] = 0;
+                    k[2 * i + 1] = 1 + 600 * (uint64_t)c + 100 * (uint64_t)round + (uint64_t)i;
+                    for (int j = 0; j < 16; j++)
+                        x[i][j] = (float)k[2 * i + 1] * 3.0f + (float)j;
+                }
+                size_t done = 0;
+                bad = tc_store_put(cw, k, 100, F32, 1, shape, (uint8_t *)x, &done, err,
+                                   sizeof(err)) != TC_STORE_OK || done != 100;
+            }
+            tc_store_free(cw);
+            exit(bad);
+        }
+        int status = 0;
+        CHECK(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+              WEXITSTATUS(status) == 0);
+    }
+    tc_store_compact_result cr;
+    char merged[256];
+    CHECK(tc_store_compact(d, 3600, &cr, merged, sizeof(merged), err, sizeof(err)) ==
+          TC_STORE_OK && cr.removed == 2 && cr.records == 1200);
+    s = open_dir(d, 0, 0);
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.records == 1200 && st.corrupt == 0);
+    for (uint64_t first = 1; first <= 1200; first += 100) {
+        uint64_t k[2 * 100];
+        float x[100][16], y[100][16];
+        uint8_t got[100];
+        for (int i = 0; i < 100; i++) {
+            k[2 * i] = 0;
+            k[2 * i + 1] = first + (uint64_t)i;
+            for (int j = 0; j < 16; j++)
+                x[i][j] = (float)k[2 * i + 1] * 3.0f + (float)j;
+        }
+        CHECK(tc_store_gather(s, k, 100, F32, 1, shape, (uint8_t *)y, got, err, sizeof(err)) ==
+              TC_STORE_OK);
+        for (int i = 0; i < 100; i++)
+            CHECK(got[i] && memcmp(x[i], y[i], sizeof(x[i])) == 0);
+    }
+    tc_store_free(s);
+}
+
+/* Copies the file at path to a new inode under the same name. */
+static void replace_by_copy(const char *path)
+{
+    char copy[600];
+    snprintf(copy, sizeof(copy), "%s.copy", path);
+    int in = open(path, O_RDONLY), out = open(copy, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    char buf[65536];
+    ssize_t got;
+    CHECK(in >= 0 && out >= 0);
+    while (in >= 0 && out >= 0 && (got = read(in, buf, sizeof(buf))) > 0)
+        CHECK(write(out, buf, (size_t)got) == got);
+    close(in);
+    close(out);
+    CHECK(rename(copy, path) == 0);
+}
+
+/* Two segments indexed from their index files by a reader keeping one
+ * descriptor, both then replaced under their names (new inodes): the one not
+ * cached is found gone at its first read, and a batch of its unverified
+ * entries is not verified from the replacement; its rows are misses, the
+ * other segment's (read through the descriptor it holds) are served. */
+static void index_gone(void)
+{
+    char d[128], p[512], err[256];
+    snprintf(d, sizeof(d), "%s/index-gone", root);
+    for (uint64_t k = 0; k < 2; k++) {
+        tc_store *w = open_dir(d, 0, 0);
+        CHECK(put_numel(w, 87000 + 2000 * k, 1100, IDX_NUMEL) == 1100);
+        tc_store_free(w);
+    }
+    CHECK(count_indexes(d) == 2);
+    struct rlimit was, low;
+    CHECK(getrlimit(RLIMIT_NOFILE, &was) == 0);
+    low = was;
+    low.rlim_cur = 63; /* one descriptor in the cache */
+    CHECK(setrlimit(RLIMIT_NOFILE, &low) == 0);
+    tc_store_options o = {0};
+    o.refresh_ms = 3600 * 1000; /* no refresh after a miss: the entries stay */
+    tc_store *s = NULL;
+    CHECK(tc_store_open(d, &o, &s, err, sizeof(err)) == TC_STORE_OK && s != NULL);
+    CHECK(setrlimit(RLIMIT_NOFILE, &was) == 0);
+    if (s == NULL)
+        return;
+    DIR *dir = opendir(d);
+    struct dirent *de;
+    while (dir && (de = readdir(dir)) != NULL) {
+        if (strncmp(de->d_name, "seg-", 4) != 0)
+            continue;
+        snprintf(p, sizeof(p), "%s/%s", d, de->d_name);
+        replace_by_copy(p);
+    }
+    if (dir)
+        closedir(dir);
+    uint64_t ids[10], keys[2 * 10];
+    uint8_t hit[10], present[10];
+    size_t first[2];
+    for (uint64_t k = 0; k < 2; k++) { /* lookups: no refresh within refresh_ms */
+        keys[0] = 87000 + 2000 * k;
+        keys[1] = keys[0] * 7 + 1;
+        CHECK(tc_store_lookup(s, keys, 1, present, err, sizeof(err)) == TC_STORE_OK);
+        first[k] = present[0];
+    }
+    CHECK(first[0] + first[1] == 1); /* one segment cached, one found gone */
+    tc_store_stats st;
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.gone == 1);
+    for (uint64_t k = 0; k < 2; k++) {
+        size_t n = 0;
+        for (size_t i = 0; i < 10; i++) {
+            keys[2 * i] = 87001 + 2000 * k + 50 * i;
+            keys[2 * i + 1] = keys[2 * i] * 7 + 1;
+        }
+        CHECK(tc_store_lookup(s, keys, 10, present, err, sizeof(err)) == TC_STORE_OK);
+        for (size_t i = 0; i < 10; i++)
+            n += present[i];
+        CHECK(n == (first[k] ? 10 : 0));
+    }
+    /* a gather serves the cached segment's rows (the bytes it indexed, from
+     * the descriptor it holds); its misses refresh, which finds that segment
+     * replaced too: neither copy (new files under known names) is read */
+    for (size_t i = 0; i < 10; i++)
+        ids[i] = 87000 + 2000 * (i % 2) + 100 * i;
+    CHECK(served_ids(s, ids, 10, IDX_NUMEL, hit) == 5);
+    for (size_t i = 0; i < 10; i++)
+        CHECK(hit[i] == first[i % 2]);
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.gone == 2);
+    CHECK(served_ids(s, ids, 10, IDX_NUMEL, hit) == 0);
+    tc_store_free(s);
+}
+
+/* Segments replaced under their names by a directory and by a symbolic link
+ * (to the moved original) while a reader keeping one descriptor indexes
+ * them: small records, so the scan left them unverified and a lookup reads
+ * each header.  Those it must open again are found gone (not regular, not
+ * followed), never read; the one whose descriptor it holds is still served,
+ * exactly. */
+static void replaced_by_others(void)
+{
+    char d[128], p[512], aside[600], err[256];
+    snprintf(d, sizeof(d), "%s/replaced", root);
+    for (uint64_t k = 0; k < 4; k++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            tc_store *cw = open_dir(d, 0, 0);
+            int bad = cw == NULL || put_numel(cw, 90000 + 10 * k, 4, IDX_NUMEL) != 4;
+            tc_store_free(cw);
+            exit(bad);
+        }
+        int status = 0;
+        CHECK(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+              WEXITSTATUS(status) == 0);
+    }
+    struct rlimit was, low;
+    CHECK(getrlimit(RLIMIT_NOFILE, &was) == 0);
+    low = was;
+    low.rlim_cur = 63; /* one descriptor in the cache */
+    CHECK(setrlimit(RLIMIT_NOFILE, &low) == 0);
+    tc_store_options o = {0};
+    o.refresh_ms = 3600 * 1000; /* no refresh after a miss: each is opened again */
+    tc_store *s = NULL;
+    CHECK(tc_store_open(d, &o, &s, err, sizeof(err)) == TC_STORE_OK && s != NULL);
+    CHECK(setrlimit(RLIMIT_NOFILE, &was) == 0);
+    if (s == NULL)
+        return;
+    DIR *dir = opendir(d);
+    struct dirent *de;
+    int k = 0;
+    char names[4][256];
+    while (dir && (de = readdir(dir)) != NULL) {
+        if (strncmp(de->d_name, "seg-", 4) == 0 && k < 4)
+            snprintf(names[k++], sizeof(names[0]), "%s", de->d_name);
+    }
+    if (dir)
+        closedir(dir);
+    CHECK(k == 4);
+    for (int i = 0; i < k; i++) {
+        snprintf(p, sizeof(p), "%s/%s", d, names[i]);
+        snprintf(aside, sizeof(aside), "%s/aside-%d", d, i);
+        CHECK(rename(p, aside) == 0);
+        if (i % 2 == 0)
+            CHECK(mkdir(p, 0755) == 0);
+        else
+            CHECK(symlink(aside, p) == 0);
+    }
+    size_t hits = 0;
+    for (uint64_t j = 0; j < 4; j++) {
+        uint64_t key[2] = {90000 + 10 * j, (90000 + 10 * j) * 7 + 1};
+        uint8_t present[1];
+        CHECK(tc_store_lookup(s, key, 1, present, err, sizeof(err)) == TC_STORE_OK);
+        hits += present[0];
+    }
+    CHECK(hits == 1); /* through the descriptor held */
+    tc_store_stats st;
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.gone == 3);
+    uint64_t ids[16];
+    uint8_t hit[16];
+    for (size_t i = 0; i < 16; i++)
+        ids[i] = 90000 + 10 * (i / 4) + i % 4;
+    CHECK(served_ids(s, ids, 16, IDX_NUMEL, hit) <= 4);
+    tc_store_free(s);
+}
+
+/* With stdin closed, descriptor 0 is free: a segment opened then must not
+ * take it (stray reads and writes to 0-2 would land in the cache). */
+static void stdio_closed(void)
+{
+    char d[128];
+    snprintf(d, sizeof(d), "%s/stdio", root);
+    int saved = dup(0);
+    CHECK(saved >= 0 && close(0) == 0);
+    tc_store *w = open_dir(d, 0, 0);
+    CHECK(put(w, 91000, 4, 0) == 4 && served(w, 91000, 4, 0) == 4);
+    struct stat st;
+    CHECK(fstat(0, &st) < 0 && errno == EBADF); /* still closed: not a segment */
+    tc_store_free(w);
+    tc_store *s = open_dir(d, 0, 0);
+    CHECK(served(s, 91000, 4, 0) == 4);
+    CHECK(fstat(0, &st) < 0 && errno == EBADF);
+    tc_store_free(s);
+    CHECK(dup2(saved, 0) == 0);
+    close(saved);
+}
+
+/* The reader's table: a record dropped (changed under its writer) is left out
+ * when the table grows, and an index file adopted by a refresh into a table
+ * with room for it needs no resize.  Every row is served exactly. */
+static void table_sizes(void)
+{
+    char d[128], seg[512], err[256];
+    const uint64_t rec = 128 + 64;
+    snprintf(d, sizeof(d), "%s/table", root);
+    tc_store *s = open_dir(d, 0, 0);
+    CHECK(put_numel(s, 92000, 600, 16) == 600);
+    one_segment(d, seg, sizeof(seg));
+    patch(seg, (long)(10 * rec + 8), "\x01", 1); /* key of record 10 */
+    uint64_t ids[1100];
+    uint8_t hit[1100];
+    ids[0] = 92010;
+    CHECK(served_ids(s, ids, 1, 16, hit) == 0); /* dropped */
+    CHECK(put_numel(s, 92600, 2400, 16) == 2400); /* the table grows past it */
+    for (size_t i = 0; i < 1000; i++)
+        ids[i] = 92000 + 2 * i;
+    CHECK(served_ids(s, ids, 1000, 16, hit) == 999);
+    for (size_t i = 0; i < 1000; i++)
+        CHECK(hit[i] == (ids[i] != 92010));
+    /* another writer's 1100 records and their index, found by a refresh */
+    pid_t pid = fork();
+    if (pid == 0) {
+        tc_store *cw = open_dir(d, 0, 0);
+        int bad = cw == NULL || put_numel(cw, 96000, 1100, 16) != 1100;
+        tc_store_free(cw);
+        exit(bad);
+    }
+    int status = 0;
+    CHECK(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+          WEXITSTATUS(status) == 0);
+    CHECK(count_indexes(d) == 1);
+    size_t added = 0;
+    CHECK(tc_store_refresh(s, &added, err, sizeof(err)) == TC_STORE_OK && added == 1100);
+    for (size_t i = 0; i < 1100; i++)
+        ids[i] = 96000 + i;
+    CHECK(served_ids(s, ids, 1100, 16, hit) == 1100);
+    tc_store_stats st;
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.records == 600 - 1 + 2400 + 1100);
+    tc_store_free(s);
+}
+
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)st, (void)flag, (void)ftw;
@@ -1363,6 +2259,19 @@ int main(void)
     edges();
     refresh_paths();
     resync_budget();
+    index_verify();
+    index_writers();
+    dir_modes();
+    foreign_owner();
+    many_segments();
+    gather_cut();
+    write_limits();
+    index_not_for_v1();
+    key_words();
+    index_gone();
+    replaced_by_others();
+    stdio_closed();
+    table_sizes();
 
     if (failures) {
         fprintf(stderr, "store_paths: %d failures (scratch left in %s)\n", failures, root);
