@@ -413,3 +413,62 @@ def test_a_removed_cache_parent_gets_its_layout_sidecar_written_again(caplog, tm
         assert torch.equal(m(x, k=5), x + 5)
     assert not [w for w in _warnings(caplog) if "could not write" in w]
     assert len(list((tmp_path / "p").rglob("layout-*.json"))) == 1
+
+
+def test_a_second_directory_serves_what_the_first_uploaded_to_a_file_remote(tmp_path):
+    """The issue 15 hooks in one process: the remote tier is attached to the store of the
+    module key, a missing layout sidecar is copied from the remote, and the missing rows
+    are filled from it, so a second local directory runs forward on no row it holds."""
+    pytest.importorskip("obstore", reason="the remote extra (obstore) is not installed")
+    from torchcache_c import remote
+
+    url = f"file://{tmp_path / 'bucket'}"
+
+    def scale_class(local):
+        return torchcache(persistent=True, persistent_cache_dir=str(tmp_path / local),
+                          persistent_remote=url, remote_refresh_s=0,
+                          persistent_module_hash="remote-shared-7")(
+            type("Scale", (_Scale,), {}))
+
+    x = torch.randn(6, 3)
+    first = scale_class("a")().eval()
+    with torch.no_grad():
+        assert torch.equal(first(x), _reference(x))
+    assert remote.flush(60)
+    assert list((tmp_path / "bucket").rglob("layout-*.json"))
+    second = scale_class("b")().eval()
+    assert second.cache_instance.module_hash == first.cache_instance.module_hash
+    with torch.no_grad():
+        out = second(torch.cat([x[:4], 3 * x[4:]]))
+    assert torch.equal(out[:4], _reference(x[:4]))
+    assert torch.equal(out[4:], _reference(3 * x[4:]))
+    assert second.calls == 1  # the two new rows only
+    assert list((tmp_path / "b").rglob("layout-*.json"))
+    # the in-process remote is an attribute of the second directory's store only
+    assert second.cache_instance._handle is not first.cache_instance._handle
+
+
+def test_an_instance_without_a_remote_never_reads_the_remote_of_its_directory(tmp_path):
+    """Two instances of one key on one local directory, one with a remote and one
+    without: the one without keeps its own store and never fills rows from the remote."""
+    pytest.importorskip("obstore", reason="the remote extra (obstore) is not installed")
+    from torchcache_c import remote
+
+    url = f"file://{tmp_path / 'bucket'}"
+
+    def scale(local, **remote_options):
+        return torchcache(persistent=True, persistent_cache_dir=str(tmp_path / local),
+                          persistent_module_hash="remote-shared-8", **remote_options)(
+            type("Scale", (_Scale,), {}))().eval()
+
+    x, y = torch.randn(5, 3), torch.randn(2, 3)
+    uploader = scale("c", persistent_remote=url, remote_refresh_s=0)
+    with torch.no_grad():
+        uploader(x)
+        assert remote.flush(60)
+        with_remote = scale("d", persistent_remote=url, remote_refresh_s=0)
+        with_remote(y)
+        without = scale("d")
+        out = without(x)
+    assert torch.equal(out, _reference(x)) and without.calls == 1
+    assert without.cache_instance._handle.remote is None
