@@ -472,3 +472,33 @@ def test_an_instance_without_a_remote_never_reads_the_remote_of_its_directory(tm
         out = without(x)
     assert torch.equal(out, _reference(x)) and without.calls == 1
     assert without.cache_instance._handle.remote is None
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_removing_the_private_parent_at_exit_closes_the_stores_in_it_first(tmp_path):
+    """The at-exit removal of the temporary parent closes every store under it: no
+    descriptor stays open on a segment of the removed directory."""
+    parent = tmp_path / "private"
+    Scale = torchcache(persistent=True, persistent_cache_dir=str(parent))(
+        type("Scale", (_Scale,), {}))
+    m = Scale().eval()
+    x = torch.randn(4, 3)
+    with torch.no_grad():
+        m(x)
+        assert torch.equal(m(x), _reference(x)) and m.calls == 1
+
+    def open_under_parent():
+        found = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(str(parent)):
+                found.append(target)
+        return found
+
+    assert open_under_parent()  # the store holds its segments open while in use
+    cache._remove_private_dir(parent, os.getpid())
+    assert not parent.exists()
+    assert open_under_parent() == []
