@@ -502,3 +502,34 @@ def test_removing_the_private_parent_at_exit_closes_the_stores_in_it_first(tmp_p
     cache._remove_private_dir(parent, os.getpid())
     assert not parent.exists()
     assert open_under_parent() == []
+
+
+
+def test_an_io_error_stops_storing_with_a_warning_that_gives_the_error(tmp_path):
+    """A file size limit (RLIMIT_FSIZE: stops writes even for root) makes the store's
+    writes fail; the calls keep returning forward's outputs and one WARNING quotes the
+    store's error. In a child process: the limit applies to the whole process."""
+    import subprocess
+    import sys
+
+    code = f"""
+import logging, resource
+import torch
+from torchcache_c import torchcache
+logging.basicConfig(level=logging.WARNING, format="LOG %(message)s")
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+@torchcache(persistent=True, persistent_cache_dir={str(tmp_path)!r})
+def double(x):
+    return 2 * x
+for i in range(6):
+    x = torch.randn(64, 256, generator=torch.Generator().manual_seed(i))
+    assert torch.equal(double(x), 2 * x)
+print("OK")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+    io = [line for line in proc.stderr.splitlines()
+          if line.startswith("LOG cache stopped storing after an I/O error: ")]
+    assert len(io) == 1, proc.stderr[-3000:]
+    assert "too large" in io[0]
