@@ -533,3 +533,32 @@ print("OK")
           if line.startswith("LOG cache stopped storing after an I/O error: ")]
     assert len(io) == 1, proc.stderr[-3000:]
     assert "too large" in io[0]
+
+
+def test_a_forward_that_unfreezes_a_parameter_under_grad_is_refused_with_the_remedy():
+    """forward assigns an attribute of the key (the key is recomputed after it) and makes
+    a parameter require grad: the call raises instead of returning an output that cannot
+    carry gradients to it. Under no_grad the same forward is served normally."""
+    from torchcache_c.keys import TrainableParametersError
+
+    class Unfreezes(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.full((3,), 2.0), requires_grad=False)
+            self.step = 0
+
+        def forward(self, x):
+            self.step += 1
+            self.w.requires_grad_(True)
+            return x * self.w.detach()
+
+    x = torch.randn(2, 3)
+    m = torchcache()(Unfreezes)().eval()
+    with pytest.raises(TrainableParametersError,
+                       match=r"parameter 'w' requires grad: a cached output cannot carry "
+                             r"gradients to it\. Freeze it with requires_grad_\(False\) or "
+                             r"call under torch\.no_grad\(\)"):
+        m(x)
+    frozen = torchcache()(type("Unfreezes", (Unfreezes,), {}))().eval()
+    with torch.no_grad():
+        assert torch.equal(frozen(x), 2 * x)
