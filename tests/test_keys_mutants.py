@@ -410,3 +410,71 @@ def test_a_cached_function_sees_in_place_writes_to_a_tensor_it_closes_over():
         w.mul_(2.0)
         out = scaled(x)
     assert torch.equal(out, x * w)
+
+
+def test_init_keyword_arguments_are_keyed_even_when_no_attribute_keeps_them():
+    """An init argument can act through something the instance walk cannot see: the
+    arguments as __init__ received them are part of the key, so Gate(on=True) and
+    Gate(on=False) never share outputs, while Gate() and Gate(on=False) do."""
+    @torchcache()
+    class Gate(nn.Module):
+        def __init__(self, on: bool = False):
+            super().__init__()
+
+        def forward(self, x):
+            return x + 1
+
+    assert Gate(on=True).cache_instance.module_hash != Gate(on=False).cache_instance.module_hash
+    assert Gate().cache_instance.module_hash == Gate(on=False).cache_instance.module_hash
+    assert Gate(True).cache_instance.module_hash == Gate(on=True).cache_instance.module_hash
+
+
+def test_a_per_instance_option_attribute_does_not_change_the_key():
+    """torchcache_<option> attributes configure the cache, not the outputs: an instance
+    that sets a larger limit on itself keeps the key (and so the stored outputs) of one
+    that does not."""
+    class Scale(nn.Module):
+        def __init__(self, big: bool = False):
+            super().__init__()
+            if big:
+                self.torchcache_max_memory_cache_size = 10 ** 9
+
+        def forward(self, x):
+            return 2 * x
+
+    Cached = torchcache()(Scale)
+    plain, big = Cached(), Cached(big=True)
+    assert big.cache_instance.options["max_memory_cache_size"] == 10 ** 9
+    # the init argument differs, so compare the instance parts of the key
+    assert keys.instance_state(keys._Walk(), plain) == keys.instance_state(keys._Walk(), big)
+    plain.torchcache_enabled = True  # set after construction: still not part of the key
+    assert keys.instance_state(keys._Walk(), plain) == keys.instance_state(keys._Walk(), big)
+
+
+class _Shape:
+    scale = 2.0
+
+    @classmethod
+    def make(cls, x):
+        return x * cls.scale
+
+
+class _BigShape(_Shape):
+    scale = 5.0
+
+
+def test_a_classmethod_attribute_is_keyed_by_the_class_it_is_bound_to():
+    """A.make and B.make share one function but return different outputs: a module
+    holding one or the other must get another key."""
+    class Holder(nn.Module):
+        def __init__(self, big: bool):
+            super().__init__()
+            self.make = _BigShape.make if big else _Shape.make
+
+        def forward(self, x):
+            return self.make(x)
+
+    x = torch.ones(2, 3)
+    small, big = Holder(False), Holder(True)
+    assert not torch.equal(small(x), big(x))  # the uncached modules differ
+    assert keys.instance_state(keys._Walk(), small) != keys.instance_state(keys._Walk(), big)
