@@ -478,3 +478,22 @@ def test_a_classmethod_attribute_is_keyed_by_the_class_it_is_bound_to():
     small, big = Holder(False), Holder(True)
     assert not torch.equal(small(x), big(x))  # the uncached modules differ
     assert keys.instance_state(keys._Walk(), small) != keys.instance_state(keys._Walk(), big)
+
+
+def test_a_library_callable_object_with_state_is_keyed_by_its_state():
+    """A torch callable object that holds parameters of its own (an affine transform):
+    two of them with other parameters give other outputs, so other keys."""
+    from torch.distributions.transforms import AffineTransform
+
+    class Holder(nn.Module):
+        def __init__(self, scale: float):
+            super().__init__()
+            self.t = AffineTransform(0.0, scale)
+
+        def forward(self, x):
+            return self.t(x)
+
+    x = torch.ones(2, 3)
+    two, three = Holder(2.0), Holder(3.0)
+    assert not torch.equal(two(x), three(x))  # the uncached modules differ
+    assert keys.instance_state(keys._Walk(), two) != keys.instance_state(keys._Walk(), three)
