@@ -248,3 +248,317 @@ def test_the_module_hash_override_warning_names_the_override(caplog):
     with caplog.at_level(logging.WARNING, logger="torchcache_c"):
         Scale()
     assert "persistent_module_hash='fixed-key-7' overrides the module key" in caplog.text
+
+
+# ---- messages: what is wrong and what to do (each text and its arguments) ----------------
+
+
+def _warnings(caplog):
+    return [r.getMessage() for r in caplog.records
+            if r.name == "torchcache_c" and r.levelno == logging.WARNING]
+
+
+def test_dropout_in_training_mode_is_named_with_the_remedy(caplog):
+    class Noisy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.drop = nn.Dropout(0.5)
+
+        def forward(self, x):
+            return self.drop(x)
+
+    Cached = torchcache()(Noisy)
+    m = Cached().train()
+    with caplog.at_level(logging.WARNING, logger="torchcache_c"), torch.no_grad():
+        m(torch.ones(4, 3))
+        m(torch.ones(4, 3) * 2)
+    (msg,) = [w for w in _warnings(caplog) if "dropout" in w]
+    assert "is cached in training mode with active dropout" in msg
+    assert msg.endswith("): one random sample per item is stored and served from then on. "
+                        "Call .eval() on the cached module")
+    assert Cached.__qualname__.split(".")[-1] in msg
+
+
+def test_an_in_memory_cache_in_a_dataloader_worker_is_told_to_go_persistent(caplog,
+                                                                           monkeypatch):
+    # torch's worker query answers as it does inside a DataLoader worker process.
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())
+    monkeypatch.setattr(cache, "_warned_process", set())
+    Scale = torchcache()(type("WorkerScale", (_Scale,), {}))
+    m = Scale().eval()
+    x = torch.randn(2, 3)
+    with caplog.at_level(logging.WARNING, logger="torchcache_c"), torch.no_grad():
+        assert torch.equal(m(x), _reference(x))
+        m(x)
+    (msg,) = [w for w in _warnings(caplog) if "DataLoader worker" in w]
+    assert msg.startswith(m.cache_instance.qualname + " uses an in-memory cache")
+    assert "Use persistent=True" in msg and "or cache in the main process" in msg
+
+
+def test_a_zero_memory_limit_says_which_option_is_zero(caplog):
+    Scale = torchcache(max_memory_cache_size=0)(type("Scale", (_Scale,), {}))
+    m = Scale().eval()
+    x = torch.randn(2, 3)
+    with caplog.at_level(logging.WARNING, logger="torchcache_c"), torch.no_grad():
+        assert torch.equal(m(x), _reference(x))
+    assert ("max_memory_cache_size=0: new outputs are not stored, forward keeps running"
+            in _warnings(caplog))
+
+
+def test_a_zero_persistent_limit_names_the_persistent_option(caplog, tmp_path):
+    Scale = torchcache(persistent=True, persistent_cache_dir=str(tmp_path),
+                       max_persistent_cache_size=0)(type("Scale", (_Scale,), {}))
+    m = Scale().eval()
+    x = torch.randn(2, 3)
+    with caplog.at_level(logging.WARNING, logger="torchcache_c"), torch.no_grad():
+        assert torch.equal(m(x), _reference(x))
+        assert torch.equal(m(x), _reference(x))
+    assert m.calls == 2
+    assert ("max_persistent_cache_size=0: new outputs are not stored, forward keeps running"
+            in _warnings(caplog))
+
+
+def test_a_full_persistent_cache_names_the_persistent_option(caplog, tmp_path):
+    Scale = torchcache(persistent=True, persistent_cache_dir=str(tmp_path),
+                       max_persistent_cache_size=4096)(type("Scale", (_Scale,), {}))
+    m = Scale().eval()
+    with caplog.at_level(logging.WARNING, logger="torchcache_c"), torch.no_grad():
+        for _ in range(4):
+            x = torch.randn(64, 64)
+            assert torch.equal(m(x), _reference(x))
+    assert ("cache is full (max_persistent_cache_size reached); new outputs are not "
+            "stored, forward keeps running") in _warnings(caplog)
+
+
+def test_parameters_changing_at_every_call_warn_of_churn_once(caplog):
+    @torchcache()
+    class Lin(nn.Linear):
+        def __init__(self):
+            super().__init__(3, 2)
+            self.requires_grad_(False)
+
+    m = Lin().eval()
+    x = torch.randn(4, 3)
+    with caplog.at_level(logging.WARNING, logger="torchcache_c"), torch.no_grad():
+        for _ in range(8):
+            m.weight += 1
+            expected = torch.nn.functional.linear(x, m.weight, m.bias)
+            assert torch.allclose(m(x), expected)
+    churn = [w for w in _warnings(caplog) if "keep changing between calls" in w]
+    assert len(churn) == 1
+    assert "Call .eval() on the frozen module" in churn[0]
+
+
+def test_a_store_fault_warning_says_where_later_faults_are_counted(caplog, tmp_path):
+    Scale = torchcache(persistent=True, persistent_cache_dir=str(tmp_path))(
+        type("Scale", (_Scale,), {}))
+    m = Scale().eval()
+    x = torch.randn(8, 6)
+    with torch.no_grad():
+        m(x)
+        m(x)
+        for seg in tmp_path.rglob("seg-*.tcs"):
+            os.truncate(seg, 0)
+        with caplog.at_level(logging.WARNING, logger="torchcache_c"):
+            out = m(x)
+    assert torch.equal(out, _reference(x))
+    (msg,) = [w for w in _warnings(caplog) if "store fault" in w]
+    assert msg.startswith("cache store fault (short_read): ")
+    assert msg.endswith("the affected items are computed instead of read, and later faults "
+                        "of this kind are counted in stats()['store']['faults']")
+
+
+def test_a_stored_layout_naming_an_unloaded_class_runs_forward_and_says_so(caplog, tmp_path):
+    import collections
+
+    Pair = collections.namedtuple("Pair", ["a", "b"])
+
+    @torchcache(persistent=True, persistent_cache_dir=str(tmp_path))
+    class Split(nn.Module):
+        def forward(self, x):
+            return Pair(2 * x, x + 1)
+
+    x = torch.randn(3, 2)
+    with torch.no_grad():
+        Split().eval()(x)
+    gc.collect()
+    (sidecar,) = tmp_path.rglob("layout-*.json")
+    text = sidecar.read_text()
+    assert json.dumps(Pair.__module__) in text
+    sidecar.write_text(text.replace(json.dumps(Pair.__module__), '"tc_module_never_imported"'))
+    second = Split().eval()
+    with caplog.at_level(logging.WARNING, logger="torchcache_c"), torch.no_grad():
+        out = second(x)
+    assert torch.equal(out.a, 2 * x) and torch.equal(out.b, x + 1)
+    (msg,) = [w for w in _warnings(caplog) if "output layout" in w]
+    assert msg == ("a stored output layout names a class that is not loaded in this "
+                   f"process; {second.cache_instance.qualname} runs forward for such calls")
+
+
+def test_a_removed_cache_parent_gets_its_layout_sidecar_written_again(caplog, tmp_path):
+    """Another process pruned the whole directory tree while this one runs: a new call
+    context writes its layout sidecar again (parents made), without a warning."""
+    import shutil
+
+    @torchcache(persistent=True, persistent_cache_dir=str(tmp_path / "p" / "q"))
+    class Shift(nn.Module):
+        def forward(self, x, k: int = 0):
+            return x + k
+
+    m = Shift().eval()
+    x = torch.randn(3, 2)
+    with caplog.at_level(logging.WARNING, logger="torchcache_c"), torch.no_grad():
+        m(x)
+        shutil.rmtree(tmp_path / "p")
+        assert torch.equal(m(x, k=5), x + 5)
+    assert not [w for w in _warnings(caplog) if "could not write" in w]
+    assert len(list((tmp_path / "p").rglob("layout-*.json"))) == 1
+
+
+def test_a_second_directory_serves_what_the_first_uploaded_to_a_file_remote(tmp_path):
+    """The issue 15 hooks in one process: the remote tier is attached to the store of the
+    module key, a missing layout sidecar is copied from the remote, and the missing rows
+    are filled from it, so a second local directory runs forward on no row it holds."""
+    pytest.importorskip("obstore", reason="the remote extra (obstore) is not installed")
+    from torchcache_c import remote
+
+    url = f"file://{tmp_path / 'bucket'}"
+
+    def scale_class(local):
+        return torchcache(persistent=True, persistent_cache_dir=str(tmp_path / local),
+                          persistent_remote=url, remote_refresh_s=0,
+                          persistent_module_hash="remote-shared-7")(
+            type("Scale", (_Scale,), {}))
+
+    x = torch.randn(6, 3)
+    first = scale_class("a")().eval()
+    with torch.no_grad():
+        assert torch.equal(first(x), _reference(x))
+    assert remote.flush(60)
+    assert list((tmp_path / "bucket").rglob("layout-*.json"))
+    second = scale_class("b")().eval()
+    assert second.cache_instance.module_hash == first.cache_instance.module_hash
+    with torch.no_grad():
+        out = second(torch.cat([x[:4], 3 * x[4:]]))
+    assert torch.equal(out[:4], _reference(x[:4]))
+    assert torch.equal(out[4:], _reference(3 * x[4:]))
+    assert second.calls == 1  # the two new rows only
+    assert list((tmp_path / "b").rglob("layout-*.json"))
+    # the in-process remote is an attribute of the second directory's store only
+    assert second.cache_instance._handle is not first.cache_instance._handle
+
+
+def test_an_instance_without_a_remote_never_reads_the_remote_of_its_directory(tmp_path):
+    """Two instances of one key on one local directory, one with a remote and one
+    without: the one without keeps its own store and never fills rows from the remote."""
+    pytest.importorskip("obstore", reason="the remote extra (obstore) is not installed")
+    from torchcache_c import remote
+
+    url = f"file://{tmp_path / 'bucket'}"
+
+    def scale(local, **remote_options):
+        return torchcache(persistent=True, persistent_cache_dir=str(tmp_path / local),
+                          persistent_module_hash="remote-shared-8", **remote_options)(
+            type("Scale", (_Scale,), {}))().eval()
+
+    x, y = torch.randn(5, 3), torch.randn(2, 3)
+    uploader = scale("c", persistent_remote=url, remote_refresh_s=0)
+    with torch.no_grad():
+        uploader(x)
+        assert remote.flush(60)
+        with_remote = scale("d", persistent_remote=url, remote_refresh_s=0)
+        with_remote(y)
+        without = scale("d")
+        out = without(x)
+    assert torch.equal(out, _reference(x)) and without.calls == 1
+    assert without.cache_instance._handle.remote is None
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_removing_the_private_parent_at_exit_closes_the_stores_in_it_first(tmp_path):
+    """The at-exit removal of the temporary parent closes every store under it: no
+    descriptor stays open on a segment of the removed directory."""
+    parent = tmp_path / "private"
+    Scale = torchcache(persistent=True, persistent_cache_dir=str(parent))(
+        type("Scale", (_Scale,), {}))
+    m = Scale().eval()
+    x = torch.randn(4, 3)
+    with torch.no_grad():
+        m(x)
+        assert torch.equal(m(x), _reference(x)) and m.calls == 1
+
+    def open_under_parent():
+        found = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(str(parent)):
+                found.append(target)
+        return found
+
+    assert open_under_parent()  # the store holds its segments open while in use
+    cache._remove_private_dir(parent, os.getpid())
+    assert not parent.exists()
+    assert open_under_parent() == []
+
+
+
+def test_an_io_error_stops_storing_with_a_warning_that_gives_the_error(tmp_path):
+    """A file size limit (RLIMIT_FSIZE: stops writes even for root) makes the store's
+    writes fail; the calls keep returning forward's outputs and one WARNING quotes the
+    store's error. In a child process: the limit applies to the whole process."""
+    import subprocess
+    import sys
+
+    code = f"""
+import logging, resource
+import torch
+from torchcache_c import torchcache
+logging.basicConfig(level=logging.WARNING, format="LOG %(message)s")
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+@torchcache(persistent=True, persistent_cache_dir={str(tmp_path)!r})
+def double(x):
+    return 2 * x
+for i in range(6):
+    x = torch.randn(64, 256, generator=torch.Generator().manual_seed(i))
+    assert torch.equal(double(x), 2 * x)
+print("OK")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+    io = [line for line in proc.stderr.splitlines()
+          if line.startswith("LOG cache stopped storing after an I/O error: ")]
+    assert len(io) == 1, proc.stderr[-3000:]
+    assert "too large" in io[0]
+
+
+def test_a_forward_that_unfreezes_a_parameter_under_grad_is_refused_with_the_remedy():
+    """forward assigns an attribute of the key (the key is recomputed after it) and makes
+    a parameter require grad: the call raises instead of returning an output that cannot
+    carry gradients to it. Under no_grad the same forward is served normally."""
+    from torchcache_c.keys import TrainableParametersError
+
+    class Unfreezes(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.full((3,), 2.0), requires_grad=False)
+            self.step = 0
+
+        def forward(self, x):
+            self.step += 1
+            self.w.requires_grad_(True)
+            return x * self.w.detach()
+
+    x = torch.randn(2, 3)
+    m = torchcache()(Unfreezes)().eval()
+    with pytest.raises(TrainableParametersError,
+                       match=r"parameter 'w' requires grad: a cached output cannot carry "
+                             r"gradients to it\. Freeze it with requires_grad_\(False\) or "
+                             r"call under torch\.no_grad\(\)"):
+        m(x)
+    frozen = torchcache()(type("Unfreezes", (Unfreezes,), {}))().eval()
+    with torch.no_grad():
+        assert torch.equal(frozen(x), 2 * x)
