@@ -188,17 +188,7 @@ class _Masked(nn.Module):
         return x * self.mask.to_dense()
 
 
-# A sparse tensor attribute: tensor_digest keys it (fd5875f), but the call's weight
-# digest (KeyTracker._weights_digest) still reads t.data_ptr(), which a sparse tensor does
-# not have: the first call raises RuntimeError. A bug in keys.py, reported; xfail until fixed.
-_SPARSE_BUG = pytest.mark.xfail(strict=True, raises=RuntimeError,
-                                reason="keys._weights_digest reads data_ptr() of a sparse "
-                                       "tensor attribute")
-
-
-@pytest.mark.parametrize("layout", [pytest.param("sparse_coo", marks=_SPARSE_BUG),
-                                    pytest.param("sparse_csr", marks=_SPARSE_BUG),
-                                    "quantized"])
+@pytest.mark.parametrize("layout", ["sparse_coo", "sparse_csr", "quantized"])
 def test_non_strided_and_quantized_tensor_attributes_are_keyed_by_content(layout):
     def tensor(values):
         dense = torch.tensor([[values[0], 0.0, 0.0, values[1]]])
