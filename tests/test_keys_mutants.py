@@ -3,6 +3,7 @@
 run without the cache, keys against what the module computes (equal computation, equal
 key; different computation, different key), messages against what they must tell the user.
 """
+import cmath
 import functools
 import logging
 import math
@@ -381,6 +382,9 @@ def test_partial_keywords_and_set_attributes_are_keyed_by_content():
 
 def test_builtins_of_the_same_name_from_other_modules_get_other_keys():
     assert _key_of(_Activated(torch.exp)) != _key_of(_Activated(math.exp))
+    # the same qualified name ("exp") in two modules: only the module tells them apart
+    assert math.exp.__qualname__ == cmath.exp.__qualname__
+    assert _key_of(_Activated(math.exp)) != _key_of(_Activated(cmath.exp))
 
 
 class _SlottedScale:
