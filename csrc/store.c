@@ -83,7 +83,8 @@
  * kernel to read ahead (index_adopt). */
 #define PREFETCH_BYTES (1ull << 30)
 /* Refresh: segments whose writer is gone are re-checked for growth a few per
- * refresh, round robin, so one refresh costs O(active + this), not O(segments). */
+ * directory listing, round robin, so one refresh costs O(active + this), not
+ * O(segments); a refresh that does not list the directory re-checks none of them. */
 #define REFRESH_IDLE_CHECKS 32
 /* A listing is forced at least this often even when the directory's mtime is
  * unchanged (NFS caches attributes), and a listing taken less than this long
@@ -1562,11 +1563,24 @@ static int refresh_locked(tc_store *s, size_t *added, int force, char *err, size
         if (segment_recheck(s, si, now_wall, added) < 0)
             goto nomem;
     }
-    /* round robin from where the last refresh stopped (the cursor moves
-     * below, so the start is kept: a moving start skipped segments, and a
-     * forced refresh did not re-check them all) */
+    /* The directory is listed when its mtime moved (a segment was made, renamed
+     * or removed), when the last listing is not trusted (coarse timestamps), when
+     * forced, and at least every READDIR_FORCE_NS. */
+    int list = force || !s->readdir_trusted ||
+               now_ns() - s->last_readdir_ns >= READDIR_FORCE_NS;
+    if (!list) {
+        struct stat dst;
+        list = stat(s->dir, &dst) < 0 || mtime_of(&dst) != s->dir_mtime_ns;
+    }
+    /* Idle segments (no writer that may still append) change only by a rename or
+     * removal, which moves the directory's mtime, or by damage or a writer back
+     * from a long pause: they are re-checked with a listing, a few each time
+     * (round robin from where the last pass stopped; the cursor moves below, so
+     * the start is kept: a moving start skipped segments, and a forced refresh did
+     * not re-check them all), not at every refresh: with many old segments, each
+     * miss paid one stat per idle segment, up to REFRESH_IDLE_CHECKS of them. */
     size_t start = s->idle_cursor;
-    for (size_t k = 0; k < n && idle_left > 0; k++) {
+    for (size_t k = 0; list && k < n && idle_left > 0; k++) {
         size_t si = (start + k) % n;
         segment *g = &s->segs[si];
         if ((long)si == s->own || g->ignored || g->gone || g->live_writer)
@@ -1575,12 +1589,6 @@ static int refresh_locked(tc_store *s, size_t *added, int force, char *err, size
         s->idle_cursor = si + 1;
         if (segment_recheck(s, si, now_wall, added) < 0)
             goto nomem;
-    }
-    int list = force || !s->readdir_trusted ||
-               now_ns() - s->last_readdir_ns >= READDIR_FORCE_NS;
-    if (!list) {
-        struct stat dst;
-        list = stat(s->dir, &dst) < 0 || mtime_of(&dst) != s->dir_mtime_ns;
     }
     if (list && refresh_readdir(s, now_wall, added) < 0)
         goto nomem;
