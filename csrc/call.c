@@ -7,7 +7,8 @@
  * keys of existing stores keep hitting), XORs in each output leaf's constant, looks
  * every leaf key up, splits hits from misses and gathers the hits' records straight
  * into the rows of newly allocated full-batch output tensors, handed back as DLPack
- * capsules.  call_put stores one leaf's computed rows under their keys.
+ * capsules.  call_put stores every leaf's computed rows under their keys, the GIL
+ * released once.
  *
  * Each tensor crosses once per call, through the exporter the shim registers
  * (torch's to_dlpack; __dlpack__ otherwise).  No torch object is made for keys or
@@ -20,6 +21,7 @@
 #include "store.h"
 #include "store_module.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -523,11 +525,30 @@ fail_early:
 /* ---- call_put -------------------------------------------------------------------- */
 
 PyDoc_STRVAR(call_put_doc,
-"call_put(store, keys, rows, leaf, src) -> int\n--\n\n"
-"Store src[r] (a contiguous host tensor (N, ...)) under the key of row rows[r]\n"
-"XOR the leaf constant `leaf` (16 bytes).  keys: the item keys call_fetch\n"
-"returned; rows: int64 row indices as bytes (N of them), or None for rows 0..N-1.\n"
-"Returns how many records were appended (present keys are skipped).");
+"call_put(store, keys, rows, leaves, srcs) -> int\n--\n\n"
+"Store the computed rows of every output leaf of a call, with the GIL released\n"
+"once: srcs[j][r] (srcs: a tuple or list of contiguous host tensors (N, ...)) goes\n"
+"under the key of row rows[r] XOR leaf constant j (leaves: 16 bytes per leaf, one\n"
+"per src).  keys: the item keys call_fetch returned; rows: int64 row indices as\n"
+"bytes (N of them), or None for rows 0..N-1.  Returns the fewest records any leaf\n"
+"appended (present keys are skipped; a full or failed store appends fewer).");
+
+/* One leaf's keys: row rows[r] (r when rows is NULL) of keys XOR leaf. */
+static int leaf_row_keys(const uint64_t *keys, int64_t batch, const int64_t *rows, int64_t n,
+                         const uint64_t leaf[2], uint64_t *out)
+{
+    for (int64_t r = 0; r < n; r++) {
+        int64_t row = rows ? rows[r] : r;
+        if (row < 0 || row >= batch) {
+            PyErr_Format(PyExc_IndexError, "row %lld is out of range for %lld keys",
+                         (long long)row, (long long)batch);
+            return -1;
+        }
+        out[2 * r] = keys[2 * row] ^ leaf[0];
+        out[2 * r + 1] = keys[2 * row + 1] ^ leaf[1];
+    }
+    return 0;
+}
 
 static PyObject *py_call_put(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -541,53 +562,68 @@ static PyObject *py_call_put(PyObject *self, PyObject *const *args, Py_ssize_t n
                                     BYTES_NONE_OK | BYTES_EMPTY_OK);
     if (n_rows < 0)
         return NULL;
-    uint64_t leaf[2];
-    if (digest_words(args[3], "leaf", 1, leaf) < 0)
+    Py_ssize_t n_leaves = bytes_units(args[3], "leaves", "16 bytes per leaf", 16, 0);
+    if (n_leaves < 0)
         return NULL;
-    tc_view src;
-    if (export_view(args[4], "src", &src) < 0)
+    PyObject *srcs = args[4];
+    if (!PyTuple_Check(srcs) && !PyList_Check(srcs)) {
+        PyErr_SetString(PyExc_TypeError, "srcs must be a tuple or list of tensors");
         return NULL;
-    PyObject *result = NULL;
-    int64_t n = args[2] == Py_None ? (int64_t)batch : (int64_t)n_rows;
-    if (!is_host(&src) || !src.contiguous || src.ndim < 1 || src.shape[0] != n ||
-        src.ndim - 1 > TC_STORE_MAX_NDIM) {
-        PyErr_Format(PyExc_ValueError,
-                     "src must be a contiguous host tensor (%lld, ...) with at most %d item "
-                     "dimensions", (long long)n, TC_STORE_MAX_NDIM);
-        goto done;
     }
+    if (PySequence_Fast_GET_SIZE(srcs) != n_leaves) {
+        PyErr_Format(PyExc_ValueError, "srcs holds %zd tensors for %zd leaves",
+                     PySequence_Fast_GET_SIZE(srcs), n_leaves);
+        return NULL;
+    }
+    int64_t n = args[2] == Py_None ? (int64_t)batch : (int64_t)n_rows;
     const int64_t *rows = args[2] == Py_None ? NULL : (const int64_t *)PyBytes_AS_STRING(args[2]);
     const uint64_t *keys = (const uint64_t *)PyBytes_AS_STRING(args[1]);
-    uint64_t *lk = PyMem_Malloc(sizeof(uint64_t) * 2 * (size_t)(n ? n : 1));
-    if (lk == NULL) {
+    uint64_t *leaf = PyMem_Malloc(sizeof(uint64_t) * 2 * (size_t)n_leaves);
+    uint64_t *lk = PyMem_Malloc(sizeof(uint64_t) * 2 * (size_t)n_leaves * (size_t)(n ? n : 1));
+    tc_view *views = PyMem_Calloc((size_t)n_leaves, sizeof(tc_view));
+    PyObject *result = NULL;
+    if (leaf == NULL || lk == NULL || views == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    for (int64_t r = 0; r < n; r++) {
-        int64_t row = rows ? rows[r] : r;
-        if (row < 0 || row >= batch) {
-            PyMem_Free(lk);
-            PyErr_Format(PyExc_IndexError, "row %lld is out of range for %lld keys",
-                         (long long)row, (long long)batch);
+    if (digest_words(args[3], "leaves", n_leaves, leaf) < 0)
+        goto done;
+    for (Py_ssize_t j = 0; j < n_leaves; j++) {
+        tc_view *v = &views[j];
+        if (export_view(PySequence_Fast_GET_ITEM(srcs, j), "src", v) < 0)
+            goto done;
+        if (!is_host(v) || !v->contiguous || v->ndim < 1 || v->shape[0] != n ||
+            v->ndim - 1 > TC_STORE_MAX_NDIM) {
+            PyErr_Format(PyExc_ValueError,
+                         "src %zd must be a contiguous host tensor (%lld, ...) with at most %d "
+                         "item dimensions", j, (long long)n, TC_STORE_MAX_NDIM);
             goto done;
         }
-        lk[2 * r] = keys[2 * row] ^ leaf[0];
-        lk[2 * r + 1] = keys[2 * row + 1] ^ leaf[1];
+        if (leaf_row_keys(keys, batch, rows, n, leaf + 2 * j, lk + 2 * (size_t)n * (size_t)j) < 0)
+            goto done;
     }
     char err[512] = "";
-    size_t stored = 0;
-    int rc;
+    size_t fewest = SIZE_MAX;
+    int rc = TC_STORE_OK;
     Py_BEGIN_ALLOW_THREADS
-    rc = tc_store_put(store, lk, (size_t)n, src.dtype_word, src.ndim - 1, src.shape + 1,
-                      src.data, &stored, err, sizeof(err));
+    for (Py_ssize_t j = 0; j < n_leaves && rc == TC_STORE_OK; j++) {
+        size_t stored = 0;
+        rc = tc_store_put(store, lk + 2 * (size_t)n * (size_t)j, (size_t)n, views[j].dtype_word,
+                          views[j].ndim - 1, views[j].shape + 1, views[j].data, &stored, err,
+                          sizeof(err));
+        fewest = stored < fewest ? stored : fewest;
+    }
     Py_END_ALLOW_THREADS
-    PyMem_Free(lk);
     if (rc != TC_STORE_OK)
         tc_store_module_raise(rc, err);
     else
-        result = PyLong_FromSize_t(stored);
+        result = PyLong_FromSize_t(fewest);
 done:
-    tc_view_release(&src);
+    for (Py_ssize_t j = 0; views != NULL && j < n_leaves; j++)
+        tc_view_release(&views[j]); /* a view never exported is all zero */
+    PyMem_Free(views);
+    PyMem_Free(lk);
+    PyMem_Free(leaf);
     return result;
 }
 

@@ -284,6 +284,7 @@ def test_an_in_memory_cache_in_a_dataloader_worker_is_told_to_go_persistent(capl
     # torch's worker query answers as it does inside a DataLoader worker process.
     monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())
     monkeypatch.setattr(cache, "_warned_process", set())
+    monkeypatch.setattr(cache, "_worker_unchecked", True)  # as in a new process
     Scale = torchcache()(type("WorkerScale", (_Scale,), {}))
     m = Scale().eval()
     x = torch.randn(2, 3)

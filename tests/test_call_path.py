@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 
 from torchcache_c import _C, hash_tensor, torchcache
-from torchcache_c.cache import _leaf_constants
-from torchcache_c.tiers import DeviceTier
+from torchcache_c.cache import _dtype_from_word, _leaf_constants, _StoreHandle
+from torchcache_c.tiers import DeviceTier, HostTier
 
 CTX = hashlib.blake2b(b"some call context", digest_size=16).digest()
 
@@ -132,14 +132,63 @@ def test_call_put_stores_the_rows_under_their_leaf_keys():
     key_bytes = _C.call_fetch(_C.Store(None), [x], CTX, None, 0, 1)[0]
     rows = torch.tensor([1, 3], dtype=torch.int64)
     values = torch.randn(2, 3)
-    assert _C.call_put(store, key_bytes, rows_bytes(rows), _leaf_constants(1), values) == 2
+    assert _C.call_put(store, key_bytes, rows_bytes(rows), _leaf_constants(1), [values]) == 2
     present = store.lookup(leaf_keys(keys, 0))
     assert list(present) == [0, 1, 0, 1, 0]
     dest = torch.empty(2, 3)
     store.gather(leaf_keys(keys[rows], 0), dest)
     assert torch.equal(dest, values)
     # None: rows 0..N-1; present keys are skipped
-    assert _C.call_put(store, key_bytes, None, _leaf_constants(1), torch.randn(5, 3)) == 3
+    assert _C.call_put(store, key_bytes, None, _leaf_constants(1), (torch.randn(5, 3),)) == 3
+
+
+def test_call_put_stores_every_leaf_under_its_own_constant():
+    x = torch.randn(4, 3)
+    keys = reference_keys([x])
+    key_bytes = _C.call_fetch(_C.Store(None), [x], CTX, None, 0, 1)[0]
+    store = _C.Store(None)
+    first, second = torch.randn(2, 5), torch.arange(6, dtype=torch.int64).view(2, 3)
+    rows = [0, 2]
+    assert _C.call_put(store, key_bytes, rows_bytes(rows), _leaf_constants(2),
+                       (first, second)) == 2
+    for j, want in enumerate((first, second)):
+        lk = leaf_keys(keys, j)
+        assert list(store.lookup(lk)) == [1, 0, 1, 0]
+        dest = torch.empty_like(want)
+        store.gather(lk[rows], dest)
+        assert torch.equal(dest, want)
+    # the fewest rows any leaf stored: leaf 0 holds rows 0, 1 and 2 now, leaf 1 rows 0, 2
+    store.put(leaf_keys(keys, 0)[1:2], torch.randn(1, 5))
+    assert _C.call_put(store, key_bytes, None, _leaf_constants(2),
+                       [torch.randn(4, 5), torch.zeros(4, 3, dtype=torch.int64)]) == 1
+    for j in range(2):
+        assert list(store.lookup(leaf_keys(keys, j))) == [1, 1, 1, 1]
+    dest = torch.empty(2, 3, dtype=torch.int64)  # present rows are not replaced
+    store.gather(leaf_keys(keys, 1)[rows], dest)
+    assert torch.equal(dest, second)
+
+
+def test_call_put_on_a_full_store_stores_what_fits():
+    x = torch.randn(3, 2)
+    key_bytes = _C.call_fetch(_C.Store(None), [x], CTX, None, 0, 1)[0]
+    store = _C.Store(None, max_bytes=1)
+    assert _C.call_put(store, key_bytes, None, _leaf_constants(1), [torch.randn(3, 8)]) == 0
+    assert store.is_full
+
+
+def test_call_put_checks_its_leaves():
+    store, x = _C.Store(None), torch.randn(2, 3)
+    keys = _C.call_fetch(store, [x], CTX, None, 0, 1)[0]
+    with pytest.raises(ValueError, match="srcs holds 1 tensors for 2 leaves"):
+        _C.call_put(store, keys, None, _leaf_constants(2), [torch.randn(2, 3)])
+    with pytest.raises(TypeError, match="srcs must be a tuple or list of tensors"):
+        _C.call_put(store, keys, None, _leaf_constants(1), torch.randn(2, 3))
+    with pytest.raises(TypeError, match="leaves must be 16 bytes per leaf"):
+        _C.call_put(store, keys, None, b"", [])
+    with pytest.raises(ValueError, match=r"src 1 must be a contiguous host tensor \(2, \.\.\.\)"):
+        _C.call_put(store, keys, None, _leaf_constants(2), [torch.randn(2, 3), torch.randn(3, 3)])
+    # nothing was stored by the refused calls
+    assert list(store.lookup(leaf_keys(reference_keys([x]), 0))) == [0, 0]
 
 
 def rows_bytes(rows):
@@ -155,9 +204,9 @@ def test_call_functions_check_their_arguments():
     with pytest.raises(TypeError):
         _C.call_fetch("not a store", [x], CTX, None, 0, 1)
     with pytest.raises(TypeError, match="rows must be None or int64 indices as bytes"):
-        _C.call_put(store, b"\0" * 32, b"\0" * 7, _leaf_constants(1), torch.randn(1, 3))
+        _C.call_put(store, b"\0" * 32, b"\0" * 7, _leaf_constants(1), [torch.randn(1, 3)])
     with pytest.raises(TypeError, match="keys must be bytes, 16 per row"):
-        _C.call_put(store, b"\0" * 17, None, _leaf_constants(1), torch.randn(1, 3))
+        _C.call_put(store, b"\0" * 17, None, _leaf_constants(1), [torch.randn(1, 3)])
     with pytest.raises(TypeError, match="leaves must be None or 16 bytes per leaf"):
         _C.call_fetch(store, [x], CTX, b"", 0, 1)
     with pytest.raises(TypeError):
@@ -168,9 +217,9 @@ def test_call_functions_check_their_arguments():
         _C.call_fetch(store, [x], CTX, None, -1, 1)
     keys = _C.call_fetch(store, [x], CTX, None, 0, 1)[0]
     with pytest.raises(IndexError):
-        _C.call_put(store, keys, rows_bytes([5]), _leaf_constants(1), torch.randn(1, 3))
+        _C.call_put(store, keys, rows_bytes([5]), _leaf_constants(1), [torch.randn(1, 3)])
     with pytest.raises(ValueError):
-        _C.call_put(store, keys, None, _leaf_constants(1), torch.randn(3, 2).t())
+        _C.call_put(store, keys, None, _leaf_constants(1), [torch.randn(3, 2).t()])
     store.close()
     with pytest.raises(_C.StoreClosedError):
         _C.call_fetch(store, [x], CTX, None, 0, 1)
@@ -181,8 +230,11 @@ def test_inputs_it_cannot_read_are_left_to_the_caller():
     assert _C.call_fetch(store, [torch.empty(2, 3, device="meta")], CTX, None, 0, 1) is None
     assert _C.call_fetch(store, [torch.randn(2, 3).to_sparse()], CTX, None, 0, 1) is None
     assert _C.call_fetch(store, [torch.randn(2, 3), torch.randn(3, 3)], CTX, None, 0, 1) is None
-    assert DeviceTier(torch.device("cpu"), 0).call_fetch([torch.randn(2, 3)], CTX, None,
-                                                         None) is None
+    # a device tier's slabs live on the device: its handle has no C store for the
+    # one-call path, so the step-by-step path serves it
+    assert _StoreHandle(DeviceTier(torch.device("cpu"), 0)).c_store is None
+    host = _C.Store(None)
+    assert _StoreHandle(HostTier(host, _dtype_from_word)).c_store is host
 
 
 # ---- through the decorator ---------------------------------------------------------------

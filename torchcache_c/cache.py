@@ -136,6 +136,8 @@ class _StoreHandle:
 
     def __init__(self, store: Any):
         self.store = store
+        # The C store behind a HostTier (the one-call path of csrc/call.c), else None.
+        self.c_store = store.store if isinstance(store, HostTier) else None
         self.lock = threading.Lock()
         self.layouts: Dict[str, dict] = {}
         # issue 15 hook: the object-store tier behind this directory (remote.py), or None.
@@ -147,6 +149,12 @@ _registry_lock = threading.Lock()
 _private_dir: Optional[Path] = None
 _caches: "weakref.WeakSet[ModuleCache]" = weakref.WeakSet()
 _warned_process: set = set()
+# Whether this process has yet to ask if it is a DataLoader worker (once per process:
+# a worker is a new process, and a forked child asks again).
+_worker_unchecked = True
+# One C call that says whether autocast is on for any device (torch >= 2.4), so that
+# the common case skips autocast_state's per-device queries.
+_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", None)
 # A miss scans the directory for other processes' records before forward runs, every
 # time: a rank that asks after a barrier must see what the others stored before it.
 # A scan costs a readdir and one fstat per segment, far less than a forward pass.
@@ -159,8 +167,9 @@ def _reinit_locks_in_child() -> None:
     """A forked child has only the forking thread: a lock another thread held at
     the fork would never be released.  The C store makes fork consistent for its
     own state (csrc/store.c); these Python locks only serialize calls."""
-    global _registry_lock
+    global _registry_lock, _worker_unchecked
     _registry_lock = threading.Lock()
+    _worker_unchecked = True
     for handle in list(_open_stores.values()):
         handle.lock = threading.Lock()
     for cache in list(_caches):
@@ -254,6 +263,8 @@ class ModuleCache:
         self._handle_hash: Optional[str] = None
         self._logged: set = set()
         self._counts = {"hits": 0, "misses": 0, "items_stored": 0}
+        # A limit of 0 stores nothing, as in torchcache 0.4.1.
+        self._store_nothing = self._limit() == 0
         self._key_switches = 0
         # Context digests by (module key, training, autocast, argument text): a call
         # with a context seen before skips the blake2b.
@@ -296,8 +307,7 @@ class ModuleCache:
                                  else "max_memory_cache_size"])
 
     def _full(self) -> bool:
-        # A limit of 0 stores nothing, as in torchcache 0.4.1.
-        if self._limit() == 0:
+        if self._store_nothing:
             return self._counts["misses"] > 0
         return self._handle is not None and bool(self._handle.store.is_full)
 
@@ -357,13 +367,6 @@ class ModuleCache:
             return forward(*args, **kwargs)
         start = time.perf_counter()
         try:
-            return self._call(forward, args, kwargs, training)
-        finally:
-            self.keys.spent(time.perf_counter() - start)
-
-    def _call(self, forward: Callable, args: tuple, kwargs: dict,
-              training: Optional[bool]) -> Any:
-        try:
             return self._cached_call(forward, args, kwargs, training)
         except LayoutUnavailable:
             # The stored layout names a class this process has not loaded (the cache
@@ -372,6 +375,8 @@ class ModuleCache:
                            "not loaded in this process; %s runs forward for such calls",
                            self.qualname)
             return forward(*args, **kwargs)
+        finally:
+            self.keys.spent(time.perf_counter() - start)
 
     def _cached_call(self, forward: Callable, args: tuple, kwargs: dict,
                      training: Optional[bool]) -> Any:
@@ -400,24 +405,29 @@ class ModuleCache:
                 # The same keys again: looked up, not hashed a second time.
                 found = self._find(handle, inputs, ctx_digest, layout, device, batch,
                                    keys=found.keys)
+        if found.hits == batch:
+            with self._lock:
+                self._counts["hits"] += batch
+            self._report_faults(handle.store)
+            return unflatten_output(layout["spec"], found.leaves)
         with self._lock:
             self._counts["hits"] += found.hits
             self._counts["misses"] += batch - found.hits
-        if found.hits == batch:
-            self._report_faults(handle.store)
-            return unflatten_output(layout["spec"], found.leaves)
         # The misses (every row, or found.miss): forward runs on them, they are stored,
         # and their rows are written into the hits' outputs.
-        miss_leaves, layout = self._forward_misses(forward, args, kwargs, found.miss, batch)
+        miss_leaves, layout = self._forward_misses(forward, args, kwargs, found.miss, batch,
+                                                   layout)
         if self.keys.after_forward():
             # forward assigned attributes that were in the key: they are left out
             # from now on, so these outputs belong under the key without them.
             handle, ctx_hex, ctx_digest = self._context(context, device, grad, training)
             found.keys = self._find(handle, inputs, ctx_digest, None, device, batch).keys
-        self._register_layout(handle, ctx_hex, layout)
-        self._store(handle, found, miss_leaves, layout)
+        if handle.layouts.get(ctx_hex) is not layout:
+            self._register_layout(handle, ctx_hex, layout)
+        stored = self._stored_leaves(miss_leaves)
+        self._store(handle, found, stored)
         self._report_faults(handle.store)
-        leaves = [self._returned(t, layout, j, device) for j, t in enumerate(miss_leaves)]
+        leaves = self._returned(stored, layout, device)
         if found.hits:
             for j, (out, miss_leaf) in enumerate(zip(found.leaves, leaves, strict=True)):
                 if miss_leaf.shape[1:] != out.shape[1:]:
@@ -457,7 +467,9 @@ class ModuleCache:
             self._log_once("dropout", "%s is cached in training mode with active dropout (%s): "
                            "one random sample per item is stored and served from then on. "
                            "Call .eval() on the cached module", self.qualname, self.keys.dropout)
-        if not self.persistent and "worker" not in _warned_process:
+        global _worker_unchecked
+        if not self.persistent and _worker_unchecked:
+            _worker_unchecked = False
             info = torch.utils.data.get_worker_info()
             if info is not None:
                 _warned_process.add("worker")
@@ -469,6 +481,8 @@ class ModuleCache:
 
     @staticmethod
     def _autocast(device: torch.device) -> str:
+        if _any_autocast is not None and not _any_autocast():
+            return "noautocast"
         return autocast_state(device.type if device.type in ("cpu", "cuda") else "cpu")
 
     def _current_store(self, device: torch.device, grad: bool) -> Tuple[_StoreHandle, str]:
@@ -567,12 +581,16 @@ class ModuleCache:
         else:
             tensors = [t if not (t.is_conj() or t.is_neg()) else _resolved(t)
                        for _, t in inputs]
-        if layout is None:
-            result = handle.store.call_fetch(tensors, ctx_digest, None, self.subsample_count)
+        c_store = handle.c_store
+        if c_store is None:
+            result = None
+        elif layout is None:
+            result = _C.call_fetch(c_store, tensors, ctx_digest, None, self.subsample_count or 0,
+                                   torch.get_num_threads())
         else:
             with handle.lock:
-                result = handle.store.call_fetch(tensors, ctx_digest, leaves,
-                                                 self.subsample_count)
+                result = _C.call_fetch(c_store, tensors, ctx_digest, leaves,
+                                       self.subsample_count or 0, torch.get_num_threads())
         if result is None:
             return self._find_steps(handle, tensors, ctx_digest, layout, device, batch)
         keys, hits, miss_rows, capsules = result
@@ -629,8 +647,10 @@ class ModuleCache:
         return found
 
     def _forward_misses(self, forward, args, kwargs, miss: Optional[torch.Tensor],
-                        batch: int):
-        """forward on every row (miss None) or on rows `miss` only."""
+                        batch: int, known: Optional[dict]):
+        """forward on every row (miss None) or on rows `miss` only; the outputs' leaves
+        and their layout (`known` itself when they match it, so that the caller can
+        tell a layout seen before by identity)."""
         if miss is None:
             out = forward(*args, **kwargs)
         else:
@@ -643,9 +663,10 @@ class ModuleCache:
                 raise ValueError(
                     f"output leaf {j} has shape {tuple(leaf.shape)}; every output tensor must "
                     f"have the batch size {rows} as its leading dimension")
-        layout = {"spec": spec, "dtypes": [_DTYPE_NAME_OF.get(t.dtype) or str(t.dtype).split(".")[1]
-                                           for t in leaves]}
-        return leaves, layout
+        dtypes = [_DTYPE_NAME_OF.get(t.dtype) or str(t.dtype).split(".")[1] for t in leaves]
+        if known is not None and known["dtypes"] == dtypes and known["spec"] == spec:
+            return leaves, known
+        return leaves, {"spec": spec, "dtypes": dtypes}
 
     def _register_layout(self, handle: _StoreHandle, ctx_hex: str, layout: dict) -> None:
         with handle.lock:
@@ -677,55 +698,62 @@ class ModuleCache:
             leaf = leaf.to(self.cache_dtype)
         return leaf
 
-    def _returned(self, leaf: torch.Tensor, layout: dict, j: int, device) -> torch.Tensor:
-        # Misses go through the stored dtype too, so an output never depends on whether
-        # it was a hit: the same item gives the same values in every epoch.
-        dtype = _DTYPE_NAMES.get(layout["dtypes"][j], leaf.dtype)
-        leaf = self._stored(leaf)
-        if leaf.dtype != dtype or leaf.device != device:
-            leaf = leaf.to(device=device, dtype=dtype)
-        return leaf
+    def _stored_leaves(self, leaves: List[torch.Tensor]) -> List[torch.Tensor]:
+        """The leaves as they are stored: detached, in cache_dtype when one is set."""
+        if self.cache_dtype is None and not any(t.requires_grad for t in leaves):
+            return leaves
+        return [self._stored(t) for t in leaves]
 
-    def _store(self, handle: _StoreHandle, found: "_Found", leaves, layout) -> None:
-        """Store the computed rows (found.miss, or every row) of each leaf."""
-        store = handle.store
-        if store.is_full or store.io_error:
-            return
-        if self._limit() == 0:
+    @staticmethod
+    def _returned(stored: List[torch.Tensor], layout: dict, device) -> List[torch.Tensor]:
+        # Misses are returned from their stored form, so an output never depends on
+        # whether it was a hit: the same item gives the same values in every epoch.
+        out = []
+        for name, leaf in zip(layout["dtypes"], stored, strict=True):
+            dtype = _DTYPE_NAMES.get(name, leaf.dtype)
+            if leaf.dtype != dtype or leaf.device != device:
+                leaf = leaf.to(device=device, dtype=dtype)
+            out.append(leaf)
+        return out
+
+    def _store(self, handle: _StoreHandle, found: "_Found", leaves: List[torch.Tensor]) -> None:
+        """Store the computed rows (found.miss, or every row) of each leaf (as
+        _stored_leaves gives them)."""
+        if self._store_nothing:
             limit = "max_persistent_cache_size" if self.persistent else "max_memory_cache_size"
             self._log_once("full", "%s=0: new outputs are not stored, forward keeps running",
                            limit)
             return
-        # One lock hold for every leaf of the call (a miss's bookkeeping is per call,
-        # not per leaf: issue 11).
-        keys, rows = found.keys, found.miss_rows
-        stored_now = []
+        store, keys = handle.store, found.keys
         if isinstance(keys, bytes):
-            constants = _leaf_constants(len(leaves))
+            # The C path: every leaf in one call, under one lock hold (a full or
+            # failed store appends nothing and says so below).
+            srcs = [t if t.is_cpu and t.is_contiguous() else t.cpu().contiguous()
+                    for t in leaves]
             with handle.lock:
-                for j, leaf in enumerate(leaves):
-                    stored_now.append(store.put_rows(keys, rows, constants[16 * j:16 * j + 16],
-                                                     self._stored(leaf)))
+                stored = _C.call_put(handle.c_store, keys, found.miss_rows,
+                                     _leaf_constants(len(srcs)), srcs)
         else:
+            if store.is_full or store.io_error:
+                return
             if found.miss is not None:
                 keys = keys[found.miss]
             with handle.lock:
-                for j, leaf in enumerate(leaves):
-                    stored_now.append(store.put(_leaf_keys(keys, j), self._stored(leaf)))
-        stored = min(stored_now)
+                stored = min(store.put(_leaf_keys(keys, j), leaf)
+                             for j, leaf in enumerate(leaves))
         with self._lock:
             self._counts["items_stored"] += stored
         if handle.remote is not None:
             handle.remote.notify()  # issue 15 hook: the uploader may seal new records
         if stored == leaves[0].shape[0]:
             return  # every row stored: neither full nor failed
-        if handle.store.is_full:
+        if store.is_full:
             limit = "max_persistent_cache_size" if self.persistent else "max_memory_cache_size"
             self._log_once("full", "cache is full (%s reached); new outputs are not stored, "
                            "forward keeps running", limit)
-        if handle.store.io_error:
+        if store.io_error:
             self._log_once("io", "cache stopped storing after an I/O error: %s",
-                           handle.store.io_error)
+                           store.io_error)
 
     def _gather(self, store: Any, keys: torch.Tensor, layout: dict,
                 device) -> Tuple[List[torch.Tensor], torch.Tensor]:

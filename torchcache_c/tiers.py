@@ -8,11 +8,12 @@ anonymous arena in host memory.  ``DeviceTier`` is the memory tier on a device
     put(keys, src) -> int            store row i of src under keys[i]; rows stored
     fetch(keys, dtype, device)       (rows as one tensor on `device` in `dtype`, or None;
         -> (tensor, served)          bool mask of the rows it could serve)
-    call_fetch(tensors, ctx, leaves, subsample_count)
-                                     a whole call's keys, lookup and hits in one C call
-                                     (csrc/call.c), or None: use the steps above
-    put_rows(keys, rows, leaf, src)  put with call_fetch's keys (HostTier only)
     is_full, io_error, stats(), take_faults(), close()
+
+A HostTier's C store (``.store``) also takes the one-call path of csrc/call.c:
+cache.py calls ``_C.call_fetch`` (a whole call's keys, lookup and hits) and
+``_C.call_put`` (every leaf's computed rows) on it directly, without a Python frame
+in between; a DeviceTier serves the step-by-step path above.
 
 A fault is a row not served, never an exception: the caller recomputes those rows.
 
@@ -38,6 +39,8 @@ class HostTier:
     def __init__(self, store: Any, dtype_of_word: Callable[[int], torch.dtype]):
         self.store = store
         self._dtype_of_word = dtype_of_word
+        # Called once per cached call: the C methods themselves, no Python frame.
+        self.take_faults = store.take_faults
 
     @property
     def is_full(self) -> bool:
@@ -52,20 +55,6 @@ class HostTier:
 
     def put(self, keys: torch.Tensor, src: torch.Tensor) -> int:
         return self.store.put(keys, src.to("cpu").contiguous())
-
-    def call_fetch(self, tensors: List[torch.Tensor], ctx: bytes, leaves: Optional[bytes],
-                   subsample_count: Optional[int]) -> Optional[tuple]:
-        """One C call for the call's keys, lookup, split and hits (None for device
-        inputs): see _C.call_fetch."""
-        return _C.call_fetch(self.store, tensors, ctx, leaves, subsample_count or 0,
-                             torch.get_num_threads())
-
-    def put_rows(self, keys: bytes, rows: Optional[bytes], leaf: bytes,
-                 src: torch.Tensor) -> int:
-        """Store src's rows under the keys of rows `rows` (None: all) XOR leaf."""
-        if not src.is_cpu:
-            src = src.cpu()
-        return _C.call_put(self.store, keys, rows, leaf, src.contiguous())
 
     def fetch(self, keys: torch.Tensor, dtype: torch.dtype,
               device: torch.device) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
@@ -83,9 +72,6 @@ class HostTier:
 
     def stats(self) -> dict:
         return self.store.stats()
-
-    def take_faults(self) -> Dict[str, str]:
-        return self.store.take_faults()
 
     def close(self) -> None:
         self.store.close()
@@ -108,11 +94,6 @@ class DeviceTier:
 
     def lookup(self, keys: torch.Tensor) -> bytes:
         return self.index.lookup(keys)
-
-    def call_fetch(self, tensors: List[torch.Tensor], ctx: bytes, leaves: Optional[bytes],
-                   subsample_count: Optional[int]) -> None:
-        """The slabs live on the device: the step-by-step path serves them."""
-        return None
 
     def put(self, keys: torch.Tensor, src: torch.Tensor) -> int:
         """Store row i of src under keys[i] (absent keys only); returns how many were stored."""
