@@ -296,6 +296,37 @@ def test_an_in_memory_cache_in_a_dataloader_worker_is_told_to_go_persistent(capl
     assert "Use persistent=True" in msg and "or cache in the main process" in msg
 
 
+def test_the_worker_question_is_asked_once_per_process_and_again_after_fork():
+    # The parent asks at its first call and not again; a forked child (a DataLoader
+    # worker made by fork) asks again at its own first call.
+    Scale = torchcache()(type("ForkScale", (_Scale,), {}))
+    m = Scale().eval()
+    x = torch.randn(2, 3)
+    with torch.no_grad():
+        m(x)
+    assert cache._worker_unchecked is False
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        code = 1
+        try:
+            asked = []
+            torch.utils.data.get_worker_info = lambda: asked.append(1) or object()
+            before = cache._worker_unchecked
+            with torch.no_grad():
+                ok = torch.equal(m(x), _reference(x))
+                m(x)
+            os.write(write, f"{before} {len(asked)} {ok}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    answer = os.read(read, 100).decode()
+    os.close(read)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    assert answer == "True 1 True"
+
+
 def test_a_zero_memory_limit_says_which_option_is_zero(caplog):
     Scale = torchcache(max_memory_cache_size=0)(type("Scale", (_Scale,), {}))
     m = Scale().eval()
