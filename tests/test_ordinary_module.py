@@ -199,6 +199,9 @@ def test_memory_tier_in_a_dataloader_worker_warns(caplog):
 
     _utils.worker._worker_info = _utils.worker.WorkerInfo(id=0, num_workers=1, seed=0,
                                                           dataset=data)
+    # A worker is a new process, which asks whether it is one at its first call
+    # (a forked one too: test_cache_mutants.py checks the at-fork reset).
+    cache_mod._worker_unchecked = True
     try:
         with caplog.at_level(logging.WARNING, logger="torchcache_c"), torch.no_grad():
             data.model(torch.randn(2, 6))
