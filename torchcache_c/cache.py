@@ -704,10 +704,12 @@ class ModuleCache:
             return leaves
         return [self._stored(t) for t in leaves]
 
-    @staticmethod
-    def _returned(stored: List[torch.Tensor], layout: dict, device) -> List[torch.Tensor]:
+    def _returned(self, stored: List[torch.Tensor], layout: dict, device) -> List[torch.Tensor]:
         # Misses are returned from their stored form, so an output never depends on
         # whether it was a hit: the same item gives the same values in every epoch.
+        if self.cache_dtype is None:
+            # stored in forward's own dtypes (the layout's): only the device may differ
+            return [t if t.device == device else t.to(device) for t in stored]
         out = []
         for name, leaf in zip(layout["dtypes"], stored, strict=True):
             dtype = _DTYPE_NAMES.get(name, leaf.dtype)
