@@ -11,6 +11,13 @@
   put:    64 items of 1 MiB appended to a directory, vs os.write of the same bytes;
           and 256 records of 3 KB per call (the shape of a training batch), vs one
           os.write of the same bytes per call;
+  arena put: 100,000 records of 3 KB put in calls of 1,000 into a fresh
+          memory store (Store(None)), the cost per record in the first 10k,
+          the 40-50k and the 90-100k records, vs copying the same bytes into
+          memory already faulted in, and into fresh memory (mapped as the
+          arena maps its chunks, with MADV_HUGEPAGE; and with 4 KiB pages) at
+          the same stride: what the first write to new memory costs on this
+          machine, which the arena cannot avoid;
   open:   indexing a directory of 1,000,000 records (64-byte items) written by one
           store, with the index file its writer left at close (docs/format.md,
           section 9) and, as the reference, by the scan (the file moved aside);
@@ -27,12 +34,13 @@
   fds <= 2 and every record served at 10,000 segments; first gather <= 2x warm;
   open of 1M records <= 0.1 s.
 
-Usage: python benchmarks/bench_store.py [DIR] [--segments-only | --open-only]
+Usage: python benchmarks/bench_store.py [DIR] [--segments-only | --open-only | --arena-only]
        (DIR: where to write, default /tmp)
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import resource
 import subprocess
@@ -155,6 +163,58 @@ def bench_put_batches(root: str) -> None:
           f"{w / calls * 1e6:7.1f} us   ratio {w / p:.2f}")
 
 
+ARENA_RECORD = 3200  # a 3 KB item's record in the arena: 128-byte header, 3,072 bytes
+
+
+def fresh_rows(n: int, huge: bool) -> torch.Tensor:
+    """n rows of ARENA_RECORD bytes of memory never touched, as float32 rows (the
+    tensor keeps the anonymous mapping alive)."""
+    m = mmap.mmap(-1, n * ARENA_RECORD)
+    if huge:
+        m.madvise(mmap.MADV_HUGEPAGE)
+    return torch.frombuffer(m, dtype=torch.float32).view(n, ARENA_RECORD // 4)
+
+
+def bench_arena_put() -> None:
+    n, per, windows = 100_000, 1000, ((0, 10_000), (40_000, 50_000), (90_000, 100_000))
+    src = torch.randn(per, 768)
+    ks = torch.stack([torch.arange(n), torch.arange(n) * 5 + 2], 1).contiguous()
+
+    def per_call(write) -> list:
+        times = []
+        for i in range(0, n, per):
+            a = time.perf_counter()
+            write(i)
+            times.append(time.perf_counter() - a)
+        return times
+
+    rows = {}
+    store = Store(None)
+    rows["arena put"] = per_call(lambda i: store.put(ks[i:i + per], src))
+    assert store.stats()["records"] == n
+    store.close()  # its arena is unmapped: the references get fresh memory of their own
+    for label, huge in (("fresh, huge pages", True), ("fresh, 4 KiB pages", False)):
+        fresh = fresh_rows(n, huge)
+        rows[f"copy into {label}"] = per_call(lambda i, d=fresh: d[i:i + per, :768].copy_(src))
+    faulted = fresh_rows(n, True)
+    faulted.zero_()
+    rows["copy into faulted memory"] = per_call(lambda i: faulted[i:i + per, :768].copy_(src))
+
+    def at(times, lo, hi):
+        return sum(times[lo // per:hi // per]) / (hi - lo)
+
+    ref = rows["copy into faulted memory"]
+    fresh = rows["copy into fresh, huge pages"]
+    for label, times in rows.items():
+        cells = "   ".join(f"{lo // 1000}-{hi // 1000}k {at(times, lo, hi) * 1e6:5.2f} us"
+                           for lo, hi in windows)
+        print(f"{label:<29} per 3 KB record: {cells}")
+    for lo, hi in windows:
+        print(f"arena put {lo // 1000}-{hi // 1000}k records: x copy into faulted memory "
+              f"{at(rows['arena put'], lo, hi) / at(ref, lo, hi):5.2f}   x copy into fresh "
+              f"memory (huge pages) {at(rows['arena put'], lo, hi) / at(fresh, lo, hi):5.2f}")
+
+
 def segment_dir(root: str, count: int) -> str:
     """count segments of one record each (key i in segment i), written by a
     forked child that then exits, as in a long-lived shared cache whose writers
@@ -217,10 +277,14 @@ def segments_at_64_fds(root: str) -> None:
         store.close()
 
 
-def main(root: str, segments_only: bool, open_only: bool = False) -> None:
+def main(root: str, segments_only: bool, open_only: bool = False,
+         arena_only: bool = False) -> None:
     torch.set_num_threads(1)
     print(f"CPU: {cpu_description()}; torch {torch.__version__}; 1 thread; "
           f"load average {load_average()}")
+    if arena_only:
+        bench_arena_put()
+        return
     if open_only:
         bench_open_million(root)
         return
@@ -233,6 +297,7 @@ def main(root: str, segments_only: bool, open_only: bool = False) -> None:
         bench_gather(Store(where), src, "memory" if where is None else "dir")
     bench_first_gather(root)
     bench_put_batches(root)
+    bench_arena_put()
 
     big = torch.randn(64, 1 << 18)
     raw = big.numpy().tobytes()
@@ -306,5 +371,7 @@ def bench_open_million(root: str) -> None:
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a not in ("--segments-only", "--open-only")]
-    main(args[0] if args else "/tmp", "--segments-only" in sys.argv, "--open-only" in sys.argv)
+    flags = ("--segments-only", "--open-only", "--arena-only")
+    args = [a for a in sys.argv[1:] if a not in flags]
+    main(args[0] if args else "/tmp", "--segments-only" in sys.argv, "--open-only" in sys.argv,
+         "--arena-only" in sys.argv)
