@@ -147,8 +147,8 @@ def bench_first_gather(root: str) -> None:
               f"key not held; torch's first __dlpack__) {b * 1e6:6.1f} us   store's first "
               f"lookup+gather 256x3 KB: first call {f * 1e6:7.1f} us, first touch of other "
               f"records {t * 1e6:7.1f} us, warm {w * 1e6:6.1f} us   first/warm {f / w:5.2f}   "
-              f"first touch/warm {t / w:5.2f}   (first call + binding's)/warm {(f + b) / w:5.2f}"
-              f" (median of {len(runs)} processes)")
+              f"first touch/warm {t / w:5.2f}   first/first touch {f / t:5.2f}   (first call + "
+              f"binding's)/warm {(f + b) / w:5.2f} (median of {len(runs)} processes)")
 
 
 def bench_put_batches(root: str) -> None:
