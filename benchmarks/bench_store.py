@@ -7,10 +7,21 @@
           fixed cost per call;
   first:  in a fresh process (a new interpreter), open + the first lookup and
           gather of 256 random hits against the same call repeated (warm), with
-          the page cache warm and after fsync + posix_fadvise(DONTNEED);
+          the page cache warm and after fsync + posix_fadvise(DONTNEED).  The
+          binding's first calls (one lookup and gather of a key not held) run
+          before and are timed apart: torch's first __dlpack__ in a process
+          costs ~0.15 ms of Python work that is not the store's; the last ratio
+          puts it back;
   put:    64 items of 1 MiB appended to a directory, vs os.write of the same bytes;
           and 256 records of 3 KB per call (the shape of a training batch), vs one
           os.write of the same bytes per call;
+  arena put: 100,000 records of 3 KB put in calls of 1,000 into a fresh
+          memory store (Store(None)), the cost per record in the first 10k,
+          the 40-50k and the 90-100k records, vs copying the same bytes into
+          memory already faulted in, and into fresh memory (mapped as the
+          arena maps its chunks, with MADV_HUGEPAGE; and with 4 KiB pages) at
+          the same stride: what the first write to new memory costs on this
+          machine, which the arena cannot avoid;
   open:   indexing a directory of 1,000,000 records (64-byte items) written by one
           store, with the index file its writer left at close (docs/format.md,
           section 9) and, as the reference, by the scan (the file moved aside);
@@ -27,12 +38,14 @@
   fds <= 2 and every record served at 10,000 segments; first gather <= 2x warm;
   open of 1M records <= 0.1 s.
 
-Usage: python benchmarks/bench_store.py [DIR] [--segments-only | --open-only]
+Usage: python benchmarks/bench_store.py [DIR] [--segments-only | --open-only | --arena-only |
+                                                   --first-only]
        (DIR: where to write, default /tmp)
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import resource
 import subprocess
@@ -97,10 +110,15 @@ def call(k):
 first_call, first_touch = batch(int(sys.argv[2])), batch(1000 + int(sys.argv[2]))
 dest = torch.zeros(256, 768)
 a = time.perf_counter(); s = Store(path); o = time.perf_counter() - a
-f = call(first_call)    # the process's first call: binding and store both cold
+# The binding's first calls, with a key the store does not hold (no record is
+# read, no table slot of the batch is touched): torch's first __dlpack__ in a
+# process runs Python code (~0.15 ms) that is not the store's.
+absent = torch.tensor([[-1, -1]])
+a = time.perf_counter(); s.lookup(absent); s.gather(absent, dest[:1]); b = time.perf_counter() - a
+f = call(first_call)    # the store's first lookup+gather in this process
 t = call(first_touch)   # records touched for the first time, by a later call
 w = min(call(first_touch) for _ in range(100))
-print(o, f, t, w)
+print(o, f, t, w, b)
 """
 
 
@@ -124,11 +142,13 @@ def bench_first_gather(root: str) -> None:
             out = subprocess.run([sys.executable, "-c", FIRST_GATHER_CHILD, d, str(seed)],
                                  check=True, capture_output=True, text=True).stdout
             runs.append([float(x) for x in out.split()])
-        o, f, t, w = (sorted(r[i] for r in runs)[len(runs) // 2] for i in range(4))
-        print(f"fresh process [{label}] open {o * 1e3:6.1f} ms   lookup+gather 256x3 KB: "
-              f"first call {f * 1e6:7.1f} us, first touch of other records {t * 1e6:7.1f} us, "
-              f"warm {w * 1e6:6.1f} us   first/warm {f / w:5.2f}   first touch/warm "
-              f"{t / w:5.2f} (median of {len(runs)} processes)")
+        o, f, t, w, b = (sorted(r[i] for r in runs)[len(runs) // 2] for i in range(5))
+        print(f"fresh process [{label}] open {o * 1e3:6.1f} ms   binding's first calls (a "
+              f"key not held; torch's first __dlpack__) {b * 1e6:6.1f} us   store's first "
+              f"lookup+gather 256x3 KB: first call {f * 1e6:7.1f} us, first touch of other "
+              f"records {t * 1e6:7.1f} us, warm {w * 1e6:6.1f} us   first/warm {f / w:5.2f}   "
+              f"first touch/warm {t / w:5.2f}   first/first touch {f / t:5.2f}   (first call + "
+              f"binding's)/warm {(f + b) / w:5.2f} (median of {len(runs)} processes)")
 
 
 def bench_put_batches(root: str) -> None:
@@ -153,6 +173,66 @@ def bench_put_batches(root: str) -> None:
     print(f"put 256 x 3 KB per call: {p / calls * 1e6:7.1f} us per call "
           f"({p / (calls * batch) * 1e9:5.0f} ns per record)   os.write of the same bytes "
           f"{w / calls * 1e6:7.1f} us   ratio {w / p:.2f}")
+
+
+ARENA_RECORD = 3200  # a 3 KB item's record in the arena: 128-byte header, 3,072 bytes
+
+
+def fresh_rows(n: int, huge: bool) -> torch.Tensor:
+    """n rows of ARENA_RECORD bytes of memory never touched, as float32 rows (the
+    tensor keeps the anonymous mapping alive)."""
+    # private, as the arena's chunks (a shared anonymous mapping is shmem, which
+    # gets no huge pages under the usual shmem_enabled=never)
+    m = mmap.mmap(-1, n * ARENA_RECORD, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if huge:
+        m.madvise(mmap.MADV_HUGEPAGE)
+    return torch.frombuffer(m, dtype=torch.float32).view(n, ARENA_RECORD // 4)
+
+
+def bench_arena_put() -> None:
+    n, per, windows = 100_000, 1000, ((0, 10_000), (40_000, 50_000), (90_000, 100_000))
+    src = torch.randn(per, 768)
+    ks = torch.stack([torch.arange(n), torch.arange(n) * 5 + 2], 1).contiguous()
+
+    def per_call(write) -> list:
+        times = []
+        for i in range(0, n, per):
+            a = time.perf_counter()
+            write(i)
+            times.append(time.perf_counter() - a)
+        return times
+
+    # Every mapping stays until the end: memory one of them freed would be
+    # handed to the next, already backed (on a VM that gives freed memory back
+    # to its host, the next would then look much cheaper than fresh memory).
+    rows, held = {}, []
+    held.append(fresh_rows(n, True))
+    rows["copy into fresh, huge pages"] = per_call(
+        lambda i: held[0][i:i + per, :768].copy_(src))
+    store = Store(None)
+    rows["arena put"] = per_call(lambda i: store.put(ks[i:i + per], src))
+    assert store.stats()["records"] == n
+    held.append(fresh_rows(n, False))
+    rows["copy into fresh, 4 KiB pages"] = per_call(
+        lambda i: held[1][i:i + per, :768].copy_(src))
+    held.append(fresh_rows(n, True))
+    held[2].zero_()
+    rows["copy into faulted memory"] = per_call(lambda i: held[2][i:i + per, :768].copy_(src))
+    store.close()
+
+    def at(times, lo, hi):
+        return sum(times[lo // per:hi // per]) / (hi - lo)
+
+    ref = rows["copy into faulted memory"]
+    fresh = rows["copy into fresh, huge pages"]
+    for label, times in rows.items():
+        cells = "   ".join(f"{lo // 1000}-{hi // 1000}k {at(times, lo, hi) * 1e6:5.2f} us"
+                           for lo, hi in windows)
+        print(f"{label:<29} per 3 KB record: {cells}")
+    for lo, hi in windows:
+        print(f"arena put {lo // 1000}-{hi // 1000}k records: x copy into faulted memory "
+              f"{at(rows['arena put'], lo, hi) / at(ref, lo, hi):5.2f}   x copy into fresh "
+              f"memory (huge pages) {at(rows['arena put'], lo, hi) / at(fresh, lo, hi):5.2f}")
 
 
 def segment_dir(root: str, count: int) -> str:
@@ -217,10 +297,14 @@ def segments_at_64_fds(root: str) -> None:
         store.close()
 
 
-def main(root: str, segments_only: bool, open_only: bool = False) -> None:
+def main(root: str, segments_only: bool, open_only: bool = False,
+         arena_only: bool = False) -> None:
     torch.set_num_threads(1)
     print(f"CPU: {cpu_description()}; torch {torch.__version__}; 1 thread; "
           f"load average {load_average()}")
+    if arena_only:
+        bench_arena_put()
+        return
     if open_only:
         bench_open_million(root)
         return
@@ -233,6 +317,7 @@ def main(root: str, segments_only: bool, open_only: bool = False) -> None:
         bench_gather(Store(where), src, "memory" if where is None else "dir")
     bench_first_gather(root)
     bench_put_batches(root)
+    bench_arena_put()
 
     big = torch.randn(64, 1 << 18)
     raw = big.numpy().tobytes()
@@ -306,5 +391,12 @@ def bench_open_million(root: str) -> None:
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a not in ("--segments-only", "--open-only")]
-    main(args[0] if args else "/tmp", "--segments-only" in sys.argv, "--open-only" in sys.argv)
+    flags = ("--segments-only", "--open-only", "--arena-only", "--first-only")
+    args = [a for a in sys.argv[1:] if a not in flags]
+    if "--first-only" in sys.argv:
+        torch.set_num_threads(1)
+        print(f"load average {load_average()}")
+        bench_first_gather(args[0] if args else "/tmp")
+    else:
+        main(args[0] if args else "/tmp", "--segments-only" in sys.argv,
+             "--open-only" in sys.argv, "--arena-only" in sys.argv)

@@ -351,14 +351,16 @@ static uint64_t header_checksum(const rec_header *h, uint64_t segment_id, uint64
     return a;
 }
 
-/* The payload checksum, fed in pieces that are whole 16 KiB blocks (the last
- * piece may end with a shorter block). */
-static uint64_t payload_sum_begin(uint64_t n)
+/* The block-sum checksum of docs/format.md section 4, fed in pieces that are
+ * whole 16 KiB blocks (the last piece may end with a shorter block).  The seed
+ * tells its uses apart: PAYLOAD_SEED for a record's payload, another for an
+ * index file's entries (store_index.c). */
+uint64_t tc_store_sum_begin(uint64_t seed, uint64_t n)
 {
-    return tc_fmix64(PAYLOAD_SEED ^ n);
+    return tc_fmix64(seed ^ n);
 }
 
-static uint64_t payload_sum_feed(uint64_t s, const uint8_t *p, uint64_t n)
+uint64_t tc_store_sum_feed(uint64_t s, const uint8_t *p, uint64_t n)
 {
     for (uint64_t off = 0; off < n; off += TC_HASH_BLOCK_BYTES) {
         uint64_t len = n - off < TC_HASH_BLOCK_BYTES ? n - off : TC_HASH_BLOCK_BYTES;
@@ -369,9 +371,14 @@ static uint64_t payload_sum_feed(uint64_t s, const uint8_t *p, uint64_t n)
     return s;
 }
 
+static uint64_t payload_sum_begin(uint64_t n)
+{
+    return tc_store_sum_begin(PAYLOAD_SEED, n);
+}
+
 static uint64_t payload_checksum(const uint8_t *p, uint64_t n)
 {
-    return payload_sum_feed(payload_sum_begin(n), p, n);
+    return tc_store_sum_feed(payload_sum_begin(n), p, n);
 }
 
 _Static_assert(VERIFY_CHUNK_BYTES % TC_HASH_BLOCK_BYTES == 0, "chunks are whole blocks");
@@ -850,7 +857,7 @@ static int payload_verify(tc_store *s, size_t si, uint64_t off, const rec_header
             rc = -1;
             break;
         }
-        sum = payload_sum_feed(sum, buf, len);
+        sum = tc_store_sum_feed(sum, buf, len);
         done += len;
     }
     free(buf);
@@ -2978,7 +2985,8 @@ static int key_set_add(key_set *k, uint64_t k0, uint64_t k1)
     return 1;
 }
 
-static int write_fully(int fd, const void *p, size_t n, uint64_t off)
+/* Shared with store_index.c (declared in store.h). */
+int tc_store_write_fully(int fd, const void *p, size_t n, uint64_t off)
 {
     const uint8_t *b = p;
     while (n > 0) {
@@ -3071,7 +3079,7 @@ static int compact_segment(tc_store *s, size_t si, key_set *seen, int out_fd, ui
             h.version = REC_VERSION;
             h.header_sum = header_checksum(&h, out_id, start);
             header_encode(&h, hb);
-            if (write_fully(out_fd, hb, sizeof(hb), start) < 0) {
+            if (tc_store_write_fully(out_fd, hb, sizeof(hb), start) < 0) {
                 set_err(err, err_len, "writing the merged segment in %s: %s", s->dir,
                         strerror(errno));
                 rc = -1;
@@ -3087,8 +3095,9 @@ static int compact_segment(tc_store *s, size_t si, key_set *seen, int out_fd, ui
                     ok = 0;
                     break;
                 }
-                sum = payload_sum_feed(sum, chunk, len);
-                if (write_fully(out_fd, chunk, len, start + REC_HEADER_BYTES + done) < 0) {
+                sum = tc_store_sum_feed(sum, chunk, len);
+                if (tc_store_write_fully(out_fd, chunk, len, start + REC_HEADER_BYTES + done) <
+                    0) {
                     set_err(err, err_len, "writing the merged segment in %s: %s", s->dir,
                             strerror(errno));
                     rc = -1;
@@ -3100,7 +3109,7 @@ static int compact_segment(tc_store *s, size_t si, key_set *seen, int out_fd, ui
                 break;
             if (ok == 1 && sum == h.payload_sum) {
                 uint64_t pad = total - REC_HEADER_BYTES - h.stored_len;
-                if (pad && write_fully(out_fd, zero_pad, (size_t)pad,
+                if (pad && tc_store_write_fully(out_fd, zero_pad, (size_t)pad,
                                        start + REC_HEADER_BYTES + h.stored_len) < 0) {
                     set_err(err, err_len, "writing the merged segment in %s: %s", s->dir,
                             strerror(errno));

@@ -202,6 +202,17 @@ int tc_store_record_parse(const uint8_t *buf, size_t len, uint64_t seg_id, uint6
 int tc_store_record_payload(const uint8_t *buf, const tc_store_record *r, uint8_t *dest,
                             size_t dest_len, char *err, size_t err_len);
 
+/* ---- helpers store.c shares with store_index.c ------------------------------ */
+
+/* Writes n bytes at offset off, retrying EINTR and short writes: 0, or -1 with
+ * errno (ENOSPC for a write of nothing). */
+int tc_store_write_fully(int fd, const void *p, size_t n, uint64_t off);
+/* The block-sum checksum of docs/format.md section 4 over n bytes from `seed`:
+ * begin with the total length, then feed pieces that are whole 16 KiB blocks
+ * (the last may end short). */
+uint64_t tc_store_sum_begin(uint64_t seed, uint64_t n);
+uint64_t tc_store_sum_feed(uint64_t s, const uint8_t *p, uint64_t n);
+
 /* ---- the persisted index of a segment (csrc/store_index.c, docs/format.md 9) ---- */
 
 /* One record of a segment's prefix: its key, offset and item bytes (raw_len). */

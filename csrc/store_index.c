@@ -112,17 +112,11 @@ static uint64_t header_sum(const uint8_t b[IDX_HEADER_BYTES], uint64_t seg_id)
     return a;
 }
 
-/* The entries' checksum: payload_sum of format.md section 4 with its own seed. */
+/* The entries' checksum: payload_sum of format.md section 4 with its own seed
+ * (store.c's block sum, shared). */
 static uint64_t entries_sum(const uint8_t *p, uint64_t n)
 {
-    uint64_t s = tc_fmix64(IDX_ENTRIES_SEED ^ n);
-    for (uint64_t off = 0; off < n; off += TC_HASH_BLOCK_BYTES) {
-        uint64_t len = n - off < TC_HASH_BLOCK_BYTES ? n - off : TC_HASH_BLOCK_BYTES;
-        uint64_t h[2];
-        tc_hash_block(p + off, (size_t)len, h);
-        s = tc_fmix64(s ^ h[0]) + h[1];
-    }
-    return s;
+    return tc_store_sum_feed(tc_store_sum_begin(IDX_ENTRIES_SEED, n), p, n);
 }
 
 static int read_all(int fd, uint8_t *p, size_t n, uint64_t off)
@@ -136,23 +130,6 @@ static int read_all(int fd, uint8_t *p, size_t n, uint64_t off)
         p += r;
         n -= (size_t)r;
         off += (uint64_t)r;
-    }
-    return 0;
-}
-
-static int write_all(int fd, const uint8_t *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0) {
-            if (w == 0)
-                errno = ENOSPC;
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
     }
     return 0;
 }
@@ -340,7 +317,8 @@ int tc_index_write(const char *dir, const char *seg_name, const tc_index_head *h
                   file_mode ? (mode_t)file_mode : 0666);
     if (fd < 0)
         return -1;
-    int ok = write_all(fd, hb, sizeof(hb)) == 0 && write_all(fd, p, n * IDX_ENTRY_BYTES) == 0;
+    int ok = tc_store_write_fully(fd, hb, sizeof(hb), 0) == 0 &&
+             tc_store_write_fully(fd, p, n * IDX_ENTRY_BYTES, IDX_HEADER_BYTES) == 0;
     ok = close(fd) == 0 && ok;
     if (!ok || rename(tmp, path) < 0) {
         int saved = errno;

@@ -1913,6 +1913,46 @@ static void table_sizes(void)
     tc_store_free(s);
 }
 
+/* The index file's checksums are pinned: index files written by an earlier
+ * build must still be adopted, so a change to the entries' block sum or the
+ * header sum (a shared helper with another seed, say) must fail here.  Fixed
+ * entries of a fixed segment name and inode; the expected words were taken
+ * from the build before store_index.c shared store.c's sum and write helpers. */
+#define PINNED_ENTRIES_SUM 0x498e02d5daa53f79ULL
+#define PINNED_HEADER_SUM 0xf569aba4072b142aULL
+static void index_sums_pinned(void)
+{
+    char d[128], p[512];
+    snprintf(d, sizeof(d), "%s/pinned", root);
+    CHECK(mkdir(d, 0755) == 0);
+    enum { PN = 700 }; /* 22,400 entry bytes: a whole 16 KiB block and a short one */
+    tc_index_entry *e = malloc(PN * sizeof(*e));
+    CHECK(e != NULL);
+    if (e == NULL)
+        return;
+    for (size_t i = 0; i < PN; i++)
+        e[i] = (tc_index_entry){0x0123456789abcdefULL * (i + 1), i * 7 + 1, i * 192, 32};
+    tc_index_head h = {tc_store_segment_id("seg-pinned.tcs"), 4242, PN * 192, PN, 3};
+    CHECK(tc_index_write(d, "seg-pinned.tcs", &h, e, 0644) == 0);
+    free(e);
+    snprintf(p, sizeof(p), "%s/idx-pinned.tci", d);
+    uint8_t hb[64];
+    int fd = open(p, O_RDONLY);
+    CHECK(fd >= 0 && pread(fd, hb, sizeof(hb), 0) == (ssize_t)sizeof(hb));
+    if (fd >= 0)
+        close(fd);
+    printf("store_paths: pinned index sums %016llx %016llx\n", (unsigned long long)rd64(hb + 48),
+           (unsigned long long)rd64(hb + 56));
+    CHECK(rd64(hb + 48) == PINNED_ENTRIES_SUM);
+    CHECK(rd64(hb + 56) == PINNED_HEADER_SUM);
+    tc_index_segment seg = {h.seg_id, 4242, PN * 192};
+    tc_index_entry *back = NULL;
+    tc_index_head got;
+    const char *why = NULL;
+    CHECK(tc_index_read(d, "seg-pinned.tcs", &seg, 0, &back, &got, &why) == PN);
+    tc_index_free(back, PN);
+}
+
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)st, (void)flag, (void)ftw;
@@ -2278,6 +2318,7 @@ int main(void)
     replaced_by_others();
     stdio_closed();
     table_sizes();
+    index_sums_pinned();
 
     if (failures) {
         fprintf(stderr, "store_paths: %d failures (scratch left in %s)\n", failures, root);
