@@ -65,9 +65,40 @@ static int claim(tc_job *job, uint64_t *begin, uint64_t *end)
     return 1;
 }
 
+/* Items of one stripe padded at a time into a buffer on the stack. */
+#define TC_PAD_ITEMS 32
+
+/* Items of one stripe (at most 256 bytes): the kernels' items1 hashes and
+ * finishes many per call.  It reads whole steps of eight lanes (64 bytes), so
+ * items of other lengths are first copied, a few at a time, into zero-padded
+ * slots. */
+static void one_stripe_items(tc_job *job, uint64_t begin, uint64_t end)
+{
+    size_t n = job->item_bytes, lanes = (n + 7) / 8;
+    size_t padded = (n + 63) & ~(size_t)63;
+    if (padded == n) {
+        job->k->items1(item_base(job->x, (int64_t)begin), (ptrdiff_t)job->x->batch_stride,
+                       (size_t)(end - begin), lanes, job->md, job->digests + 2 * begin);
+        return;
+    }
+    uint8_t buf[TC_PAD_ITEMS * TC_HASH_STRIPE_BYTES];
+    for (uint64_t i = begin; i < end; i += TC_PAD_ITEMS) {
+        size_t m = end - i < TC_PAD_ITEMS ? (size_t)(end - i) : TC_PAD_ITEMS;
+        for (size_t q = 0; q < m; q++) {
+            memcpy(buf + q * padded, item_base(job->x, (int64_t)(i + q)), n);
+            memset(buf + q * padded + n, 0, padded - n);
+        }
+        job->k->items1(buf, (ptrdiff_t)padded, m, lanes, job->md, job->digests + 2 * i);
+    }
+}
+
 static void one_block_items(tc_job *job, uint64_t begin, uint64_t end)
 {
     uint64_t *out = job->digests + 2 * begin;
+    if (job->item_bytes <= TC_HASH_STRIPE_BYTES) {
+        one_stripe_items(job, begin, end);
+        return;
+    }
     for (uint64_t i = begin; i < end; i++)
         tc_block_digest(job->k, item_base(job->x, (int64_t)i), job->item_bytes,
                         job->digests + 2 * i);

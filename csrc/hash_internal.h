@@ -70,6 +70,13 @@ typedef struct {
      * Writes out[2i], out[2i+1]; out may be in. */
     void (*items_final)(size_t n, const uint64_t *in, const uint64_t *kb, const uint64_t md[2],
                         uint64_t *out);
+    /* Full digests of n items of one stripe each (docs/hash.md, sections 4 and 5):
+     * block1 of every item, its term and its finish in one pass, so that a SIMD
+     * level can finish several items side by side.  Item i's first `lanes` words
+     * are at base + i * stride, zero-padded up to a multiple of eight words
+     * (1 <= lanes <= 32); md is the metadata digest.  Writes out[2i], out[2i+1]. */
+    void (*items1)(const uint8_t *base, ptrdiff_t stride, size_t n, size_t lanes,
+                   const uint64_t md[2], uint64_t *out);
 } tc_hash_kernels;
 
 /* Blocks of at most this many stripes (4 KiB) may take short_block. */
@@ -85,6 +92,8 @@ void tc_block1_avx2(const uint8_t *stripe, size_t lanes, uint64_t h[2]);
 void tc_short_block_avx2(const uint8_t *p, size_t full, const uint8_t *last, uint64_t h[2]);
 void tc_items_final_avx2(size_t n, const uint64_t *in, const uint64_t *kb, const uint64_t md[2],
                          uint64_t *out);
+void tc_items1_avx2(const uint8_t *base, ptrdiff_t stride, size_t n, size_t lanes,
+                    const uint64_t md[2], uint64_t *out);
 #endif
 
 /* The kernels in use (hash_dispatch.c); one atomic load.  A caller loads them
@@ -111,6 +120,8 @@ void tc_meta_digest(const uint64_t *meta, size_t nmeta, uint64_t md[2]);
 /* The portable scalar pieces, for the SIMD files' remainders. */
 void tc_items_final_portable(size_t n, const uint64_t *in, const uint64_t *kb,
                              const uint64_t md[2], uint64_t *out);
+void tc_items1_portable(const uint8_t *base, ptrdiff_t stride, size_t n, size_t lanes,
+                        const uint64_t md[2], uint64_t *out);
 void tc_finish_v1_portable(const uint64_t a[TC_HASH_LANES], const uint64_t c[TC_HASH_LANES],
                            uint64_t h[2]);
 
