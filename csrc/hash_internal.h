@@ -10,6 +10,8 @@
 
 #include "hash.h"
 
+#include <string.h>
+
 #define TC_GAMMA 0x9E3779B97F4A7C15ULL
 
 /* Key layout (docs/hash.md, section 2): key(i) for i in these ranges. */
@@ -156,6 +158,19 @@ static inline void tc_lane_finish_v1(uint64_t a, uint64_t c, int j, uint64_t *h1
 {
     *h1 += tc_fmix(a + tc_fmix(c ^ tc_keys[TC_K_FIN1 + j]));
     *h2 += tc_fmix(c + tc_fmix(a ^ tc_keys[TC_K_FIN2 + j]));
+}
+
+/* dst[0..255] = the n < 256 bytes at src, zero-padded: a partial stripe.
+ * Through the C library's memcpy and memset, called: inlined with a variable
+ * length, gcc -O3 expands them to `rep movsq` / `rep stosq`, whose start-up cost
+ * was most of the time of a 300-byte item on the Zen 3 core of docs/hash.md,
+ * section 9.  Constant pointers, read as volatile so that the calls stay calls. */
+extern void *(*const volatile tc_memcpy_fn)(void *, const void *, size_t);
+extern void *(*const volatile tc_memset_fn)(void *, int, size_t);
+static inline void tc_pad_stripe(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    tc_memcpy_fn(dst, src, n);
+    tc_memset_fn(dst + n, 0, TC_HASH_STRIPE_BYTES - n);
 }
 
 /* One step of the metadata digest (docs/hash.md, section 5). */
