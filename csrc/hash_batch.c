@@ -6,8 +6,10 @@
  * those up.  One huge item is thus hashed by every thread, and a batch of many
  * small ones is balanced too.  Items of one block (16 KiB or less) skip the sums:
  * a thread writes each item's block digest into the output and finishes its
- * items there, many at a time (the kernels' items_final).  Strided or sampled
- * items are split by items.
+ * items there, many at a time (the kernels' items_final); items of one stripe
+ * (256 bytes or less) go whole to the kernels' items1, which hashes and
+ * finishes them side by side with no per-item call.  Strided or sampled items
+ * are split by items.
  *
  * Work is handed out in chunks from a shared counter rather than in fixed
  * shares, so a thread that the OS delays does not hold up the call.  Threads live
