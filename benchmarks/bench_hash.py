@@ -172,19 +172,22 @@ static inline uint64_t fm(uint64_t z)
     return z ^ (z >> 33);
 }
 #ifdef __AVX2__
-static inline __m256i mul64(__m256i z, long long lo, long long hi)
+/* As csrc/hash_avx2.c: lo x lo with vpmuludq, both cross terms with one vpmulld
+ * against the halves of the constant swapped (sw). */
+static inline __m256i mul64(__m256i z, long long lo, long long sw)
 {
-    __m256i l = _mm256_set1_epi64x(lo), h = _mm256_set1_epi64x(hi);
-    __m256i c = _mm256_add_epi64(_mm256_mul_epu32(_mm256_srli_epi64(z, 32), l),
-                                 _mm256_mul_epu32(z, h));
-    return _mm256_add_epi64(_mm256_mul_epu32(z, l), _mm256_slli_epi64(c, 32));
+    __m256i l = _mm256_set1_epi64x(lo), s = _mm256_set1_epi64x(sw);
+    __m256i p = _mm256_mullo_epi32(z, s);
+    __m256i c = _mm256_add_epi64(p, _mm256_slli_epi64(p, 32));
+    return _mm256_add_epi64(_mm256_mul_epu32(z, l),
+                            _mm256_blend_epi32(_mm256_setzero_si256(), c, 0xAA));
 }
 static inline __m256i f4(__m256i z)
 {
     z = _mm256_xor_si256(z, _mm256_srli_epi64(z, 33));
-    z = mul64(z, 0xed558ccdLL, 0xff51afd7LL);
+    z = mul64(z, 0xed558ccdLL, (long long)0xed558ccdff51afd7ULL);
     z = _mm256_xor_si256(z, _mm256_srli_epi64(z, 33));
-    z = mul64(z, 0x1a85ec53LL, 0xc4ceb9feLL);
+    z = mul64(z, 0x1a85ec53LL, 0x1a85ec53c4ceb9feLL);
     return _mm256_xor_si256(z, _mm256_srli_epi64(z, 33));
 }
 #endif

@@ -7,6 +7,9 @@
 
 #include <string.h>
 
+void *(*const volatile tc_memcpy_fn)(void *, const void *, size_t) = memcpy;
+void *(*const volatile tc_memset_fn)(void *, int, size_t) = memset;
+
 void tc_block_digest(const tc_hash_kernels *k, const uint8_t *p, size_t n, uint64_t h[2])
 {
     uint8_t pad[TC_HASH_STRIPE_BYTES];
@@ -14,24 +17,19 @@ void tc_block_digest(const tc_hash_kernels *k, const uint8_t *p, size_t n, uint6
         /* One stripe: the lanes past the data read zeros and are constants.  A
          * kernel reads whole steps of eight lanes (64 bytes), so only those are
          * padded. */
-        size_t padded = (n + 63) & ~(size_t)63;
-        if (padded == n) {
+        if (n % 64 == 0) {
             /* Whole steps already (64, 128, 192 or 256 bytes): no copy. */
             k->block1(p, n / 8, h);
             return;
         }
-        memcpy(pad, p, n);
-        memset(pad + n, 0, padded - n);
+        tc_pad_stripe(pad, p, n);
         k->block1(pad, (n + 7) / 8, h);
         return;
     }
     size_t full = n / TC_HASH_STRIPE_BYTES;
     size_t rest = n - full * TC_HASH_STRIPE_BYTES;
-    if (rest) {
-        /* The last stripe is zero-padded (docs/hash.md, section 3). */
-        memcpy(pad, p + full * TC_HASH_STRIPE_BYTES, rest);
-        memset(pad + rest, 0, sizeof(pad) - rest);
-    }
+    if (rest) /* The last stripe is zero-padded (docs/hash.md, section 3). */
+        tc_pad_stripe(pad, p + full * TC_HASH_STRIPE_BYTES, rest);
     if (k->short_block && n <= TC_SHORT_BLOCK_STRIPES * TC_HASH_STRIPE_BYTES) {
         /* A short block in one call, its accumulators never leaving registers. */
         k->short_block(p, full, rest ? pad : NULL, h);
@@ -60,8 +58,7 @@ void tc_hash_block(const uint8_t *p, size_t n, uint64_t h[2])
     k->stripes(p, full, 0, a, c);
     size_t rest = n - full * TC_HASH_STRIPE_BYTES;
     if (rest) {
-        memcpy(pad, p + full * TC_HASH_STRIPE_BYTES, rest);
-        memset(pad + rest, 0, sizeof(pad) - rest);
+        tc_pad_stripe(pad, p + full * TC_HASH_STRIPE_BYTES, rest);
         k->stripes(pad, 1, full, a, c);
     }
     k->finish_v1(a, c, h);

@@ -56,10 +56,12 @@ static void stripes_avx2(const uint8_t *p, size_t nstripes, size_t s0,
  * from three 32x32->64 products (the high x high one only affects bits >= 64). */
 static inline __m256i mul64(__m256i z, __m256i m_lo, __m256i m_hi)
 {
+    /* m_hi holds hi(m) in its low 32 bits and lo(m) in its high ones: one vpmulld
+     * gives lo(z) * hi(m) and hi(z) * lo(m) mod 2^32, whose sum is the cross term. */
     __m256i lo = _mm256_mul_epu32(z, m_lo);
-    __m256i cross = _mm256_add_epi64(_mm256_mul_epu32(_mm256_srli_epi64(z, 32), m_lo),
-                                     _mm256_mul_epu32(z, m_hi));
-    return _mm256_add_epi64(lo, _mm256_slli_epi64(cross, 32));
+    __m256i p = _mm256_mullo_epi32(z, m_hi);
+    __m256i cross = _mm256_add_epi64(p, _mm256_slli_epi64(p, 32));
+    return _mm256_add_epi64(lo, _mm256_blend_epi32(_mm256_setzero_si256(), cross, 0xAA));
 }
 
 /* docs/hash.md, section 2: fmix64 on four lanes. */
@@ -67,9 +69,9 @@ static inline __m256i fmix4(__m256i z)
 {
     /* The halves of 0xff51afd7ed558ccd and 0xc4ceb9fe1a85ec53. */
     const __m256i m1_lo = _mm256_set1_epi64x(0xed558ccdLL);
-    const __m256i m1_hi = _mm256_set1_epi64x(0xff51afd7LL);
+    const __m256i m1_hi = _mm256_set1_epi64x(0xed558ccdff51afd7LL);
     const __m256i m2_lo = _mm256_set1_epi64x(0x1a85ec53LL);
-    const __m256i m2_hi = _mm256_set1_epi64x(0xc4ceb9feLL);
+    const __m256i m2_hi = _mm256_set1_epi64x(0x1a85ec53c4ceb9feLL);
     z = _mm256_xor_si256(z, _mm256_srli_epi64(z, 33));
     z = mul64(z, m1_lo, m1_hi);
     z = _mm256_xor_si256(z, _mm256_srli_epi64(z, 33));
@@ -363,8 +365,150 @@ void tc_items_final_avx2(size_t n, const uint64_t *in, const uint64_t *kb, const
     tc_items_final_portable(n - i, in + 2 * i, kb, md, out + 2 * i);
 }
 
+/* Items of one stripe, four at a time (tc_items1_avx2).  The lane finish of one
+ * item is summed in a register of four partial sums; the four items' registers
+ * are then reduced together into one register that holds the four items' h1
+ * (one transpose instead of four horizontal sums), and the block term and the
+ * item finish of those four items are one fmix4 each.  Per 128-byte item that
+ * leaves 4 vectors of keyed products, 4 fmix4 of lane finish and 1 of item
+ * finish, with no store and reload of block digests between the two. */
+
+/* [sum of a's lanes, sum of b's, sum of c's, sum of d's]. */
+static inline __m256i hsum4x4(__m256i a, __m256i b, __m256i c, __m256i d)
+{
+    __m256i ab = _mm256_add_epi64(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b));
+    __m256i cd = _mm256_add_epi64(_mm256_unpacklo_epi64(c, d), _mm256_unpackhi_epi64(c, d));
+    return _mm256_add_epi64(_mm256_permute2x128_si256(ab, cd, 0x20),
+                            _mm256_permute2x128_si256(ab, cd, 0x31));
+}
+
+/* The keys of the lanes of stripe 0, by register: k1 = KL1 ^ KS1[0], k2 = KL2 ^ KS2[0]. */
+typedef struct {
+    __m256i k1[8], k2[8], iv1[8], iv2[8], f1[8], f2[8];
+} items1_keys;
+
+/* One item's 4 * nv data lanes: partial sums of its lanes' shares of h1, h2. */
+static inline __attribute__((always_inline)) void item1_lanes(const uint8_t *p,
+                                                              const items1_keys *K, int nv,
+                                                              __m256i *h1, __m256i *h2)
+{
+    __m256i s1 = _mm256_setzero_si256(), s2 = _mm256_setzero_si256();
+    for (int v = 0; v < nv; v++) {
+        __m256i w = _mm256_loadu_si256((const __m256i *)(p + 32 * v));
+        __m256i k1 = _mm256_xor_si256(w, K->k1[v]);
+        __m256i k2 = _mm256_xor_si256(w, K->k2[v]);
+        __m256i a = _mm256_add_epi64(_mm256_add_epi64(w, K->iv1[v]),
+                                     _mm256_mul_epu32(k1, _mm256_srli_epi64(k1, 32)));
+        __m256i c = _mm256_add_epi64(K->iv2[v], _mm256_mul_epu32(k2, _mm256_srli_epi64(k2, 32)));
+        s1 = _mm256_add_epi64(s1, fmix4(_mm256_xor_si256(a, K->f1[v])));
+        s2 = _mm256_add_epi64(s2, _mm256_xor_si256(c, K->f2[v]));
+    }
+    *h1 = s1;
+    *h2 = s2;
+}
+
+/* Items per pass of items1_run: the lane work of G groups of four items first,
+ * then their G item finishes side by side (each is a chain of three fmix4, too
+ * long to hide behind the next group's lanes on its own). */
+#define TC_ITEMS1_GROUPS 4
+
+/* The block-0 term and the item finish (docs/hash.md, sections 4 and 5) of g
+ * groups of four items whose block digests are t1[k], t2[k]. */
+static inline __attribute__((always_inline)) void items1_finish(const __m256i *t1,
+                                                                const __m256i *t2, int g,
+                                                                const uint64_t md[2],
+                                                                uint64_t *out)
+{
+    const __m256i kb1 = _mm256_set1_epi64x((long long)tc_block0_key[0]);
+    const __m256i kb2 = _mm256_set1_epi64x((long long)tc_block0_key[1]);
+    const __m256i md1 = _mm256_set1_epi64x((long long)md[0]);
+    const __m256i md2 = _mm256_set1_epi64x((long long)md[1]);
+    __m256i s1[TC_ITEMS1_GROUPS], s2[TC_ITEMS1_GROUPS], e1[TC_ITEMS1_GROUPS];
+    for (int k = 0; k < g; k++) {
+        s1[k] = _mm256_xor_si256(fmix4(_mm256_xor_si256(t1[k], kb1)), md1);
+        s2[k] = _mm256_xor_si256(fmix4(_mm256_xor_si256(t2[k], kb2)), md2);
+    }
+    for (int k = 0; k < g; k++)
+        e1[k] = fmix4(_mm256_add_epi64(s1[k], rotl4(s2[k], 29)));
+    for (int k = 0; k < g; k++) {
+        __m256i e2 = fmix4(_mm256_xor_si256(s2[k], e1[k]));
+        __m256i lo = _mm256_unpacklo_epi64(e1[k], e2); /* items 0 and 2 */
+        __m256i hi = _mm256_unpackhi_epi64(e1[k], e2); /* items 1 and 3 */
+        _mm256_storeu_si256((__m256i *)(out + 8 * k), _mm256_permute2x128_si256(lo, hi, 0x20));
+        _mm256_storeu_si256((__m256i *)(out + 8 * k + 4), _mm256_permute2x128_si256(lo, hi, 0x31));
+    }
+}
+
+static inline __attribute__((always_inline)) void items1_run(const uint8_t *base, ptrdiff_t stride,
+                                                             size_t n, int nv,
+                                                             const items1_keys *K,
+                                                             const uint64_t md[2],
+                                                             uint64_t *out)
+{
+    const __m256i tail1 = _mm256_set1_epi64x((long long)tc_lane_tail[4 * nv][0]);
+    const __m256i tail2 = _mm256_set1_epi64x((long long)tc_lane_tail[4 * nv][1]);
+    const size_t per = 4 * TC_ITEMS1_GROUPS;
+    for (size_t i = 0; i + 4 <= n;) {
+        size_t g = (n - i) / 4 < TC_ITEMS1_GROUPS ? (n - i) / 4 : TC_ITEMS1_GROUPS;
+        __m256i t1[TC_ITEMS1_GROUPS], t2[TC_ITEMS1_GROUPS];
+        for (size_t k = 0; k < g; k++) {
+            __m256i a1, b1, c1, d1, a2, b2, c2, d2;
+            const uint8_t *p = base + (ptrdiff_t)(i + 4 * k) * stride;
+            item1_lanes(p, K, nv, &a1, &a2);
+            item1_lanes(p + stride, K, nv, &b1, &b2);
+            item1_lanes(p + 2 * stride, K, nv, &c1, &c2);
+            item1_lanes(p + 3 * stride, K, nv, &d1, &d2);
+            t1[k] = _mm256_add_epi64(hsum4x4(a1, b1, c1, d1), tail1);
+            t2[k] = _mm256_add_epi64(hsum4x4(a2, b2, c2, d2), tail2);
+        }
+        if (g == TC_ITEMS1_GROUPS)
+            items1_finish(t1, t2, TC_ITEMS1_GROUPS, md, out + 2 * i);
+        else
+            for (size_t k = 0; k < g; k++)
+                items1_finish(t1 + k, t2 + k, 1, md, out + 2 * i + 8 * k);
+        i += 4 * g;
+        (void)per;
+    }
+}
+
+void tc_items1_avx2(const uint8_t *base, ptrdiff_t stride, size_t n, size_t lanes,
+                    const uint64_t md[2], uint64_t *out)
+{
+    int nv = 2 * (int)((lanes + 7) / 8); /* registers of four lanes per item */
+    items1_keys K;
+    const __m256i ks1 = _mm256_set1_epi64x((long long)tc_keys[TC_K_STRIPE1]);
+    const __m256i ks2 = _mm256_set1_epi64x((long long)tc_keys[TC_K_STRIPE2]);
+    for (int v = 0; v < nv; v++) {
+        K.k1[v] = _mm256_xor_si256(ks1, _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_LANE1 + 4 * v)));
+        K.k2[v] = _mm256_xor_si256(ks2, _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_LANE2 + 4 * v)));
+        K.iv1[v] = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_IV1 + 4 * v));
+        K.iv2[v] = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_IV2 + 4 * v));
+        K.f1[v] = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_FIN1 + 4 * v));
+        K.f2[v] = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_FIN2 + 4 * v));
+    }
+    switch (nv) {
+    case 2:
+        items1_run(base, stride, n, 2, &K, md, out);
+        break;
+    case 4:
+        items1_run(base, stride, n, 4, &K, md, out);
+        break;
+    case 6:
+        items1_run(base, stride, n, 6, &K, md, out);
+        break;
+    default:
+        items1_run(base, stride, n, 8, &K, md, out);
+        break;
+    }
+    /* The last n % 4 items one at a time. */
+    for (size_t i = n & ~(size_t)3; i < n; i++) {
+        tc_block1_avx2(base + (ptrdiff_t)i * stride, lanes, out + 2 * i);
+        tc_items_final_portable(1, out + 2 * i, tc_block0_key, md, out + 2 * i);
+    }
+}
+
 const tc_hash_kernels tc_kernels_avx2 = {
     TC_SIMD_AVX2, stripes_avx2, finish_avx2, finish_v1_avx2, tc_block1_avx2,
-    tc_short_block_avx2, tc_items_final_avx2,
+    tc_short_block_avx2, tc_items_final_avx2, tc_items1_avx2,
 };
 #endif

@@ -90,6 +90,6 @@ static void finish_v1_avx512(const uint64_t a[TC_HASH_LANES], const uint64_t c[T
 
 const tc_hash_kernels tc_kernels_avx512 = {
     TC_SIMD_AVX512, stripes_avx512, finish_avx512, finish_v1_avx512, tc_block1_avx2,
-    tc_short_block_avx2, tc_items_final_avx2,
+    tc_short_block_avx2, tc_items_final_avx2, tc_items1_avx2,
 };
 #endif

@@ -10,6 +10,8 @@
 
 #include "hash.h"
 
+#include <string.h>
+
 #define TC_GAMMA 0x9E3779B97F4A7C15ULL
 
 /* Key layout (docs/hash.md, section 2): key(i) for i in these ranges. */
@@ -70,6 +72,13 @@ typedef struct {
      * Writes out[2i], out[2i+1]; out may be in. */
     void (*items_final)(size_t n, const uint64_t *in, const uint64_t *kb, const uint64_t md[2],
                         uint64_t *out);
+    /* Full digests of n items of one stripe each (docs/hash.md, sections 4 and 5):
+     * block1 of every item, its term and its finish in one pass, so that a SIMD
+     * level can finish several items side by side.  Item i's first `lanes` words
+     * are at base + i * stride, zero-padded up to a multiple of eight words
+     * (1 <= lanes <= 32); md is the metadata digest.  Writes out[2i], out[2i+1]. */
+    void (*items1)(const uint8_t *base, ptrdiff_t stride, size_t n, size_t lanes,
+                   const uint64_t md[2], uint64_t *out);
 } tc_hash_kernels;
 
 /* Blocks of at most this many stripes (4 KiB) may take short_block. */
@@ -85,6 +94,8 @@ void tc_block1_avx2(const uint8_t *stripe, size_t lanes, uint64_t h[2]);
 void tc_short_block_avx2(const uint8_t *p, size_t full, const uint8_t *last, uint64_t h[2]);
 void tc_items_final_avx2(size_t n, const uint64_t *in, const uint64_t *kb, const uint64_t md[2],
                          uint64_t *out);
+void tc_items1_avx2(const uint8_t *base, ptrdiff_t stride, size_t n, size_t lanes,
+                    const uint64_t md[2], uint64_t *out);
 #endif
 
 /* The kernels in use (hash_dispatch.c); one atomic load.  A caller loads them
@@ -111,6 +122,8 @@ void tc_meta_digest(const uint64_t *meta, size_t nmeta, uint64_t md[2]);
 /* The portable scalar pieces, for the SIMD files' remainders. */
 void tc_items_final_portable(size_t n, const uint64_t *in, const uint64_t *kb,
                              const uint64_t md[2], uint64_t *out);
+void tc_items1_portable(const uint8_t *base, ptrdiff_t stride, size_t n, size_t lanes,
+                        const uint64_t md[2], uint64_t *out);
 void tc_finish_v1_portable(const uint64_t a[TC_HASH_LANES], const uint64_t c[TC_HASH_LANES],
                            uint64_t h[2]);
 
@@ -145,6 +158,19 @@ static inline void tc_lane_finish_v1(uint64_t a, uint64_t c, int j, uint64_t *h1
 {
     *h1 += tc_fmix(a + tc_fmix(c ^ tc_keys[TC_K_FIN1 + j]));
     *h2 += tc_fmix(c + tc_fmix(a ^ tc_keys[TC_K_FIN2 + j]));
+}
+
+/* dst[0..255] = the n < 256 bytes at src, zero-padded: a partial stripe.
+ * Through the C library's memcpy and memset, called: inlined with a variable
+ * length, gcc -O3 expands them to `rep movsq` / `rep stosq`, whose start-up cost
+ * was most of the time of a 300-byte item on the Zen 3 core of docs/hash.md,
+ * section 9.  Constant pointers, read as volatile so that the calls stay calls. */
+extern void *(*const volatile tc_memcpy_fn)(void *, const void *, size_t);
+extern void *(*const volatile tc_memset_fn)(void *, int, size_t);
+static inline void tc_pad_stripe(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    tc_memcpy_fn(dst, src, n);
+    tc_memset_fn(dst + n, 0, TC_HASH_STRIPE_BYTES - n);
 }
 
 /* One step of the metadata digest (docs/hash.md, section 5). */

@@ -141,7 +141,16 @@ void tc_items_final_portable(size_t n, const uint64_t *in, const uint64_t *kb,
     }
 }
 
+void tc_items1_portable(const uint8_t *base, ptrdiff_t stride, size_t n, size_t lanes,
+                        const uint64_t md[2], uint64_t *out)
+{
+    for (size_t i = 0; i < n; i++) {
+        block1_portable(base + (ptrdiff_t)i * stride, lanes, out + 2 * i);
+        tc_items_final_portable(1, out + 2 * i, tc_block0_key, md, out + 2 * i);
+    }
+}
+
 const tc_hash_kernels tc_kernels_portable = {
     TC_SIMD_PORTABLE, stripes_portable, finish_portable, tc_finish_v1_portable,
-    block1_portable, NULL, tc_items_final_portable,
+    block1_portable, NULL, tc_items_final_portable, tc_items1_portable,
 };

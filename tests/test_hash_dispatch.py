@@ -18,8 +18,12 @@ from torchcache_c import _C, build_info, hash_tensor
 ITEM_BYTES = [0, 1, 7, 8, 9, 63, 64, 65, 120, 127, 128, 129, 191, 192, 193, 255, 256, 257,
               511, 512, 1000, 3072, 4095, 4096, 4097, 16383, 16384, 16385, 40000]
 # Batch sizes around the kernels' groups of items: the AVX2 item finish takes
-# groups of 12 (8 in registers, 4 in scalars), then groups of 4, then one at a time.
-BATCHES = [1, 3, 4, 5, 7, 8, 9, 11, 12, 13, 15, 16, 17, 23, 24, 25, 28, 33]
+# groups of 12 (8 in registers, 4 in scalars), then groups of 4, then one at a time;
+# AVX2's one-stripe items (items1) take passes of 16 items (4 groups of 4), then
+# groups of 4, then one at a time; items that are not whole 64-byte steps are
+# padded 32 at a time.
+BATCHES = [1, 3, 4, 5, 7, 8, 9, 11, 12, 13, 15, 16, 17, 23, 24, 25, 28, 31, 32, 33, 47, 48,
+           49, 65]
 
 
 def _items(batch: int, nbytes: int, seed: int) -> torch.Tensor:
@@ -43,6 +47,19 @@ def test_batches_match_portable_items_at_every_level(simd, nbytes):
         x = _items(batch, nbytes, seed)
         got = hash_tensor(x)
         assert torch.equal(got, _portable_one_by_one(x, simd)), (simd, nbytes, batch)
+
+
+@pytest.mark.parametrize("nbytes", [8, 64, 100, 128, 192, 256])
+def test_one_stripe_items_of_views_match_portable(simd, nbytes):
+    # Compact items whose batch stride is not their length (a slice of wider
+    # rows) and items that all lie at one address (stride 0: expand).
+    wide = _items(37, nbytes + 40, 7)
+    sliced = wide[:, 3:3 + nbytes]
+    assert torch.equal(hash_tensor(sliced), _portable_one_by_one(sliced, simd))
+    same = wide[5, :nbytes].expand(21, nbytes)
+    got = hash_tensor(same)
+    assert torch.equal(got, _portable_one_by_one(same, simd))
+    assert len({tuple(r) for r in got.tolist()}) == 1
 
 
 def test_zero_padding_lanes_are_data_when_not_zero(simd):
