@@ -26,7 +26,19 @@ The floor: x.sum() over every batch of the epoch + index_select of its 256 outpu
 from a preloaded (items, 768) table: reading the inputs once and copying the outputs
 once, the least any cache of these features can do per epoch (the inputs are in RAM,
 so a hit epoch is mostly hashing them).  A floor epoch runs after each of torchcache_c's
-memory-hit epochs, so that their ratio sees the same machine load.
+memory-hit epochs, so that their ratio sees the same machine load; with it, an epoch of
+torchcache_c.hash_tensor alone and one of x.sum() alone over the same batches (same
+thread count), which say how much of memory-hit / floor is the hash kernel's speed
+against a plain read (the rest is the call around it: lookup, gather, Python).
+Where a memory-hit call's time went (2026-11-27, perf record -g of hit epochs only, 2
+threads, this AMD EPYC, load ~2.5): 95% of its CPU samples in the hash kernel
+(stripes_avx2 90%, finish_avx2 3%, the block loop 2%), the gather's memcpy 0.7%, Python
+0.7%, page faults of the output buffers under 0.5%, no garbage collection (gc
+callbacks: 0 over 160 calls).  So memory-hit / floor is, to within the noise,
+hash_only / sum_only: the AVX2 stripe loop is bound by its arithmetic (in cache 12-21
+GB/s on one core against x.sum()'s 27-52; about 12 vector uops per 32 input bytes, 117
+instructions per 256-byte stripe of which 25 spill accumulators to the stack, since
+16 accumulators fill every ymm register), where x.sum() is bound by memory.
 Then a correctness table run on both libraries (collisions among 10,000 random items,
 a change outside the strided sample, int token ids in / float embeddings out).
 """
@@ -189,7 +201,8 @@ def measure_backbone(system: str, args, root: Path, reference, floor=None) -> di
         result["uncached"] = statistics.median(
             run_epoch(model, batches)[0] for _ in range(args.epochs))
         return result
-    misses, hits, floors, equal = [], [], [], True
+    misses, hits, equal = [], [], True
+    floors: dict = {}
     cache_dir = None
     for trial in range(args.miss_trials):
         cache_dir = root / f"{system}-{trial}"
@@ -202,7 +215,8 @@ def measure_backbone(system: str, args, root: Path, reference, floor=None) -> di
                 seconds, outs = run_epoch(model, batches)
                 hits.append(seconds)
                 if floor is not None:
-                    floors.append(floor(batches))
+                    for name, seconds in floor(batches).items():
+                        floors.setdefault(name, []).append(seconds)
                 equal &= all(torch.equal(o, r) for o, r in zip(outs, reference))
         del model
     disk: dict = {"warm": [], "cold": []}
@@ -223,7 +237,7 @@ def measure_backbone(system: str, args, root: Path, reference, floor=None) -> di
                   disk_hit_cold=statistics.median(disk["cold"]),
                   bytes_per_item=dir_bytes(cache_dir) / items, outputs_equal=equal)
     if floors:
-        result["floor"] = statistics.median(floors)
+        result["floor"] = {name: statistics.median(v) for name, v in floors.items()}
     return result
 
 
@@ -241,19 +255,30 @@ def evict(path: Path) -> None:
 
 
 def floor_epoch(args, reference):
-    """floor(batches): one epoch of the read floor (returns its seconds): x.sum() of
-    every batch and index_select of its output rows from a preloaded table of every
-    output."""
+    """floor(batches): seconds of one epoch of the read floor ("floor": x.sum() of every
+    batch and index_select of its output rows from a preloaded table of every output),
+    then of one epoch of hash_tensor alone ("hash_only") and of x.sum() alone
+    ("sum_only") over the same batches: where memory-hit / floor goes."""
+    from torchcache_c import hash_tensor
+
     table = torch.cat(reference)
     rows = [torch.arange(i * args.batch_size, (i + 1) * args.batch_size)
             for i in range(len(reference))]
 
-    def epoch(batches) -> float:
+    def timed(step, batches) -> float:
         t0 = time.perf_counter()
         for b, r in zip(batches, rows):
-            b.sum()
-            table.index_select(0, r)
+            step(b, r)
         return time.perf_counter() - t0
+
+    def read(b, r):
+        b.sum()
+        table.index_select(0, r)
+
+    def epoch(batches) -> dict:
+        return {"floor": timed(read, batches),
+                "hash_only": timed(lambda b, r: hash_tensor(b), batches),
+                "sum_only": timed(lambda b, r: b.sum(), batches)}
 
     return epoch
 
@@ -437,7 +462,7 @@ def main() -> None:
         runs["none"] = measure_system("none", args, root, reference)
         runs["torchcache_c"] = measure_system("torchcache_c", args, root, reference,
                                               floor_epoch(args, reference))
-        results["backbone"]["floor"] = {"floor": runs["torchcache_c"]["backbone"].pop("floor")}
+        results["backbone"]["floor"] = runs["torchcache_c"]["backbone"].pop("floor")
     for name, run in runs.items():
         for part in ("backbone", "vit", "correctness"):
             if part in run:
@@ -471,6 +496,13 @@ def report(results: dict) -> None:
     print(f"memory-hit epoch / floor: torchcache_c {ours['memory_hit'] / floor:.2f} "
           f"(target <= 1.1); disk-hit warm / floor {ours['disk_hit'] / floor:.2f}, "
           f"cold / floor {ours['disk_hit_cold'] / floor:.2f}")
+    parts = bb["floor"]
+    if "hash_only" in parts:
+        print(f"  where it goes: hash_tensor alone {parts['hash_only']:.3f} s, x.sum() alone "
+              f"{parts['sum_only']:.3f} s per epoch (hash / sum "
+              f"{parts['hash_only'] / parts['sum_only']:.2f}); the call around the hashing "
+              f"{ours['memory_hit'] - parts['hash_only']:.3f} s against the floor's "
+              f"index_select and loop {floor - parts['sum_only']:.3f} s")
     for s in systems:
         if s == "torchcache_c":
             continue

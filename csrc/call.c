@@ -21,6 +21,8 @@
 #include "store.h"
 #include "store_module.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,15 +112,109 @@ static int digest_words(PyObject *obj, const char *what, Py_ssize_t count, uint6
 
 /* ---- output tensors handed to torch as DLPack capsules ------------------------- */
 
+/* Output buffers torch has released are kept for the next call_fetch of the same
+ * size, up to POOL_SLOTS buffers and POOL_BYTES in all.  A buffer of a few hundred
+ * KiB is past glibc's mmap / trim thresholds, so without this each call's output
+ * came as fresh pages: while a loop keeps its outputs (an epoch's list of them), the
+ * page faults and zeroing cost 0.57 ms of a 256 x 768 float32 output's 0.68 ms
+ * (benchmarks/compare.py, memory-hit epoch).  Torch may release a tensor on any
+ * thread, with or without the GIL: a spin lock guards the pool (held for a few
+ * loads and stores), and a forked child starts with it unlocked and empty (the
+ * parent's buffers are just not reused there). */
+#define POOL_SLOTS 16
+#define POOL_BYTES ((size_t)32 << 20)
+
+static struct {
+    void *data[POOL_SLOTS];
+    size_t size[POOL_SLOTS];
+    int count;
+    size_t bytes;
+} pool;
+static atomic_flag pool_busy = ATOMIC_FLAG_INIT;
+
+static void pool_lock(void)
+{
+    while (atomic_flag_test_and_set_explicit(&pool_busy, memory_order_acquire))
+        ;
+}
+
+static void pool_unlock(void)
+{
+    atomic_flag_clear_explicit(&pool_busy, memory_order_release);
+}
+
+static void pool_after_fork(void)
+{
+    pool.count = 0;
+    pool.bytes = 0;
+    atomic_flag_clear(&pool_busy);
+}
+
+/* Drops pool slot i, keeping the others oldest first. */
+static void pool_remove(int i)
+{
+    pool.bytes -= pool.size[i];
+    pool.count--;
+    memmove(pool.data + i, pool.data + i + 1, sizeof(void *) * (size_t)(pool.count - i));
+    memmove(pool.size + i, pool.size + i + 1, sizeof(size_t) * (size_t)(pool.count - i));
+}
+
+/* A 64-byte aligned buffer of `size` bytes (> 0), or NULL. */
+static void *out_alloc(size_t size)
+{
+    void *p = NULL;
+    pool_lock();
+    for (int i = pool.count - 1; i >= 0; i--) {
+        if (pool.size[i] == size) {
+            p = pool.data[i];
+            pool_remove(i);
+            break;
+        }
+    }
+    pool_unlock();
+    if (p == NULL && posix_memalign(&p, 64, size) != 0)
+        p = NULL;
+    return p;
+}
+
+/* Keeps p (size bytes) for a later out_alloc, dropping the oldest buffers to make
+ * room: a loop whose output size changes does not leave the pool full of sizes it
+ * no longer asks for. */
+static void out_free(void *p, size_t size)
+{
+    void *drop[POOL_SLOTS + 1];
+    int n = 0;
+    if (p == NULL)
+        return;
+    if (size > POOL_BYTES) {
+        free(p);
+        return;
+    }
+    pool_lock();
+    while (pool.count == POOL_SLOTS || size > POOL_BYTES - pool.bytes) {
+        drop[n++] = pool.data[0];
+        pool_remove(0);
+    }
+    pool.data[pool.count] = p;
+    pool.size[pool.count] = size;
+    pool.count++;
+    pool.bytes += size;
+    pool_unlock();
+    while (n > 0)
+        free(drop[--n]);
+}
+
 typedef struct {
     tc_dl_managed managed;
+    size_t size; /* of managed.dl_tensor.data, for out_free */
     int64_t shape[1 + TC_STORE_MAX_NDIM];
     int64_t strides[1 + TC_STORE_MAX_NDIM];
 } owned_tensor;
 
 static void owned_delete(tc_dl_managed *m)
 {
-    free(m->dl_tensor.data);
+    owned_tensor *t = (owned_tensor *)m;
+    out_free(m->dl_tensor.data, t->size);
     free(m);
 }
 
@@ -139,6 +235,7 @@ typedef struct {
     int64_t shape[TC_STORE_MAX_NDIM];
     size_t item_bytes;
     uint8_t *data;
+    size_t size; /* of data (out_alloc) */
 } leaf_out;
 
 static PyObject *leaf_capsule(leaf_out *o, int64_t batch)
@@ -166,6 +263,7 @@ static PyObject *leaf_capsule(leaf_out *o, int64_t batch)
     dl->byte_offset = 0;
     t->managed.manager_ctx = NULL;
     t->managed.deleter = owned_delete;
+    t->size = o->size;
     PyObject *capsule = PyCapsule_New(&t->managed, "dltensor", capsule_destructor);
     if (capsule == NULL) {
         free(t);
@@ -288,8 +386,9 @@ static int gather_leaf(fetch_job *j, Py_ssize_t leaf, const uint64_t *lk, uint8_
                  (long long)j->batch);
         return -1;
     }
-    if (posix_memalign((void **)&o->data, 64, total ? total : 64) != 0) {
-        o->data = NULL;
+    o->size = total ? total : 64;
+    o->data = out_alloc(o->size);
+    if (o->data == NULL) {
         j->rc = TC_STORE_ENOMEM;
         snprintf(j->err, sizeof(j->err), "out of memory for a cached output (%zu bytes)",
                  total);
@@ -503,7 +602,7 @@ static PyObject *py_call_fetch(PyObject *self, PyObject *const *args, Py_ssize_t
 done:
     if (job.outs != NULL) {
         for (Py_ssize_t leaf = 0; leaf < job.n_leaves; leaf++)
-            free(job.outs[leaf].data);
+            out_free(job.outs[leaf].data, job.outs[leaf].size);
         PyMem_Free(job.outs);
     }
     Py_XDECREF(keys);
@@ -652,5 +751,8 @@ static PyMethodDef call_functions[] = {
 
 int tc_call_module_init(PyObject *module)
 {
+    static int at_fork;
+    if (!at_fork && pthread_atfork(NULL, NULL, pool_after_fork) == 0)
+        at_fork = 1;
     return PyModule_AddFunctions(module, call_functions);
 }

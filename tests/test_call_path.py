@@ -307,3 +307,30 @@ def test_store_written_by_the_step_path_hits_through_the_c_path(tmp_path):
         calls = m.calls
         assert torch.equal(m(x), x * 2)
     assert m.calls == calls
+
+
+def test_recycled_output_buffers_never_alias_a_live_output():
+    """call_fetch keeps the buffers of released outputs for later calls of the same
+    size (csrc/call.c, out_alloc): an output still alive is never handed out again,
+    and a recycled one holds the new call's rows, not the old ones."""
+    class Wide(nn.Module):
+        def forward(self, x):
+            return x.repeat(1, 64) * 3.0  # (B, 256) float32: 64 KiB for 64 rows
+
+    m = torchcache()(Wide)()
+    batches = [torch.randn(64, 4, generator=torch.Generator().manual_seed(i))
+               for i in range(6)]
+    with torch.no_grad():
+        want = [Wide()(b) for b in batches]
+        for b in batches:
+            m(b)  # misses: every batch stored
+        for _ in range(3):
+            kept = [m(b) for b in batches]  # hits, all alive at once
+            for got, w in zip(kept, want, strict=True):
+                assert torch.equal(got, w)
+            ptrs = {t.data_ptr() for t in kept}
+            assert len(ptrs) == len(kept)
+            del kept  # their buffers go back to the pool
+            for b, w in zip(batches, want, strict=True):
+                out = m(b)  # recycled buffers, released at once
+                assert torch.equal(out, w)
