@@ -177,7 +177,7 @@ struct tc_store {
     char io_error[512];
     int full;
     uint64_t bytes_written, records_written, records, corrupt, bytes_indexed, refreshes;
-    uint64_t readdirs, skipped, gone;
+    uint64_t readdirs, idle_rechecks, skipped, gone;
     uint64_t faults[TC_FAULT_KINDS];   /* atomic */
     uint64_t reported[TC_FAULT_KINDS]; /* written under fault_lock, read atomically */
     char fault_msg[TC_FAULT_KINDS][200]; /* fault_lock */
@@ -1594,6 +1594,7 @@ static int refresh_locked(tc_store *s, size_t *added, int force, char *err, size
             continue;
         idle_left--;
         s->idle_cursor = si + 1;
+        s->idle_rechecks++;
         if (segment_recheck(s, si, now_wall, added) < 0)
             goto nomem;
     }
@@ -2887,6 +2888,7 @@ int tc_store_stats_get(tc_store *s, tc_store_stats *st)
     st->bytes_indexed = __atomic_load_n(&s->bytes_indexed, __ATOMIC_RELAXED);
     st->refreshes = s->refreshes;
     st->readdirs = s->readdirs;
+    st->idle_rechecks = s->idle_rechecks;
     st->skipped = s->skipped;
     st->gone = __atomic_load_n(&s->gone, __ATOMIC_RELAXED);
     pthread_mutex_lock(&s->fd_lock);

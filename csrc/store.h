@@ -73,6 +73,7 @@ typedef struct {
     uint64_t bytes_indexed;   /* raw (uncompressed) payload bytes of the indexed records */
     uint64_t refreshes;       /* scans for other writers' records */
     uint64_t readdirs;        /* refreshes that listed the directory */
+    uint64_t idle_rechecks;   /* re-checks of idle segments (at most 32 per listing) */
     uint64_t skipped;         /* entries named like segments that are not regular files */
     uint64_t gone;            /* segments removed or replaced while indexed */
     uint64_t open_fds;        /* segment descriptors held now (the writer's included) */

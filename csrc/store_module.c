@@ -576,7 +576,8 @@ PyDoc_STRVAR(stats_doc,
 "stats() -> dict\n--\n\n"
 "records (indexed), segments (files read), corrupt (records skipped),\n"
 "bytes_written and records_written (by this store), bytes_indexed, refreshes,\n"
-"readdirs (refreshes that listed the directory), skipped (entries named like\n"
+"readdirs (refreshes that listed the directory), idle_rechecks (segments of\n"
+"finished writers looked at again: at most 32 per listing), skipped (entries named like\n"
 "segments that are not regular files), gone (segments removed or replaced\n"
 "while indexed), open_fds (segment descriptors held now), faults (a dict:\n"
 "fault kind -> count since open), full, io_error.");
@@ -625,7 +626,7 @@ static PyObject *Store_stats(StoreObject *self, PyObject *unused)
         Py_DECREF(io_obj);
         return NULL;
     }
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:N,s:O,s:N}",
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:N,s:O,s:N}",
                          "records", (unsigned long long)st.records,
                          "segments", (unsigned long long)st.segments,
                          "corrupt", (unsigned long long)st.corrupt,
@@ -634,6 +635,7 @@ static PyObject *Store_stats(StoreObject *self, PyObject *unused)
                          "bytes_indexed", (unsigned long long)st.bytes_indexed,
                          "refreshes", (unsigned long long)st.refreshes,
                          "readdirs", (unsigned long long)st.readdirs,
+                         "idle_rechecks", (unsigned long long)st.idle_rechecks,
                          "skipped", (unsigned long long)st.skipped,
                          "gone", (unsigned long long)st.gone,
                          "open_fds", (unsigned long long)st.open_fds,

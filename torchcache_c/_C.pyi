@@ -31,6 +31,7 @@ class _StoreStats(TypedDict):
     bytes_indexed: int
     refreshes: int
     readdirs: int
+    idle_rechecks: int
     skipped: int
     gone: int
     open_fds: int

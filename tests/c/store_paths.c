@@ -1413,12 +1413,26 @@ static void many_segments(void)
     tc_store *s = open_dir(d, 0, 0);
     tc_store_stats st;
     CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.segments == 40 && st.records == 40);
-    /* a miss refreshes: 32 of the 40 finished writers' segments are re-checked
-     * (the rest at the next refresh), and nothing is found */
-    uint64_t before = st.refreshes;
-    CHECK(served(s, 82999, 1, 0) == 0);
-    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.refreshes > before &&
+    /* a forced refresh lists the directory and re-checks every finished
+     * writer's segment; once the directory's mtime is older than the 50 ms
+     * slack, that listing is trusted */
+    usleep(120 * 1000);
+    char err[256];
+    size_t added = 0;
+    uint64_t rechecked = st.idle_rechecks;
+    CHECK(tc_store_refresh(s, &added, err, sizeof(err)) == TC_STORE_OK && added == 0);
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.idle_rechecks == rechecked + 40);
+    /* then a miss refreshes and finds nothing; the finished writers' segments
+     * are re-checked only with a listing of the directory (a rename or removal
+     * moves its mtime; one is forced each second), at most 32 per listing, not
+     * at every miss: 20 misses re-checked 640 before this rule */
+    uint64_t before = st.refreshes, listed = st.readdirs;
+    rechecked = st.idle_rechecks;
+    for (int i = 0; i < 20; i++)
+        CHECK(served(s, 82999, 1, 0) == 0);
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.refreshes >= before + 20 &&
           st.records == 40);
+    CHECK(st.idle_rechecks - rechecked <= 32 * (st.readdirs - listed));
     CHECK(served(s, 82000, 32, 0) == 32 && served(s, 82032, 8, 0) == 8);
     /* a child of this reader-writer (descriptors cached for the segments read)
      * leaves its parent's segment to the parent and writes its own */
