@@ -102,17 +102,28 @@ static size_t served(tc_store *s, uint64_t first, size_t n, int zeros)
     return count;
 }
 
-static void one_segment(const char *d, char *path, size_t len)
+/* The path of the file in d whose name starts with prefix and ends with
+ * suffix (the last listed, when several do), or "" when there is none. */
+static void one_named(const char *d, const char *prefix, const char *suffix, char *path,
+                      size_t len)
 {
     DIR *dir = opendir(d);
     struct dirent *de;
+    size_t lp = strlen(prefix), ls = strlen(suffix);
     path[0] = '\0';
     while (dir && (de = readdir(dir)) != NULL) {
-        if (strncmp(de->d_name, "seg-", 4) == 0)
+        size_t l = strlen(de->d_name);
+        if (l >= lp + ls && strncmp(de->d_name, prefix, lp) == 0 &&
+            strcmp(de->d_name + l - ls, suffix) == 0)
             snprintf(path, len, "%s/%s", d, de->d_name);
     }
     if (dir)
         closedir(dir);
+}
+
+static void one_segment(const char *d, char *path, size_t len)
+{
+    one_named(d, "seg-", "", path, len);
 }
 
 static void patch(const char *path, long off, const void *bytes, size_t n)
@@ -1091,16 +1102,7 @@ out:
 /* The index file of the one segment in d, or "" when there is none. */
 static void one_index(const char *d, char *path, size_t len)
 {
-    DIR *dir = opendir(d);
-    struct dirent *de;
-    path[0] = '\0';
-    while (dir && (de = readdir(dir)) != NULL) {
-        size_t l = strlen(de->d_name);
-        if (strncmp(de->d_name, "idx-", 4) == 0 && l > 4 && strcmp(de->d_name + l - 4, ".tci") == 0)
-            snprintf(path, len, "%s/%s", d, de->d_name);
-    }
-    if (dir)
-        closedir(dir);
+    one_named(d, "idx-", ".tci", path, len);
 }
 
 static size_t count_indexes(const char *d)
