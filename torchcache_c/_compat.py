@@ -18,8 +18,15 @@ def compiler_disable(fn: Callable) -> Callable:
     return disable(fn)
 
 
+# One C call that says whether autocast is on for any device (torch >= 2.4): the
+# common case, autocast off, skips the per-device queries below.
+_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", None)
+
+
 def autocast_state(device_type: str) -> str:
     """'noautocast' or 'autocast:<dtype>' for autocast on device_type ('cpu' or 'cuda')."""
+    if _any_autocast is not None and not _any_autocast():
+        return "noautocast"
     try:  # torch >= 2.4 takes the device type
         enabled = torch.is_autocast_enabled(device_type)
         dtype = torch.get_autocast_dtype(device_type) if enabled else None

@@ -152,9 +152,6 @@ _warned_process: set = set()
 # Whether this process has yet to ask if it is a DataLoader worker (once per process:
 # a worker is a new process, and a forked child asks again).
 _worker_unchecked = True
-# One C call that says whether autocast is on for any device (torch >= 2.4), so that
-# the common case skips autocast_state's per-device queries.
-_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", None)
 # A miss scans the directory for other processes' records before forward runs, every
 # time: a rank that asks after a barrier must see what the others stored before it.
 # A scan costs a readdir and one fstat per segment, far less than a forward pass.
@@ -481,8 +478,6 @@ class ModuleCache:
 
     @staticmethod
     def _autocast(device: torch.device) -> str:
-        if _any_autocast is not None and not _any_autocast():
-            return "noautocast"
         return autocast_state(device.type if device.type in ("cpu", "cuda") else "cpu")
 
     def _current_store(self, device: torch.device, grad: bool) -> Tuple[_StoreHandle, str]:
