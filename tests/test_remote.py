@@ -397,3 +397,24 @@ def test_forked_worker_uploads_at_its_exit(tmp_path):
     assert p.exitcode == 0
     names = [q.name for q in (tmp_path / "bucket").rglob("*") if q.is_file()]
     assert any(n.startswith("i-seg-") and f"-{p.pid}-" in n for n in names), names
+
+
+def test_a_dropped_cache_frees_its_remote_tier_while_the_uploader_idles(tmp_path):
+    """The uploader thread keeps no tier alive between its rounds: once the module that
+    owns a remote tier is dropped, the tier (its object-store client) is freed at the
+    next collection, not when the idle thread next wakes (up to 5 s later)."""
+    import gc
+    import weakref
+
+    url = f"file://{tmp_path / 'bucket'}"
+    model = torchcache(persistent=True, persistent_cache_dir=str(tmp_path / "local"),
+                       persistent_remote=url, remote_refresh_s=0)(
+        type("Scale", (torch.nn.Module,), {"forward": lambda self, x: x * 2}))().eval()
+    with torch.no_grad():
+        model(torch.randn(4, 3))
+    tier = weakref.ref(model.cache_instance._handle.remote)
+    assert tier() is not None
+    time.sleep(0.5)  # the uploader has taken its round and waits, idle
+    del model
+    gc.collect()
+    assert tier() is None, gc.get_referrers(tier())

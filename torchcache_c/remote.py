@@ -742,6 +742,9 @@ class _Uploader:
                 if ok and final:
                     finished.add(id(tier))
                 done &= ok
+            # Hold no tier while waiting for the next round: a dropped cache's tier
+            # (and its object-store client) goes with its module, not seconds later.
+            tiers = tier = None
             with self._cond:
                 self._idle = done
                 if final and done:
