@@ -7,8 +7,9 @@
  * small ones is balanced too.  Items of one block (16 KiB or less) skip the sums:
  * a thread writes each item's block digest into the output and finishes its
  * items there, many at a time (the kernels' items_final); items of one stripe
- * (256 bytes or less) go whole to the kernels' items1, which hashes and
- * finishes them side by side with no per-item call.  Strided or sampled items
+ * (256 bytes or less) go whole to the kernels' items1, and items of 2 to 16
+ * stripes (4 KiB or less) to itemsN, which hash and finish them side by side
+ * with no per-item call.  Strided or sampled items
  * are split by items.
  *
  * Work is handed out in chunks from a shared counter rather than in fixed
@@ -99,27 +100,15 @@ static void one_block_items(tc_job *job, uint64_t begin, uint64_t end)
         one_stripe_items(job, begin, end);
         return;
     }
-    size_t full = n / TC_HASH_STRIPE_BYTES, rest = n % TC_HASH_STRIPE_BYTES;
-    if (rest && job->k->short_block && n <= TC_SHORT_BLOCK_STRIPES * TC_HASH_STRIPE_BYTES) {
-        /* A short block that ends in a partial stripe: the zero-padded copies of
-         * the last stripes of several items are made first and read after, so
-         * that the kernel's loads do not wait on the copy's stores (a load that
-         * spans several recent narrower stores cannot be forwarded from them
-         * and stalls until they retire). */
-        uint8_t pads[TC_PAD_ITEMS][TC_HASH_STRIPE_BYTES];
-        size_t tail = full * TC_HASH_STRIPE_BYTES;
-        for (uint64_t i = begin; i < end; i += TC_PAD_ITEMS) {
-            size_t m = end - i < TC_PAD_ITEMS ? (size_t)(end - i) : TC_PAD_ITEMS;
-            for (size_t q = 0; q < m; q++)
-                tc_pad_stripe(pads[q], item_base(job->x, (int64_t)(i + q)) + tail, rest);
-            for (size_t q = 0; q < m; q++)
-                job->k->short_block(item_base(job->x, (int64_t)(i + q)), full, pads[q],
-                                    job->digests + 2 * (i + q));
-        }
-    } else {
-        for (uint64_t i = begin; i < end; i++)
-            tc_block_digest(job->k, item_base(job->x, (int64_t)i), n, job->digests + 2 * i);
+    if (n <= TC_SHORT_BLOCK_STRIPES * TC_HASH_STRIPE_BYTES) {
+        /* 2 to 16 stripes: read in place (a partial last stripe too), hashed and
+         * finished many at a time, no call and no copy per item. */
+        job->k->itemsN(item_base(job->x, (int64_t)begin), (ptrdiff_t)job->x->batch_stride,
+                       (size_t)(end - begin), n, job->md, out);
+        return;
     }
+    for (uint64_t i = begin; i < end; i++)
+        tc_block_digest(job->k, item_base(job->x, (int64_t)i), n, job->digests + 2 * i);
     job->k->items_final((size_t)(end - begin), out, tc_block0_key, job->md, out);
 }
 
