@@ -523,7 +523,8 @@ void tc_items1_avx2(const uint8_t *base, ptrdiff_t stride, size_t n, size_t lane
  * stripe. */
 typedef struct {
     __m256i k1[TC_SHORT_BLOCK_STRIPES][8], k2[TC_SHORT_BLOCK_STRIPES][8];
-    __m256i iv1[8], iv2[8], f1[8], f2[8];
+    __m256i iv1[8], iv2[8]; /* IV1, IV2, plus the products of padding-only registers */
+    __m256i f1[8], f2[8];
     __m256i mask[8];  /* last stripe: the whole words of register r (maskload) */
     __m256i pmask[8]; /* last stripe: the lane of the partial word, if any */
     size_t full;      /* whole stripes */
@@ -638,8 +639,10 @@ void tc_itemsN_avx2(const uint8_t *base, ptrdiff_t stride, size_t n, size_t byte
         __m256i ks1 = _mm256_set1_epi64x((long long)tc_keys[TC_K_STRIPE1 + s]);
         __m256i ks2 = _mm256_set1_epi64x((long long)tc_keys[TC_K_STRIPE2 + s]);
         for (int r = 0; r < 8; r++) {
-            C.k1[s][r] = _mm256_xor_si256(ks1, _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_LANE1 + 4 * r)));
-            C.k2[s][r] = _mm256_xor_si256(ks2, _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_LANE2 + 4 * r)));
+            __m256i l1 = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_LANE1 + 4 * r));
+            __m256i l2 = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_LANE2 + 4 * r));
+            C.k1[s][r] = _mm256_xor_si256(ks1, l1);
+            C.k2[s][r] = _mm256_xor_si256(ks2, l2);
         }
     }
     /* A register of the last stripe that reads only zero padding (w = 0) adds
