@@ -68,41 +68,19 @@ static int claim(tc_job *job, uint64_t *begin, uint64_t *end)
     return 1;
 }
 
-/* Items of one stripe padded at a time into a buffer on the stack. */
-#define TC_PAD_ITEMS 32
-
-/* Items of one stripe (at most 256 bytes): the kernels' items1 hashes and
- * finishes many per call.  It reads whole steps of eight lanes (64 bytes), so
- * items of other lengths are first copied, a few at a time, into zero-padded
- * slots (all copies before the reads: see one_block_items). */
-static void one_stripe_items(tc_job *job, uint64_t begin, uint64_t end)
-{
-    size_t n = job->item_bytes, lanes = (n + 7) / 8;
-    if (n % 64 == 0) {
-        job->k->items1(item_base(job->x, (int64_t)begin), (ptrdiff_t)job->x->batch_stride,
-                       (size_t)(end - begin), lanes, job->md, job->digests + 2 * begin);
-        return;
-    }
-    uint8_t buf[TC_PAD_ITEMS * TC_HASH_STRIPE_BYTES];
-    for (uint64_t i = begin; i < end; i += TC_PAD_ITEMS) {
-        size_t m = end - i < TC_PAD_ITEMS ? (size_t)(end - i) : TC_PAD_ITEMS;
-        for (size_t q = 0; q < m; q++)
-            tc_pad_stripe(buf + q * TC_HASH_STRIPE_BYTES, item_base(job->x, (int64_t)(i + q)), n);
-        job->k->items1(buf, TC_HASH_STRIPE_BYTES, m, lanes, job->md, job->digests + 2 * i);
-    }
-}
-
 static void one_block_items(tc_job *job, uint64_t begin, uint64_t end)
 {
     uint64_t *out = job->digests + 2 * begin;
     size_t n = job->item_bytes;
+    /* Items of one stripe (items1) or 2 to 16 (itemsN): read in place, a partial
+     * last stripe too, hashed and finished many at a time, no call and no copy
+     * per item. */
     if (n <= TC_HASH_STRIPE_BYTES) {
-        one_stripe_items(job, begin, end);
+        job->k->items1(item_base(job->x, (int64_t)begin), (ptrdiff_t)job->x->batch_stride,
+                       (size_t)(end - begin), n, job->md, out);
         return;
     }
     if (n <= TC_SHORT_BLOCK_STRIPES * TC_HASH_STRIPE_BYTES) {
-        /* 2 to 16 stripes: read in place (a partial last stripe too), hashed and
-         * finished many at a time, no call and no copy per item. */
         job->k->itemsN(item_base(job->x, (int64_t)begin), (ptrdiff_t)job->x->batch_stride,
                        (size_t)(end - begin), n, job->md, out);
         return;

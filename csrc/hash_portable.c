@@ -141,11 +141,21 @@ void tc_items_final_portable(size_t n, const uint64_t *in, const uint64_t *kb,
     }
 }
 
-void tc_items1_portable(const uint8_t *base, ptrdiff_t stride, size_t n, size_t lanes,
+void tc_items1_portable(const uint8_t *base, ptrdiff_t stride, size_t n, size_t bytes,
                         const uint64_t md[2], uint64_t *out)
 {
+    /* block1_portable reads exactly `lanes` words: items of whole words in place,
+     * others through a zero-padded copy of their last word. */
+    size_t lanes = (bytes + 7) / 8, whole = bytes & ~(size_t)7;
+    uint8_t buf[TC_HASH_STRIPE_BYTES];
     for (size_t i = 0; i < n; i++) {
-        block1_portable(base + (ptrdiff_t)i * stride, lanes, out + 2 * i);
+        const uint8_t *p = base + (ptrdiff_t)i * stride;
+        if (whole != bytes) {
+            memcpy(buf, p, bytes);
+            memset(buf + bytes, 0, 8 * lanes - bytes);
+            p = buf;
+        }
+        block1_portable(p, lanes, out + 2 * i);
         tc_items_final_portable(1, out + 2 * i, tc_block0_key, md, out + 2 * i);
     }
 }

@@ -11,11 +11,11 @@ from conftest import SIMD_LEVELS
 from torchcache_c import _C, build_info, hash_tensor
 
 # Item sizes in bytes around every boundary of the driver and the kernels: one
-# word, one step of eight lanes (64 B; one-stripe items of whole steps are read in
-# place, others through a zero-padded copy), the block finish's 8/16/24/32-lane
-# variants, one stripe (256 B), the short blocks that AVX2 hashes in two passes
-# (2..16 stripes, 4 KiB, the kernels' itemsN; 1000 B ends in a partial stripe),
-# one block (16 KiB).
+# word, one register of four lanes (32 B) and one step of eight (64 B; one-stripe
+# items are read in place, the last register of one that ends inside it by a
+# masked load), the block finish's 8/16/24/32-lane variants, one stripe (256 B),
+# the short blocks that AVX2 hashes in two passes (2..16 stripes, 4 KiB, the
+# kernels' itemsN; 1000 B ends in a partial stripe), one block (16 KiB).
 ITEM_BYTES = [0, 1, 7, 8, 9, 63, 64, 65, 120, 127, 128, 129, 191, 192, 193, 255, 256, 257,
               300, 384, 511, 512, 513, 1000, 3072, 4095, 4096, 4097, 16383, 16384, 16385,
               40000]
@@ -29,9 +29,9 @@ ITEMSN_BYTES = [257, 259, 263, 264, 287, 300, 320, 384, 448, 511, 512, 513, 640,
                 3840, 3841, 4000, 4095, 4096]
 # Batch sizes around the kernels' groups of items: the AVX2 item finish takes
 # groups of 12 (8 in registers, 4 in scalars), then groups of 4, then one at a time;
-# AVX2's one-stripe items (items1) take passes of 16 items (4 groups of 4), then
-# groups of 4, then one at a time; items that are not whole 64-byte steps are
-# padded 32 at a time.
+# AVX2's one-stripe items (items1) and items of 2..16 stripes (itemsN) take passes
+# of 16 items (4 groups of 4), then groups of 4, then a group of four whose
+# missing items repeat the last one.
 BATCHES = [1, 3, 4, 5, 7, 8, 9, 11, 12, 13, 15, 16, 17, 23, 24, 25, 28, 31, 32, 33, 47, 48,
            49, 65]
 
@@ -59,13 +59,17 @@ def test_batches_match_portable_items_at_every_level(simd, nbytes):
         assert torch.equal(got, _portable_one_by_one(x, simd)), (simd, nbytes, batch)
 
 
-@pytest.mark.parametrize("nbytes", [8, 64, 100, 128, 192, 256])
+@pytest.mark.parametrize("nbytes", [1, 4, 7, 8, 31, 33, 64, 100, 128, 136, 192, 250, 255, 256])
 def test_one_stripe_items_of_views_match_portable(simd, nbytes):
     # Compact items whose batch stride is not their length (a slice of wider
-    # rows) and items that all lie at one address (stride 0: expand).
+    # rows; one whose last item ends where the buffer ends) and items that all
+    # lie at one address (stride 0: expand).  items1 reads them in place.
     wide = _items(37, nbytes + 40, 7)
     sliced = wide[:, 3:3 + nbytes]
     assert torch.equal(hash_tensor(sliced), _portable_one_by_one(sliced, simd))
+    assert torch.equal(hash_tensor(sliced), hash_tensor(_strided_copy(sliced)))
+    tail = wide[:, 40:]
+    assert torch.equal(hash_tensor(tail), _portable_one_by_one(tail, simd))
     same = wide[5, :nbytes].expand(21, nbytes)
     got = hash_tensor(same)
     assert torch.equal(got, _portable_one_by_one(same, simd))
