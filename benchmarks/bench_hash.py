@@ -341,7 +341,7 @@ def main() -> None:
     ap.add_argument("--threads", default=None,
                     help="comma-separated thread counts (default 1..nproc)")
     ap.add_argument("--sizes", default="154,1233", help="bulk working sets in MB")
-    ap.add_argument("--items", default="128,256,384,512,1024,3072,16384,65536,602112",
+    ap.add_argument("--items", default="128,256,320,384,448,512,1024,3072,16384,65536,602112",
                     help="item sizes in bytes for the per-item sweep")
     ap.add_argument("--simd", choices=["portable", "avx2", "avx512"], default=None)
     ap.add_argument("--runs", type=int, default=1,

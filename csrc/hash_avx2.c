@@ -371,7 +371,10 @@ void tc_items_final_avx2(size_t n, const uint64_t *in, const uint64_t *kb, const
  * (one transpose instead of four horizontal sums), and the block term and the
  * item finish of those four items are one fmix4 each.  Per 128-byte item that
  * leaves 4 vectors of keyed products, 4 fmix4 of lane finish and 1 of item
- * finish, with no store and reload of block digests between the two. */
+ * finish, with no store and reload of block digests between the two.  Items are
+ * read in place, whatever their length: only the registers that hold data are
+ * read, the last one (if the item ends inside it) by a masked load and one load
+ * of its partial word, and the lanes after them come from tc_lane_tail. */
 
 /* [sum of a's lanes, sum of b's, sum of c's, sum of d's]. */
 static inline __m256i hsum4x4(__m256i a, __m256i b, __m256i c, __m256i d)
@@ -382,19 +385,53 @@ static inline __m256i hsum4x4(__m256i a, __m256i b, __m256i c, __m256i d)
                             _mm256_permute2x128_si256(ab, cd, 0x31));
 }
 
-/* The keys of the lanes of stripe 0, by register: k1 = KL1 ^ KS1[0], k2 = KL2 ^ KS2[0]. */
+/* The keys of the lanes of stripe 0, by register: k1 = KL1 ^ KS1[0], k2 = KL2 ^ KS2[0];
+ * and, for an item that ends inside its last register, which words of that register
+ * are whole (mask, for a masked load) and which one is partial (pmask). */
 typedef struct {
     __m256i k1[8], k2[8], iv1[8], iv2[8], f1[8], f2[8];
+    __m256i mask, pmask;
+    size_t bytes;   /* the item's bytes */
+    int part_shift; /* 64 - 8 * (bytes of the partial word); 0: none */
 } items1_keys;
 
-/* One item's 4 * nv data lanes: partial sums of its lanes' shares of h1, h2. */
+/* The last, partial word of an item of `bytes` bytes at p (its bytes as the low
+ * bytes of a zero-padded word), broadcast; zero when it has none.  Read with one
+ * load that ends at the item's last byte, or byte by byte below 8 bytes. */
+static inline __attribute__((always_inline)) __m256i partial_word(const uint8_t *p,
+                                                                  size_t bytes, int shift)
+{
+    if (!shift)
+        return _mm256_setzero_si256();
+    uint64_t t = 0;
+    if (bytes >= 8) {
+        memcpy(&t, p + bytes - 8, 8);
+        t >>= shift;
+    } else {
+        for (size_t b = bytes; b-- > 0;)
+            t = t << 8 | p[b];
+    }
+    return _mm256_set1_epi64x((long long)t);
+}
+
+/* One item's 4 * nv data lanes: partial sums of its lanes' shares of h1, h2.  With
+ * `masked`, register nv - 1 is the end of the item: its whole words by a masked
+ * load (nothing past the item is read), its partial word from partial_word, the
+ * rest zeros. */
 static inline __attribute__((always_inline)) void item1_lanes(const uint8_t *p,
                                                               const items1_keys *K, int nv,
-                                                              __m256i *h1, __m256i *h2)
+                                                              int masked, __m256i *h1,
+                                                              __m256i *h2)
 {
     __m256i s1 = _mm256_setzero_si256(), s2 = _mm256_setzero_si256();
     for (int v = 0; v < nv; v++) {
-        __m256i w = _mm256_loadu_si256((const __m256i *)(p + 32 * v));
+        __m256i w;
+        if (masked && v == nv - 1)
+            w = _mm256_or_si256(
+                _mm256_maskload_epi64((const long long *)(p + 32 * v), K->mask),
+                _mm256_and_si256(partial_word(p, K->bytes, K->part_shift), K->pmask));
+        else
+            w = _mm256_loadu_si256((const __m256i *)(p + 32 * v));
         __m256i k1 = _mm256_xor_si256(w, K->k1[v]);
         __m256i k2 = _mm256_xor_si256(w, K->k2[v]);
         __m256i a = _mm256_add_epi64(_mm256_add_epi64(w, K->iv1[v]),
@@ -440,24 +477,24 @@ static inline __attribute__((always_inline)) void items1_finish(const __m256i *t
 }
 
 static inline __attribute__((always_inline)) void items1_run(const uint8_t *base, ptrdiff_t stride,
-                                                             size_t n, int nv,
+                                                             size_t n, int nv, int masked,
                                                              const items1_keys *K,
                                                              const uint64_t md[2],
                                                              uint64_t *out)
 {
     const __m256i tail1 = _mm256_set1_epi64x((long long)tc_lane_tail[4 * nv][0]);
     const __m256i tail2 = _mm256_set1_epi64x((long long)tc_lane_tail[4 * nv][1]);
-    const size_t per = 4 * TC_ITEMS1_GROUPS;
-    for (size_t i = 0; i + 4 <= n;) {
+    size_t i = 0;
+    while (i + 4 <= n) {
         size_t g = (n - i) / 4 < TC_ITEMS1_GROUPS ? (n - i) / 4 : TC_ITEMS1_GROUPS;
         __m256i t1[TC_ITEMS1_GROUPS], t2[TC_ITEMS1_GROUPS];
         for (size_t k = 0; k < g; k++) {
             __m256i a1, b1, c1, d1, a2, b2, c2, d2;
             const uint8_t *p = base + (ptrdiff_t)(i + 4 * k) * stride;
-            item1_lanes(p, K, nv, &a1, &a2);
-            item1_lanes(p + stride, K, nv, &b1, &b2);
-            item1_lanes(p + 2 * stride, K, nv, &c1, &c2);
-            item1_lanes(p + 3 * stride, K, nv, &d1, &d2);
+            item1_lanes(p, K, nv, masked, &a1, &a2);
+            item1_lanes(p + stride, K, nv, masked, &b1, &b2);
+            item1_lanes(p + 2 * stride, K, nv, masked, &c1, &c2);
+            item1_lanes(p + 3 * stride, K, nv, masked, &d1, &d2);
             t1[k] = _mm256_add_epi64(hsum4x4(a1, b1, c1, d1), tail1);
             t2[k] = _mm256_add_epi64(hsum4x4(a2, b2, c2, d2), tail2);
         }
@@ -467,48 +504,264 @@ static inline __attribute__((always_inline)) void items1_run(const uint8_t *base
             for (size_t k = 0; k < g; k++)
                 items1_finish(t1 + k, t2 + k, 1, md, out + 2 * i + 8 * k);
         i += 4 * g;
-        (void)per;
+    }
+    if (i < n) {
+        /* The last n % 4 items: a group of four whose missing items repeat the
+         * last one; only the real ones are written. */
+        __m256i a[4][2];
+        for (size_t k = 0; k < 4; k++) {
+            size_t j = i + k < n ? i + k : n - 1;
+            item1_lanes(base + (ptrdiff_t)j * stride, K, nv, masked, &a[k][0], &a[k][1]);
+        }
+        __m256i t1 = _mm256_add_epi64(hsum4x4(a[0][0], a[1][0], a[2][0], a[3][0]), tail1);
+        __m256i t2 = _mm256_add_epi64(hsum4x4(a[0][1], a[1][1], a[2][1], a[3][1]), tail2);
+        uint64_t tmp[8];
+        items1_finish(&t1, &t2, 1, md, tmp);
+        memcpy(out + 2 * i, tmp, 2 * sizeof(uint64_t) * (n - i));
     }
 }
 
-void tc_items1_avx2(const uint8_t *base, ptrdiff_t stride, size_t n, size_t lanes,
+void tc_items1_avx2(const uint8_t *base, ptrdiff_t stride, size_t n, size_t bytes,
                     const uint64_t md[2], uint64_t *out)
 {
-    int nv = 2 * (int)((lanes + 7) / 8); /* registers of four lanes per item */
+    /* Registers of four lanes that hold data; the lanes after them read only
+     * padding and come from tc_lane_tail. */
+    size_t words = bytes / 8, pb = bytes % 8;
+    int nv = (int)((words + (pb != 0) + 3) / 4);
+    int masked = bytes % 32 != 0;
     items1_keys K;
+    K.bytes = bytes;
+    K.part_shift = pb ? (int)(64 - 8 * pb) : 0;
+    int64_t m[4], pm[4];
+    for (int j = 0; j < 4; j++) {
+        size_t lane = (size_t)(4 * (nv - 1) + j);
+        m[j] = lane < words ? -1 : 0;
+        pm[j] = pb && lane == words ? -1 : 0;
+    }
+    K.mask = _mm256_loadu_si256((const __m256i *)m);
+    K.pmask = _mm256_loadu_si256((const __m256i *)pm);
     const __m256i ks1 = _mm256_set1_epi64x((long long)tc_keys[TC_K_STRIPE1]);
     const __m256i ks2 = _mm256_set1_epi64x((long long)tc_keys[TC_K_STRIPE2]);
     for (int v = 0; v < nv; v++) {
-        K.k1[v] = _mm256_xor_si256(ks1, _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_LANE1 + 4 * v)));
-        K.k2[v] = _mm256_xor_si256(ks2, _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_LANE2 + 4 * v)));
+        __m256i l1 = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_LANE1 + 4 * v));
+        __m256i l2 = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_LANE2 + 4 * v));
+        K.k1[v] = _mm256_xor_si256(ks1, l1);
+        K.k2[v] = _mm256_xor_si256(ks2, l2);
         K.iv1[v] = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_IV1 + 4 * v));
         K.iv2[v] = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_IV2 + 4 * v));
         K.f1[v] = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_FIN1 + 4 * v));
         K.f2[v] = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_FIN2 + 4 * v));
     }
+    /* One instance per register count, with and without a partial last register. */
+#define TC_ITEMS1_CASE(NV)                                                  \
+    case NV:                                                                \
+        if (masked)                                                         \
+            items1_run(base, stride, n, NV, 1, &K, md, out);                \
+        else                                                                \
+            items1_run(base, stride, n, NV, 0, &K, md, out);                \
+        break;
     switch (nv) {
-    case 2:
-        items1_run(base, stride, n, 2, &K, md, out);
-        break;
-    case 4:
-        items1_run(base, stride, n, 4, &K, md, out);
-        break;
-    case 6:
-        items1_run(base, stride, n, 6, &K, md, out);
-        break;
+        TC_ITEMS1_CASE(1)
+        TC_ITEMS1_CASE(2)
+        TC_ITEMS1_CASE(3)
+        TC_ITEMS1_CASE(4)
+        TC_ITEMS1_CASE(5)
+        TC_ITEMS1_CASE(6)
+        TC_ITEMS1_CASE(7)
     default:
-        items1_run(base, stride, n, 8, &K, md, out);
+        if (masked)
+            items1_run(base, stride, n, 8, 1, &K, md, out);
+        else
+            items1_run(base, stride, n, 8, 0, &K, md, out);
         break;
     }
-    /* The last n % 4 items one at a time. */
-    for (size_t i = n & ~(size_t)3; i < n; i++) {
-        tc_block1_avx2(base + (ptrdiff_t)i * stride, lanes, out + 2 * i);
-        tc_items_final_portable(1, out + 2 * i, tc_block0_key, md, out + 2 * i);
+#undef TC_ITEMS1_CASE
+}
+
+/* Items of 2 to 16 stripes (257 bytes to 4 KiB, one block each), four at a time
+ * (tc_itemsN_avx2), in the spirit of items1: each item's 32 lanes run in two
+ * passes of 16 (as in tc_short_block_avx2, eight accumulators in registers
+ * through the stripes), their lane finish is summed in a register of four partial
+ * sums, and four items' registers are reduced together and finished by
+ * items1_finish.  The item is read in place: a partial last stripe is loaded with
+ * masked loads (whole words) and one 8-byte load that ends at the item's last
+ * byte (its last, partial word), so nothing outside the item is read and nothing
+ * is copied; the lanes past the data read zeros, as the zero-padded stripe of
+ * docs/hash.md, section 3 has them. */
+
+/* What is the same for every item of a call: the keyed lane constants of every
+ * stripe (KL ^ KS[s], by register of four lanes), and the shape of the last
+ * stripe. */
+typedef struct {
+    __m256i k1[TC_SHORT_BLOCK_STRIPES][8], k2[TC_SHORT_BLOCK_STRIPES][8];
+    __m256i iv1[8], iv2[8]; /* IV1, IV2, plus the products of padding-only registers */
+    __m256i f1[8], f2[8];
+    __m256i mask[8];  /* last stripe: the whole words of register r (maskload) */
+    __m256i pmask[8]; /* last stripe: the lane of the partial word, if any */
+    size_t full;      /* whole stripes */
+    size_t bytes;     /* the item's bytes */
+    int whole_regs;   /* last stripe: registers of four whole words */
+    int data_regs;    /* last stripe: registers that hold any data */
+    int part_shift;   /* 64 - 8 * (bytes of the partial word); 0: none */
+} itemsN_ctx;
+
+/* Register r (four lanes, r < data_regs) of the last, partial stripe at q (its
+ * first byte), zero-padded; part is the partial word, broadcast. */
+static inline __attribute__((always_inline)) __m256i last_reg(const uint8_t *q, int r,
+                                                              const itemsN_ctx *C, __m256i part)
+{
+    if (r < C->whole_regs)
+        return _mm256_loadu_si256((const __m256i *)(q + 32 * r));
+    __m256i w = _mm256_maskload_epi64((const long long *)(q + 32 * r), C->mask[r]);
+    return _mm256_or_si256(w, _mm256_and_si256(part, C->pmask[r]));
+}
+
+/* One stripe's registers 4 * half .. 4 * half + 3 (w) into the accumulators. */
+static inline __attribute__((always_inline)) void absorb4(const __m256i w[4], const __m256i *k1,
+                                                          const __m256i *k2, __m256i acc_a[4],
+                                                          __m256i acc_c[4])
+{
+    for (int v = 0; v < 4; v++) {
+        __m256i x1 = _mm256_xor_si256(w[v], k1[v]);
+        __m256i x2 = _mm256_xor_si256(w[v], k2[v]);
+        __m256i m1 = _mm256_mul_epu32(x1, _mm256_srli_epi64(x1, 32));
+        __m256i m2 = _mm256_mul_epu32(x2, _mm256_srli_epi64(x2, 32));
+        acc_a[v] = _mm256_add_epi64(acc_a[v], _mm256_add_epi64(m1, w[v]));
+        acc_c[v] = _mm256_add_epi64(acc_c[v], m2);
+    }
+}
+
+/* One item's 32 lanes: partial sums (four to a register) of their shares of
+ * h1, h2 (docs/hash.md, section 4). */
+static inline __attribute__((always_inline)) void itemN_lanes(const uint8_t *p,
+                                                              const itemsN_ctx *C,
+                                                              __m256i *h1, __m256i *h2)
+{
+    __m256i s1 = _mm256_setzero_si256(), s2 = _mm256_setzero_si256();
+    __m256i part = _mm256_setzero_si256();
+    if (C->part_shift) {
+        uint64_t t;
+        memcpy(&t, p + C->bytes - 8, 8);
+        part = _mm256_set1_epi64x((long long)(t >> C->part_shift));
+    }
+    const uint8_t *last = p + C->full * TC_HASH_STRIPE_BYTES;
+    for (int half = 0; half < 2; half++) {
+        __m256i acc_a[4], acc_c[4], w[4];
+        for (int v = 0; v < 4; v++) {
+            acc_a[v] = C->iv1[4 * half + v];
+            acc_c[v] = C->iv2[4 * half + v];
+        }
+        for (size_t s = 0; s < C->full; s++) {
+            const uint8_t *q = p + s * TC_HASH_STRIPE_BYTES + 128 * half;
+            for (int v = 0; v < 4; v++)
+                w[v] = _mm256_loadu_si256((const __m256i *)(q + 32 * v));
+            absorb4(w, C->k1[s] + 4 * half, C->k2[s] + 4 * half, acc_a, acc_c);
+        }
+        /* The last stripe's registers that hold data; those that read only
+         * zero padding are constants, already in acc (iv1, iv2). */
+        for (int v = 0; v < 4; v++) {
+            int r = 4 * half + v;
+            if (r < C->data_regs) {
+                __m256i x = last_reg(last, r, C, part);
+                __m256i x1 = _mm256_xor_si256(x, C->k1[C->full][r]);
+                __m256i x2 = _mm256_xor_si256(x, C->k2[C->full][r]);
+                __m256i m1 = _mm256_mul_epu32(x1, _mm256_srli_epi64(x1, 32));
+                __m256i m2 = _mm256_mul_epu32(x2, _mm256_srli_epi64(x2, 32));
+                acc_a[v] = _mm256_add_epi64(acc_a[v], _mm256_add_epi64(m1, x));
+                acc_c[v] = _mm256_add_epi64(acc_c[v], m2);
+            }
+        }
+        for (int v = 0; v < 4; v++) {
+            s1 = _mm256_add_epi64(s1, fmix4(_mm256_xor_si256(acc_a[v], C->f1[4 * half + v])));
+            s2 = _mm256_add_epi64(s2, _mm256_xor_si256(acc_c[v], C->f2[4 * half + v]));
+        }
+    }
+    *h1 = s1;
+    *h2 = s2;
+}
+
+void tc_itemsN_avx2(const uint8_t *base, ptrdiff_t stride, size_t n, size_t bytes,
+                    const uint64_t md[2], uint64_t *out)
+{
+    itemsN_ctx C;
+    C.bytes = bytes;
+    C.full = bytes / TC_HASH_STRIPE_BYTES;
+    size_t rest = bytes % TC_HASH_STRIPE_BYTES;
+    size_t words = rest / 8, pb = rest % 8;
+    size_t nst = C.full + (rest != 0);
+    C.whole_regs = (int)(words / 4);
+    C.data_regs = (int)((words + (pb != 0) + 3) / 4);
+    C.part_shift = pb ? (int)(64 - 8 * pb) : 0;
+    for (int r = 0; r < 8; r++) {
+        int64_t m[4], pm[4];
+        for (int j = 0; j < 4; j++) {
+            size_t lane = (size_t)(4 * r + j);
+            m[j] = lane < words ? -1 : 0;
+            pm[j] = pb && lane == words ? -1 : 0;
+        }
+        C.mask[r] = _mm256_loadu_si256((const __m256i *)m);
+        C.pmask[r] = _mm256_loadu_si256((const __m256i *)pm);
+        C.iv1[r] = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_IV1 + 4 * r));
+        C.iv2[r] = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_IV2 + 4 * r));
+        C.f1[r] = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_FIN1 + 4 * r));
+        C.f2[r] = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_FIN2 + 4 * r));
+    }
+    for (size_t s = 0; s < nst; s++) {
+        __m256i ks1 = _mm256_set1_epi64x((long long)tc_keys[TC_K_STRIPE1 + s]);
+        __m256i ks2 = _mm256_set1_epi64x((long long)tc_keys[TC_K_STRIPE2 + s]);
+        for (int r = 0; r < 8; r++) {
+            __m256i l1 = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_LANE1 + 4 * r));
+            __m256i l2 = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_LANE2 + 4 * r));
+            C.k1[s][r] = _mm256_xor_si256(ks1, l1);
+            C.k2[s][r] = _mm256_xor_si256(ks2, l2);
+        }
+    }
+    /* A register of the last stripe that reads only zero padding (w = 0) adds
+     * the same product to every item's accumulators: it starts there. */
+    for (int r = rest ? C.data_regs : 8; r < 8; r++) {
+        __m256i x1 = C.k1[C.full][r], x2 = C.k2[C.full][r];
+        C.iv1[r] = _mm256_add_epi64(C.iv1[r], _mm256_mul_epu32(x1, _mm256_srli_epi64(x1, 32)));
+        C.iv2[r] = _mm256_add_epi64(C.iv2[r], _mm256_mul_epu32(x2, _mm256_srli_epi64(x2, 32)));
+    }
+    size_t i = 0;
+    while (i + 4 <= n) {
+        size_t g = (n - i) / 4 < TC_ITEMS1_GROUPS ? (n - i) / 4 : TC_ITEMS1_GROUPS;
+        __m256i t1[TC_ITEMS1_GROUPS], t2[TC_ITEMS1_GROUPS];
+        for (size_t k = 0; k < g; k++) {
+            __m256i a1, b1, c1, d1, a2, b2, c2, d2;
+            const uint8_t *p = base + (ptrdiff_t)(i + 4 * k) * stride;
+            itemN_lanes(p, &C, &a1, &a2);
+            itemN_lanes(p + stride, &C, &b1, &b2);
+            itemN_lanes(p + 2 * stride, &C, &c1, &c2);
+            itemN_lanes(p + 3 * stride, &C, &d1, &d2);
+            t1[k] = hsum4x4(a1, b1, c1, d1);
+            t2[k] = hsum4x4(a2, b2, c2, d2);
+        }
+        if (g == TC_ITEMS1_GROUPS)
+            items1_finish(t1, t2, TC_ITEMS1_GROUPS, md, out + 2 * i);
+        else
+            for (size_t k = 0; k < g; k++)
+                items1_finish(t1 + k, t2 + k, 1, md, out + 2 * i + 8 * k);
+        i += 4 * g;
+    }
+    if (i < n) {
+        /* The last n % 4 items: a group of four whose missing items repeat the
+         * last one; only the real ones are written. */
+        __m256i a[4][2];
+        for (size_t k = 0; k < 4; k++) {
+            size_t j = i + k < n ? i + k : n - 1;
+            itemN_lanes(base + (ptrdiff_t)j * stride, &C, &a[k][0], &a[k][1]);
+        }
+        __m256i t1 = hsum4x4(a[0][0], a[1][0], a[2][0], a[3][0]);
+        __m256i t2 = hsum4x4(a[0][1], a[1][1], a[2][1], a[3][1]);
+        uint64_t tmp[8];
+        items1_finish(&t1, &t2, 1, md, tmp);
+        memcpy(out + 2 * i, tmp, 2 * sizeof(uint64_t) * (n - i));
     }
 }
 
 const tc_hash_kernels tc_kernels_avx2 = {
     TC_SIMD_AVX2, stripes_avx2, finish_avx2, finish_v1_avx2, tc_block1_avx2,
-    tc_short_block_avx2, tc_items_final_avx2, tc_items1_avx2,
+    tc_short_block_avx2, tc_items_final_avx2, tc_items1_avx2, tc_itemsN_avx2,
 };
 #endif

@@ -1,7 +1,8 @@
 /* hash_avx512.c -- the tch128-v2 stripe loop and block finish with AVX-512F/DQ
  * (and tch128-v1's block finish, for the store's payload checksum):
- * the 32 lanes are four zmm registers per accumulator.  The one-stripe block
- * and the item finish are the AVX2 kernels (an AVX-512 CPU has AVX2).
+ * the 32 lanes are four zmm registers per accumulator.  The one-stripe block,
+ * the short block, items1, itemsN and the item finish are the AVX2 kernels (an
+ * AVX-512 CPU has AVX2).
  * Compiled with -mavx512f -mavx512dq only (setup.py, SIMD_SOURCES); called only
  * when the CPU reports both (hash_dispatch.c).  Must give exactly the results
  * of hash_portable.c. */
@@ -90,6 +91,6 @@ static void finish_v1_avx512(const uint64_t a[TC_HASH_LANES], const uint64_t c[T
 
 const tc_hash_kernels tc_kernels_avx512 = {
     TC_SIMD_AVX512, stripes_avx512, finish_avx512, finish_v1_avx512, tc_block1_avx2,
-    tc_short_block_avx2, tc_items_final_avx2, tc_items1_avx2,
+    tc_short_block_avx2, tc_items_final_avx2, tc_items1_avx2, tc_itemsN_avx2,
 };
 #endif

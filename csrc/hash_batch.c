@@ -7,8 +7,9 @@
  * small ones is balanced too.  Items of one block (16 KiB or less) skip the sums:
  * a thread writes each item's block digest into the output and finishes its
  * items there, many at a time (the kernels' items_final); items of one stripe
- * (256 bytes or less) go whole to the kernels' items1, which hashes and
- * finishes them side by side with no per-item call.  Strided or sampled items
+ * (256 bytes or less) go whole to the kernels' items1, and items of 2 to 16
+ * stripes (4 KiB or less) to itemsN, which hash and finish them side by side
+ * with no per-item call.  Strided or sampled items
  * are split by items.
  *
  * Work is handed out in chunks from a shared counter rather than in fixed
@@ -67,59 +68,25 @@ static int claim(tc_job *job, uint64_t *begin, uint64_t *end)
     return 1;
 }
 
-/* Items of one stripe padded at a time into a buffer on the stack. */
-#define TC_PAD_ITEMS 32
-
-/* Items of one stripe (at most 256 bytes): the kernels' items1 hashes and
- * finishes many per call.  It reads whole steps of eight lanes (64 bytes), so
- * items of other lengths are first copied, a few at a time, into zero-padded
- * slots (all copies before the reads: see one_block_items). */
-static void one_stripe_items(tc_job *job, uint64_t begin, uint64_t end)
-{
-    size_t n = job->item_bytes, lanes = (n + 7) / 8;
-    if (n % 64 == 0) {
-        job->k->items1(item_base(job->x, (int64_t)begin), (ptrdiff_t)job->x->batch_stride,
-                       (size_t)(end - begin), lanes, job->md, job->digests + 2 * begin);
-        return;
-    }
-    uint8_t buf[TC_PAD_ITEMS * TC_HASH_STRIPE_BYTES];
-    for (uint64_t i = begin; i < end; i += TC_PAD_ITEMS) {
-        size_t m = end - i < TC_PAD_ITEMS ? (size_t)(end - i) : TC_PAD_ITEMS;
-        for (size_t q = 0; q < m; q++)
-            tc_pad_stripe(buf + q * TC_HASH_STRIPE_BYTES, item_base(job->x, (int64_t)(i + q)), n);
-        job->k->items1(buf, TC_HASH_STRIPE_BYTES, m, lanes, job->md, job->digests + 2 * i);
-    }
-}
-
 static void one_block_items(tc_job *job, uint64_t begin, uint64_t end)
 {
     uint64_t *out = job->digests + 2 * begin;
     size_t n = job->item_bytes;
+    /* Items of one stripe (items1) or 2 to 16 (itemsN): read in place, a partial
+     * last stripe too, hashed and finished many at a time, no call and no copy
+     * per item. */
     if (n <= TC_HASH_STRIPE_BYTES) {
-        one_stripe_items(job, begin, end);
+        job->k->items1(item_base(job->x, (int64_t)begin), (ptrdiff_t)job->x->batch_stride,
+                       (size_t)(end - begin), n, job->md, out);
         return;
     }
-    size_t full = n / TC_HASH_STRIPE_BYTES, rest = n % TC_HASH_STRIPE_BYTES;
-    if (rest && job->k->short_block && n <= TC_SHORT_BLOCK_STRIPES * TC_HASH_STRIPE_BYTES) {
-        /* A short block that ends in a partial stripe: the zero-padded copies of
-         * the last stripes of several items are made first and read after, so
-         * that the kernel's loads do not wait on the copy's stores (a load that
-         * spans several recent narrower stores cannot be forwarded from them
-         * and stalls until they retire). */
-        uint8_t pads[TC_PAD_ITEMS][TC_HASH_STRIPE_BYTES];
-        size_t tail = full * TC_HASH_STRIPE_BYTES;
-        for (uint64_t i = begin; i < end; i += TC_PAD_ITEMS) {
-            size_t m = end - i < TC_PAD_ITEMS ? (size_t)(end - i) : TC_PAD_ITEMS;
-            for (size_t q = 0; q < m; q++)
-                tc_pad_stripe(pads[q], item_base(job->x, (int64_t)(i + q)) + tail, rest);
-            for (size_t q = 0; q < m; q++)
-                job->k->short_block(item_base(job->x, (int64_t)(i + q)), full, pads[q],
-                                    job->digests + 2 * (i + q));
-        }
-    } else {
-        for (uint64_t i = begin; i < end; i++)
-            tc_block_digest(job->k, item_base(job->x, (int64_t)i), n, job->digests + 2 * i);
+    if (n <= TC_SHORT_BLOCK_STRIPES * TC_HASH_STRIPE_BYTES) {
+        job->k->itemsN(item_base(job->x, (int64_t)begin), (ptrdiff_t)job->x->batch_stride,
+                       (size_t)(end - begin), n, job->md, out);
+        return;
     }
+    for (uint64_t i = begin; i < end; i++)
+        tc_block_digest(job->k, item_base(job->x, (int64_t)i), n, job->digests + 2 * i);
     job->k->items_final((size_t)(end - begin), out, tc_block0_key, job->md, out);
 }
 

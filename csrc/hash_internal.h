@@ -73,15 +73,26 @@ typedef struct {
     void (*items_final)(size_t n, const uint64_t *in, const uint64_t *kb, const uint64_t md[2],
                         uint64_t *out);
     /* Full digests of n items of one stripe each (docs/hash.md, sections 4 and 5):
-     * block1 of every item, its term and its finish in one pass, so that a SIMD
-     * level can finish several items side by side.  Item i's first `lanes` words
-     * are at base + i * stride, zero-padded up to a multiple of eight words
-     * (1 <= lanes <= 32); md is the metadata digest.  Writes out[2i], out[2i+1]. */
-    void (*items1)(const uint8_t *base, ptrdiff_t stride, size_t n, size_t lanes,
+     * the block digest of every item, its term and its finish in one pass, so that
+     * a SIMD level can finish several items side by side.  Item i is the `bytes`
+     * bytes (1 <= bytes <= TC_HASH_STRIPE_BYTES) at base + i * stride (any stride,
+     * 0 included), read in place: no byte outside them is read, the zero padding
+     * is in registers.  md is the metadata digest.  Writes out[2i], out[2i+1]. */
+    void (*items1)(const uint8_t *base, ptrdiff_t stride, size_t n, size_t bytes,
+                   const uint64_t md[2], uint64_t *out);
+    /* Full digests of n items of `bytes` bytes each, one block of 2 to
+     * TC_SHORT_BLOCK_STRIPES stripes (TC_HASH_STRIPE_BYTES < bytes <=
+     * TC_SHORT_BLOCK_STRIPES * TC_HASH_STRIPE_BYTES): the block digest, its term
+     * and the item finish in one pass, as items1.  Item i is the `bytes` bytes at
+     * base + i * stride (any stride, 0 included), read in place: no byte outside
+     * them is read, a partial last stripe is zero-padded in registers.  md is the
+     * metadata digest.  Writes out[2i], out[2i+1]. */
+    void (*itemsN)(const uint8_t *base, ptrdiff_t stride, size_t n, size_t bytes,
                    const uint64_t md[2], uint64_t *out);
 } tc_hash_kernels;
 
-/* Blocks of at most this many stripes (4 KiB) may take short_block. */
+/* Blocks of at most this many stripes (4 KiB) may take short_block, and items
+ * of one such block itemsN. */
 #define TC_SHORT_BLOCK_STRIPES 16
 
 extern const tc_hash_kernels tc_kernels_portable;
@@ -94,7 +105,9 @@ void tc_block1_avx2(const uint8_t *stripe, size_t lanes, uint64_t h[2]);
 void tc_short_block_avx2(const uint8_t *p, size_t full, const uint8_t *last, uint64_t h[2]);
 void tc_items_final_avx2(size_t n, const uint64_t *in, const uint64_t *kb, const uint64_t md[2],
                          uint64_t *out);
-void tc_items1_avx2(const uint8_t *base, ptrdiff_t stride, size_t n, size_t lanes,
+void tc_items1_avx2(const uint8_t *base, ptrdiff_t stride, size_t n, size_t bytes,
+                    const uint64_t md[2], uint64_t *out);
+void tc_itemsN_avx2(const uint8_t *base, ptrdiff_t stride, size_t n, size_t bytes,
                     const uint64_t md[2], uint64_t *out);
 #endif
 
@@ -122,7 +135,7 @@ void tc_meta_digest(const uint64_t *meta, size_t nmeta, uint64_t md[2]);
 /* The portable scalar pieces, for the SIMD files' remainders. */
 void tc_items_final_portable(size_t n, const uint64_t *in, const uint64_t *kb,
                              const uint64_t md[2], uint64_t *out);
-void tc_items1_portable(const uint8_t *base, ptrdiff_t stride, size_t n, size_t lanes,
+void tc_items1_portable(const uint8_t *base, ptrdiff_t stride, size_t n, size_t bytes,
                         const uint64_t md[2], uint64_t *out);
 void tc_finish_v1_portable(const uint64_t a[TC_HASH_LANES], const uint64_t c[TC_HASH_LANES],
                            uint64_t h[2]);

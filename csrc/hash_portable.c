@@ -141,16 +141,50 @@ void tc_items_final_portable(size_t n, const uint64_t *in, const uint64_t *kb,
     }
 }
 
-void tc_items1_portable(const uint8_t *base, ptrdiff_t stride, size_t n, size_t lanes,
+void tc_items1_portable(const uint8_t *base, ptrdiff_t stride, size_t n, size_t bytes,
                         const uint64_t md[2], uint64_t *out)
 {
+    /* block1_portable reads exactly `lanes` words: items of whole words in place,
+     * others through a zero-padded copy of their last word. */
+    size_t lanes = (bytes + 7) / 8, whole = bytes & ~(size_t)7;
+    uint8_t buf[TC_HASH_STRIPE_BYTES];
     for (size_t i = 0; i < n; i++) {
-        block1_portable(base + (ptrdiff_t)i * stride, lanes, out + 2 * i);
+        const uint8_t *p = base + (ptrdiff_t)i * stride;
+        if (whole != bytes) {
+            memcpy(buf, p, bytes);
+            memset(buf + bytes, 0, 8 * lanes - bytes);
+            p = buf;
+        }
+        block1_portable(p, lanes, out + 2 * i);
+        tc_items_final_portable(1, out + 2 * i, tc_block0_key, md, out + 2 * i);
+    }
+}
+
+/* The reference of itemsN: each item's block digest by the definition (the
+ * stripe loop over its whole stripes and its zero-padded last one, then the
+ * block finish), its term and its finish. */
+static void itemsN_portable(const uint8_t *base, ptrdiff_t stride, size_t n, size_t bytes,
+                            const uint64_t md[2], uint64_t *out)
+{
+    size_t full = bytes / TC_HASH_STRIPE_BYTES, rest = bytes % TC_HASH_STRIPE_BYTES;
+    uint8_t pad[TC_HASH_STRIPE_BYTES];
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *p = base + (ptrdiff_t)i * stride;
+        uint64_t a[TC_HASH_LANES], c[TC_HASH_LANES];
+        memcpy(a, tc_keys + TC_K_IV1, sizeof(a));
+        memcpy(c, tc_keys + TC_K_IV2, sizeof(c));
+        stripes_portable(p, full, 0, a, c);
+        if (rest) {
+            memcpy(pad, p + full * TC_HASH_STRIPE_BYTES, rest);
+            memset(pad + rest, 0, TC_HASH_STRIPE_BYTES - rest);
+            stripes_portable(pad, 1, full, a, c);
+        }
+        finish_portable(a, c, out + 2 * i);
         tc_items_final_portable(1, out + 2 * i, tc_block0_key, md, out + 2 * i);
     }
 }
 
 const tc_hash_kernels tc_kernels_portable = {
     TC_SIMD_PORTABLE, stripes_portable, finish_portable, tc_finish_v1_portable,
-    block1_portable, NULL, tc_items_final_portable, tc_items1_portable,
+    block1_portable, NULL, tc_items_final_portable, tc_items1_portable, itemsN_portable,
 };

@@ -9,9 +9,11 @@
  *   - the digest depends on the logical elements only: the strided item and a
  *     compact row-major copy of it hash alike (docs/hash.md, section 1);
  *   - tc_hash_batch (one and two threads, at every level) gives each item's
- *     portable tc_hash_item digest; its batch of NITEMS = 17 items takes every
+ *     portable tc_hash_item digest; its batches of 17, 11 and 6 items take every
  *     path of the kernels' item finish (AVX2: a group of 12, one of 4, then one
- *     item alone). */
+ *     item alone) and of items1 and itemsN (passes of four groups of four, fewer
+ *     groups, a remainder of 1 to 3 items).  The items lie back to back, the last
+ *     at the end of its buffer, so ASan sees a read past an item. */
 #include "hash.h"
 
 #include <stdint.h>
@@ -187,12 +189,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         want[2 * i] = d.d1;
         want[2 * i + 1] = d.d2;
     }
+    /* The first 17, 11 and 6 items: whole passes of four groups of four, fewer
+     * groups, and groups plus a remainder of 1, 3 and 2 items (items1, itemsN). */
+    static const int counts[] = {NITEMS, 11, 6};
     for (int level = TC_SIMD_PORTABLE; level <= best; level++) {
         check(tc_hash_simd_force(level) == 0, "cannot force a level below the best");
-        for (int threads = 1; threads <= 2; threads++) {
-            check(tc_hash_batch(&batch, l.sample_count, threads, digests) == 0, "batch failed");
-            check(memcmp(digests, want, sizeof(want)) == 0,
-                  "tc_hash_batch differs from the portable tc_hash_item");
+        for (int c = 0; c < 3; c++) {
+            batch.batch = counts[c];
+            for (int threads = 1; threads <= 2; threads++) {
+                check(tc_hash_batch(&batch, l.sample_count, threads, digests) == 0,
+                      "batch failed");
+                check(memcmp(digests, want, 2 * sizeof(uint64_t) * (size_t)counts[c]) == 0,
+                      "tc_hash_batch differs from the portable tc_hash_item");
+            }
         }
     }
     free(flat);

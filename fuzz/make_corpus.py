@@ -114,6 +114,13 @@ def main() -> None:
         "sampled": bytes([0, 2, 0, 0, 8, 8, 5, 0]) + bytes(range(64)),
         "scalar": bytes([4, 0, 0, 0, 0, 0]) + b"0123456789abcdef",
         "odd_itemsize": bytes([5, 1, 0, 0x10, 7, 1, 0]) + bytes(range(32)),
+        # Items of 2 to 16 stripes (the kernels' itemsN): 300 B (a partial last
+        # stripe ending in a partial word), 4 KiB (16 stripes), 1029 B (3-byte
+        # elements, 4 stripes and 5 bytes); compact, row-major (order 10 and 58
+        # keep the dimensions in place).
+        "multi_stripe_300": bytes([2, 3, 10, 0, 5, 5, 3, 0, 0]) + bytes(range(120)),
+        "multi_stripe_16": bytes([4, 4, 58, 0, 4, 4, 4, 4, 0, 0]) + bytes(range(256)),
+        "multi_stripe_odd": bytes([5, 3, 10, 0, 7, 7, 7, 0, 0]) + bytes(range(77)),
     }
     for name, data in hash_seeds.items():
         (hash_dir / name).write_bytes(data)

@@ -37,6 +37,9 @@ def make_item(dtype: str, shape: list, seed: int) -> torch.Tensor:
 CASES = (
     [("uint8", [n], 1, None) for n in
      (0, 1, 7, 8, 9, 255, 256, 257, 1000, 16383, 16384, 16385, 32768, 50000, 100003)]
+    # Items of 2 to 16 stripes (the kernels' itemsN): 2, 3, 15 and 16 stripes,
+    # partial last stripes of 1, 44 and 255 bytes.
+    + [("uint8", [n], 15, None) for n in (300, 511, 512, 513, 768, 3840, 4095, 4096)]
     + [
         ("float32", [3, 4], 5, None), ("float32", [4, 3], 5, None), ("int32", [3, 4], 5, None),
         ("float32", [12], 5, None), ("float32", [], 9, None), ("bool", [37], 2, None),
@@ -47,6 +50,7 @@ CASES = (
         ("float32", [3, 224, 224], 12, None),
         ("float32", [3, 224, 224], 12, 10000), ("float32", [1000], 13, 7),
         ("float32", [1000], 13, 1000), ("uint8", [5], 14, 2),
+        ("float32", [96], 16, None), ("float32", [4, 28], 17, None),
     ]
 )
 
