@@ -414,6 +414,22 @@ static inline __attribute__((always_inline)) __m256i partial_word(const uint8_t 
     return _mm256_set1_epi64x((long long)t);
 }
 
+/* For an item whose last register of four lanes is register r of its stripe and
+ * whose stripe holds `words` whole words and then pb (< 8) bytes: which lanes of
+ * that register are whole words (mask, for a masked load) and which one is the
+ * partial word (pmask). */
+static void last_reg_masks(size_t words, size_t pb, int r, __m256i *mask, __m256i *pmask)
+{
+    int64_t m[4], pm[4];
+    for (int j = 0; j < 4; j++) {
+        size_t lane = (size_t)(4 * r + j);
+        m[j] = lane < words ? -1 : 0;
+        pm[j] = pb && lane == words ? -1 : 0;
+    }
+    *mask = _mm256_loadu_si256((const __m256i *)m);
+    *pmask = _mm256_loadu_si256((const __m256i *)pm);
+}
+
 /* One item's 4 * nv data lanes: partial sums of its lanes' shares of h1, h2.  With
  * `masked`, register nv - 1 is the end of the item: its whole words by a masked
  * load (nothing past the item is read), its partial word from partial_word, the
@@ -444,7 +460,7 @@ static inline __attribute__((always_inline)) void item1_lanes(const uint8_t *p,
     *h2 = s2;
 }
 
-/* Items per pass of items1_run: the lane work of G groups of four items first,
+/* Items per pass of items_run: the lane work of G groups of four items first,
  * then their G item finishes side by side (each is a chain of three fmix4, too
  * long to hide behind the next group's lanes on its own). */
 #define TC_ITEMS1_GROUPS 4
@@ -474,108 +490,6 @@ static inline __attribute__((always_inline)) void items1_finish(const __m256i *t
         _mm256_storeu_si256((__m256i *)(out + 8 * k), _mm256_permute2x128_si256(lo, hi, 0x20));
         _mm256_storeu_si256((__m256i *)(out + 8 * k + 4), _mm256_permute2x128_si256(lo, hi, 0x31));
     }
-}
-
-static inline __attribute__((always_inline)) void items1_run(const uint8_t *base, ptrdiff_t stride,
-                                                             size_t n, int nv, int masked,
-                                                             const items1_keys *K,
-                                                             const uint64_t md[2],
-                                                             uint64_t *out)
-{
-    const __m256i tail1 = _mm256_set1_epi64x((long long)tc_lane_tail[4 * nv][0]);
-    const __m256i tail2 = _mm256_set1_epi64x((long long)tc_lane_tail[4 * nv][1]);
-    size_t i = 0;
-    while (i + 4 <= n) {
-        size_t g = (n - i) / 4 < TC_ITEMS1_GROUPS ? (n - i) / 4 : TC_ITEMS1_GROUPS;
-        __m256i t1[TC_ITEMS1_GROUPS], t2[TC_ITEMS1_GROUPS];
-        for (size_t k = 0; k < g; k++) {
-            __m256i a1, b1, c1, d1, a2, b2, c2, d2;
-            const uint8_t *p = base + (ptrdiff_t)(i + 4 * k) * stride;
-            item1_lanes(p, K, nv, masked, &a1, &a2);
-            item1_lanes(p + stride, K, nv, masked, &b1, &b2);
-            item1_lanes(p + 2 * stride, K, nv, masked, &c1, &c2);
-            item1_lanes(p + 3 * stride, K, nv, masked, &d1, &d2);
-            t1[k] = _mm256_add_epi64(hsum4x4(a1, b1, c1, d1), tail1);
-            t2[k] = _mm256_add_epi64(hsum4x4(a2, b2, c2, d2), tail2);
-        }
-        if (g == TC_ITEMS1_GROUPS)
-            items1_finish(t1, t2, TC_ITEMS1_GROUPS, md, out + 2 * i);
-        else
-            for (size_t k = 0; k < g; k++)
-                items1_finish(t1 + k, t2 + k, 1, md, out + 2 * i + 8 * k);
-        i += 4 * g;
-    }
-    if (i < n) {
-        /* The last n % 4 items: a group of four whose missing items repeat the
-         * last one; only the real ones are written. */
-        __m256i a[4][2];
-        for (size_t k = 0; k < 4; k++) {
-            size_t j = i + k < n ? i + k : n - 1;
-            item1_lanes(base + (ptrdiff_t)j * stride, K, nv, masked, &a[k][0], &a[k][1]);
-        }
-        __m256i t1 = _mm256_add_epi64(hsum4x4(a[0][0], a[1][0], a[2][0], a[3][0]), tail1);
-        __m256i t2 = _mm256_add_epi64(hsum4x4(a[0][1], a[1][1], a[2][1], a[3][1]), tail2);
-        uint64_t tmp[8];
-        items1_finish(&t1, &t2, 1, md, tmp);
-        memcpy(out + 2 * i, tmp, 2 * sizeof(uint64_t) * (n - i));
-    }
-}
-
-void tc_items1_avx2(const uint8_t *base, ptrdiff_t stride, size_t n, size_t bytes,
-                    const uint64_t md[2], uint64_t *out)
-{
-    /* Registers of four lanes that hold data; the lanes after them read only
-     * padding and come from tc_lane_tail. */
-    size_t words = bytes / 8, pb = bytes % 8;
-    int nv = (int)((words + (pb != 0) + 3) / 4);
-    int masked = bytes % 32 != 0;
-    items1_keys K;
-    K.bytes = bytes;
-    K.part_shift = pb ? (int)(64 - 8 * pb) : 0;
-    int64_t m[4], pm[4];
-    for (int j = 0; j < 4; j++) {
-        size_t lane = (size_t)(4 * (nv - 1) + j);
-        m[j] = lane < words ? -1 : 0;
-        pm[j] = pb && lane == words ? -1 : 0;
-    }
-    K.mask = _mm256_loadu_si256((const __m256i *)m);
-    K.pmask = _mm256_loadu_si256((const __m256i *)pm);
-    const __m256i ks1 = _mm256_set1_epi64x((long long)tc_keys[TC_K_STRIPE1]);
-    const __m256i ks2 = _mm256_set1_epi64x((long long)tc_keys[TC_K_STRIPE2]);
-    for (int v = 0; v < nv; v++) {
-        __m256i l1 = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_LANE1 + 4 * v));
-        __m256i l2 = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_LANE2 + 4 * v));
-        K.k1[v] = _mm256_xor_si256(ks1, l1);
-        K.k2[v] = _mm256_xor_si256(ks2, l2);
-        K.iv1[v] = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_IV1 + 4 * v));
-        K.iv2[v] = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_IV2 + 4 * v));
-        K.f1[v] = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_FIN1 + 4 * v));
-        K.f2[v] = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_FIN2 + 4 * v));
-    }
-    /* One instance per register count, with and without a partial last register. */
-#define TC_ITEMS1_CASE(NV)                                                  \
-    case NV:                                                                \
-        if (masked)                                                         \
-            items1_run(base, stride, n, NV, 1, &K, md, out);                \
-        else                                                                \
-            items1_run(base, stride, n, NV, 0, &K, md, out);                \
-        break;
-    switch (nv) {
-        TC_ITEMS1_CASE(1)
-        TC_ITEMS1_CASE(2)
-        TC_ITEMS1_CASE(3)
-        TC_ITEMS1_CASE(4)
-        TC_ITEMS1_CASE(5)
-        TC_ITEMS1_CASE(6)
-        TC_ITEMS1_CASE(7)
-    default:
-        if (masked)
-            items1_run(base, stride, n, 8, 1, &K, md, out);
-        else
-            items1_run(base, stride, n, 8, 0, &K, md, out);
-        break;
-    }
-#undef TC_ITEMS1_CASE
 }
 
 /* Items of 2 to 16 stripes (257 bytes to 4 KiB, one block each), four at a time
@@ -638,12 +552,7 @@ static inline __attribute__((always_inline)) void itemN_lanes(const uint8_t *p,
                                                               __m256i *h1, __m256i *h2)
 {
     __m256i s1 = _mm256_setzero_si256(), s2 = _mm256_setzero_si256();
-    __m256i part = _mm256_setzero_si256();
-    if (C->part_shift) {
-        uint64_t t;
-        memcpy(&t, p + C->bytes - 8, 8);
-        part = _mm256_set1_epi64x((long long)(t >> C->part_shift));
-    }
+    __m256i part = partial_word(p, C->bytes, C->part_shift);
     const uint8_t *last = p + C->full * TC_HASH_STRIPE_BYTES;
     for (int half = 0; half < 2; half++) {
         __m256i acc_a[4], acc_c[4], w[4];
@@ -680,6 +589,123 @@ static inline __attribute__((always_inline)) void itemN_lanes(const uint8_t *p,
     *h2 = s2;
 }
 
+/* One item's lane sums for the driver below: itemN_lanes when C is given, else
+ * item1_lanes, whose lanes after its 4 * nv data lanes (padding only) are added
+ * from tc_lane_tail by the driver. */
+static inline __attribute__((always_inline)) void item_lanes(const uint8_t *p,
+                                                             const items1_keys *K, int nv,
+                                                             int masked, const itemsN_ctx *C,
+                                                             __m256i *h1, __m256i *h2)
+{
+    if (C)
+        itemN_lanes(p, C, h1, h2);
+    else
+        item1_lanes(p, K, nv, masked, h1, h2);
+}
+
+/* The driver of items1 and itemsN: items in groups of four, TC_ITEMS1_GROUPS
+ * groups per pass (their lane work first, then their finishes side by side), and
+ * the last n % 4 items as one group whose missing items repeat the last one.
+ * Inlined with constant arguments: C is NULL for items1 (keys K, nv data
+ * registers, masked last register), else the itemsN context. */
+static inline __attribute__((always_inline)) void items_run(const uint8_t *base, ptrdiff_t stride,
+                                                            size_t n, const items1_keys *K,
+                                                            int nv, int masked,
+                                                            const itemsN_ctx *C,
+                                                            const uint64_t md[2], uint64_t *out)
+{
+    /* items1's padding-only lanes; itemsN has its own in C->iv1, C->iv2. */
+    const __m256i tail1 =
+        C ? _mm256_setzero_si256() : _mm256_set1_epi64x((long long)tc_lane_tail[4 * nv][0]);
+    const __m256i tail2 =
+        C ? _mm256_setzero_si256() : _mm256_set1_epi64x((long long)tc_lane_tail[4 * nv][1]);
+    size_t i = 0;
+    while (i + 4 <= n) {
+        size_t g = (n - i) / 4 < TC_ITEMS1_GROUPS ? (n - i) / 4 : TC_ITEMS1_GROUPS;
+        __m256i t1[TC_ITEMS1_GROUPS], t2[TC_ITEMS1_GROUPS];
+        for (size_t k = 0; k < g; k++) {
+            __m256i a1, b1, c1, d1, a2, b2, c2, d2;
+            const uint8_t *p = base + (ptrdiff_t)(i + 4 * k) * stride;
+            item_lanes(p, K, nv, masked, C, &a1, &a2);
+            item_lanes(p + stride, K, nv, masked, C, &b1, &b2);
+            item_lanes(p + 2 * stride, K, nv, masked, C, &c1, &c2);
+            item_lanes(p + 3 * stride, K, nv, masked, C, &d1, &d2);
+            t1[k] = _mm256_add_epi64(hsum4x4(a1, b1, c1, d1), tail1);
+            t2[k] = _mm256_add_epi64(hsum4x4(a2, b2, c2, d2), tail2);
+        }
+        if (g == TC_ITEMS1_GROUPS)
+            items1_finish(t1, t2, TC_ITEMS1_GROUPS, md, out + 2 * i);
+        else
+            for (size_t k = 0; k < g; k++)
+                items1_finish(t1 + k, t2 + k, 1, md, out + 2 * i + 8 * k);
+        i += 4 * g;
+    }
+    if (i < n) {
+        /* The last n % 4 items: a group of four whose missing items repeat the
+         * last one; only the real ones are written. */
+        __m256i a[4][2];
+        for (size_t k = 0; k < 4; k++) {
+            size_t j = i + k < n ? i + k : n - 1;
+            item_lanes(base + (ptrdiff_t)j * stride, K, nv, masked, C, &a[k][0], &a[k][1]);
+        }
+        __m256i t1 = _mm256_add_epi64(hsum4x4(a[0][0], a[1][0], a[2][0], a[3][0]), tail1);
+        __m256i t2 = _mm256_add_epi64(hsum4x4(a[0][1], a[1][1], a[2][1], a[3][1]), tail2);
+        uint64_t tmp[8];
+        items1_finish(&t1, &t2, 1, md, tmp);
+        memcpy(out + 2 * i, tmp, 2 * sizeof(uint64_t) * (n - i));
+    }
+}
+
+void tc_items1_avx2(const uint8_t *base, ptrdiff_t stride, size_t n, size_t bytes,
+                    const uint64_t md[2], uint64_t *out)
+{
+    /* Registers of four lanes that hold data; the lanes after them read only
+     * padding and come from tc_lane_tail. */
+    size_t words = bytes / 8, pb = bytes % 8;
+    int nv = (int)((words + (pb != 0) + 3) / 4);
+    int masked = bytes % 32 != 0;
+    items1_keys K;
+    K.bytes = bytes;
+    K.part_shift = pb ? (int)(64 - 8 * pb) : 0;
+    last_reg_masks(words, pb, nv - 1, &K.mask, &K.pmask);
+    const __m256i ks1 = _mm256_set1_epi64x((long long)tc_keys[TC_K_STRIPE1]);
+    const __m256i ks2 = _mm256_set1_epi64x((long long)tc_keys[TC_K_STRIPE2]);
+    for (int v = 0; v < nv; v++) {
+        __m256i l1 = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_LANE1 + 4 * v));
+        __m256i l2 = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_LANE2 + 4 * v));
+        K.k1[v] = _mm256_xor_si256(ks1, l1);
+        K.k2[v] = _mm256_xor_si256(ks2, l2);
+        K.iv1[v] = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_IV1 + 4 * v));
+        K.iv2[v] = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_IV2 + 4 * v));
+        K.f1[v] = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_FIN1 + 4 * v));
+        K.f2[v] = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_FIN2 + 4 * v));
+    }
+    /* One instance per register count, with and without a partial last register. */
+#define TC_ITEMS1_CASE(NV)                                                  \
+    case NV:                                                                \
+        if (masked)                                                         \
+            items_run(base, stride, n, &K, NV, 1, NULL, md, out);           \
+        else                                                                \
+            items_run(base, stride, n, &K, NV, 0, NULL, md, out);           \
+        break;
+    switch (nv) {
+        TC_ITEMS1_CASE(1)
+        TC_ITEMS1_CASE(2)
+        TC_ITEMS1_CASE(3)
+        TC_ITEMS1_CASE(4)
+        TC_ITEMS1_CASE(5)
+        TC_ITEMS1_CASE(6)
+        TC_ITEMS1_CASE(7)
+    default:
+        if (masked)
+            items_run(base, stride, n, &K, 8, 1, NULL, md, out);
+        else
+            items_run(base, stride, n, &K, 8, 0, NULL, md, out);
+        break;
+    }
+#undef TC_ITEMS1_CASE
+}
+
 void tc_itemsN_avx2(const uint8_t *base, ptrdiff_t stride, size_t n, size_t bytes,
                     const uint64_t md[2], uint64_t *out)
 {
@@ -693,14 +719,7 @@ void tc_itemsN_avx2(const uint8_t *base, ptrdiff_t stride, size_t n, size_t byte
     C.data_regs = (int)((words + (pb != 0) + 3) / 4);
     C.part_shift = pb ? (int)(64 - 8 * pb) : 0;
     for (int r = 0; r < 8; r++) {
-        int64_t m[4], pm[4];
-        for (int j = 0; j < 4; j++) {
-            size_t lane = (size_t)(4 * r + j);
-            m[j] = lane < words ? -1 : 0;
-            pm[j] = pb && lane == words ? -1 : 0;
-        }
-        C.mask[r] = _mm256_loadu_si256((const __m256i *)m);
-        C.pmask[r] = _mm256_loadu_si256((const __m256i *)pm);
+        last_reg_masks(words, pb, r, &C.mask[r], &C.pmask[r]);
         C.iv1[r] = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_IV1 + 4 * r));
         C.iv2[r] = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_IV2 + 4 * r));
         C.f1[r] = _mm256_loadu_si256((const __m256i *)(tc_keys + TC_K_FIN1 + 4 * r));
@@ -723,41 +742,7 @@ void tc_itemsN_avx2(const uint8_t *base, ptrdiff_t stride, size_t n, size_t byte
         C.iv1[r] = _mm256_add_epi64(C.iv1[r], _mm256_mul_epu32(x1, _mm256_srli_epi64(x1, 32)));
         C.iv2[r] = _mm256_add_epi64(C.iv2[r], _mm256_mul_epu32(x2, _mm256_srli_epi64(x2, 32)));
     }
-    size_t i = 0;
-    while (i + 4 <= n) {
-        size_t g = (n - i) / 4 < TC_ITEMS1_GROUPS ? (n - i) / 4 : TC_ITEMS1_GROUPS;
-        __m256i t1[TC_ITEMS1_GROUPS], t2[TC_ITEMS1_GROUPS];
-        for (size_t k = 0; k < g; k++) {
-            __m256i a1, b1, c1, d1, a2, b2, c2, d2;
-            const uint8_t *p = base + (ptrdiff_t)(i + 4 * k) * stride;
-            itemN_lanes(p, &C, &a1, &a2);
-            itemN_lanes(p + stride, &C, &b1, &b2);
-            itemN_lanes(p + 2 * stride, &C, &c1, &c2);
-            itemN_lanes(p + 3 * stride, &C, &d1, &d2);
-            t1[k] = hsum4x4(a1, b1, c1, d1);
-            t2[k] = hsum4x4(a2, b2, c2, d2);
-        }
-        if (g == TC_ITEMS1_GROUPS)
-            items1_finish(t1, t2, TC_ITEMS1_GROUPS, md, out + 2 * i);
-        else
-            for (size_t k = 0; k < g; k++)
-                items1_finish(t1 + k, t2 + k, 1, md, out + 2 * i + 8 * k);
-        i += 4 * g;
-    }
-    if (i < n) {
-        /* The last n % 4 items: a group of four whose missing items repeat the
-         * last one; only the real ones are written. */
-        __m256i a[4][2];
-        for (size_t k = 0; k < 4; k++) {
-            size_t j = i + k < n ? i + k : n - 1;
-            itemN_lanes(base + (ptrdiff_t)j * stride, &C, &a[k][0], &a[k][1]);
-        }
-        __m256i t1 = hsum4x4(a[0][0], a[1][0], a[2][0], a[3][0]);
-        __m256i t2 = hsum4x4(a[0][1], a[1][1], a[2][1], a[3][1]);
-        uint64_t tmp[8];
-        items1_finish(&t1, &t2, 1, md, tmp);
-        memcpy(out + 2 * i, tmp, 2 * sizeof(uint64_t) * (n - i));
-    }
+    items_run(base, stride, n, NULL, 8, 0, &C, md, out);
 }
 
 const tc_hash_kernels tc_kernels_avx2 = {
