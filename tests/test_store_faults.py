@@ -88,6 +88,93 @@ def test_removed_directory_makes_misses_not_errors(tmp_path):
     assert store.put(keys_for([99]), items_for(keys_for([99]), 48)) == 0
 
 
+def dir_descriptors(path) -> int:
+    """How many of this process's descriptors are the directory `path`."""
+    want = os.path.realpath(path)
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}") == want
+        except OSError:
+            pass
+    return count
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_a_store_holds_its_directory_once_and_close_lets_it_go(tmp_path):
+    # A refresh fstats the directory it listed last instead of a stat by path.
+    cache = tmp_path / "cache"
+    write_records(cache, range(2))
+    base = dir_descriptors(cache)
+    store = Store(str(cache), refresh_ms=0)
+    assert dir_descriptors(cache) == base + 1
+    for _ in range(3):
+        store.lookup(keys_for([99]))  # misses: refreshes, each with a listing or an fstat
+        assert store.refresh() == 0
+    assert dir_descriptors(cache) == base + 1
+    store.close()
+    assert dir_descriptors(cache) == base
+    with Store(None) as memory:
+        memory.lookup(keys_for([1]))
+    assert dir_descriptors(cache) == base
+
+
+def test_new_segments_are_seen_at_the_next_miss_once_the_listing_is_trusted(tmp_path):
+    # Past the mtime slack the refresh stops listing and compares the held
+    # directory's mtime: a segment another writer made since must still show up.
+    import time
+
+    cache = tmp_path / "cache"
+    write_records(cache, range(2))
+    time.sleep(0.06)  # the store trusts a listing 50 ms after the mtime it saw
+    reader = Store(str(cache), refresh_ms=0)
+    for i in range(3):
+        time.sleep(0.06)
+        reader.lookup(keys_for([1000 + i]))  # a trusted listing: this refresh fstats
+        keys = write_records(cache, [100 + i])  # another writer, a new segment
+        assert reader.lookup(keys) == b"\x01", i
+    assert reader.stats()["records"] == 5
+    reader.close()
+
+
+def test_removed_directory_is_seen_through_the_held_descriptor(tmp_path):
+    import time
+
+    cache = tmp_path / "cache"
+    keys = write_records(cache, range(4))
+    time.sleep(0.06)
+    store = Store(str(cache), refresh_ms=0)
+    time.sleep(0.06)
+    store.lookup(keys_for([98]))
+    shutil.rmtree(cache)
+    assert store.lookup(keys_for([99])) == b"\x00"
+    assert "cannot read cache directory" in store.take_faults()["directory"]
+    cache.mkdir()  # made again under the same path: read from the next listing on
+    new = write_records(cache, [7])
+    assert store.lookup(new) == b"\x01"
+    assert len(keys) == 4
+
+
+def test_directory_renamed_away_and_replaced_is_read_within_a_second(tmp_path):
+    # The held descriptor is the old directory (its mtime does not move): the
+    # forced listing, at most READDIR_FORCE_NS (1 s) after the last, opens the path.
+    import time
+
+    cache = tmp_path / "cache"
+    write_records(cache, range(4))
+    time.sleep(0.06)
+    store = Store(str(cache), refresh_ms=0)
+    time.sleep(0.06)
+    store.lookup(keys_for([98]))
+    os.rename(cache, tmp_path / "old")
+    new = write_records(cache, [7])
+    deadline = time.monotonic() + 5
+    while store.lookup(new) != b"\x01":
+        assert time.monotonic() < deadline, "the replaced directory was never listed"
+        time.sleep(0.05)
+    store.close()
+
+
 def test_removed_segments_read_as_misses_and_count_gone(tmp_path):
     write_records(tmp_path, range(6))
     write_records(tmp_path, range(10, 16))
@@ -130,11 +217,18 @@ keys = keys_for(range(300))
 served = check_served(s, keys, 4)
 s.lookup(keys_for([1000]))  # a miss: refresh
 fds = len(os.listdir("/proc/self/fd")) - base
-print(served, fds, s.stats()["open_fds"], sum(s.stats()["faults"].values()))
+def target(fd):
+    try:
+        return os.readlink(f"/proc/self/fd/{{fd}}")
+    except OSError:  # the listing's own descriptor, closed by now
+        return None
+held = sum(target(fd) == os.path.realpath({str(cache)!r}) for fd in os.listdir("/proc/self/fd"))
+print(served, fds, s.stats()["open_fds"], sum(s.stats()["faults"].values()), held)
 """
-    served, fds, open_fds, faults = map(int, run_python(code).split())
+    served, fds, open_fds, faults, held = map(int, run_python(code).split())
     assert served == 300 and faults == 0
     assert fds <= 2 and open_fds <= 2
+    assert held == 0  # descriptors are scarce: a refresh stats the path instead
 
 
 def test_put_without_descriptors_stores_nothing_and_keeps_serving(tmp_path):
