@@ -695,8 +695,12 @@ class ModuleCache:
 
     def _stored_leaves(self, leaves: List[torch.Tensor]) -> List[torch.Tensor]:
         """The leaves as they are stored: detached, in cache_dtype when one is set."""
-        if self.cache_dtype is None and not any(t.requires_grad for t in leaves):
-            return leaves
+        if self.cache_dtype is None:
+            for t in leaves:  # a loop, not any(genexpr): this runs at every miss
+                if t.requires_grad:
+                    break
+            else:
+                return leaves
         return [self._stored(t) for t in leaves]
 
     def _returned(self, stored: List[torch.Tensor], layout: dict, device) -> List[torch.Tensor]:
@@ -704,6 +708,12 @@ class ModuleCache:
         # whether it was a hit: the same item gives the same values in every epoch.
         if self.cache_dtype is None:
             # stored in forward's own dtypes (the layout's): only the device may differ
+            if device.type == "cpu":
+                for t in stored:  # t.is_cpu: no torch.device made per leaf
+                    if not t.is_cpu:
+                        break
+                else:
+                    return stored
             return [t if t.device == device else t.to(device) for t in stored]
         out = []
         for name, leaf in zip(layout["dtypes"], stored, strict=True):
