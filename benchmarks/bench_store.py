@@ -52,6 +52,7 @@ from __future__ import annotations
 import mmap
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -134,6 +135,32 @@ e = sorted(call(k) for k in epoch)[len(epoch) // 2]
 print(o, f, t, w, b, e)
 """
 
+# The same through the decorator's path (csrc/call.c, _C.call_fetch): a lookup that
+# leaves records unverified, and a gather that verifies each in the output at its
+# first use, so a fresh process reads a record once.  The leaf constant is zero, so
+# the stored keys are the leaf keys; the outputs are allocated by the call (the
+# first call's buffer is new memory, later calls reuse it, as a training loop does).
+FIRST_FETCH_CHILD = """
+import sys, time, torch
+from torchcache_c._C import Store, call_fetch
+torch.set_num_threads(1)
+Z = b"\\0" * 16
+def batch(seed):
+    ids = torch.randperm(16384, generator=torch.Generator().manual_seed(seed))[:256]
+    return torch.stack([ids, ids * 3 + 1], 1).contiguous().numpy().tobytes()
+def call(k):
+    a = time.perf_counter(); r = call_fetch(s, k, Z, Z, 0, 1); t = time.perf_counter() - a
+    assert r[1] == 256
+    return t
+first_call, first_touch = batch(int(sys.argv[2])), batch(1000 + int(sys.argv[2]))
+s = Store(sys.argv[1])
+a = time.perf_counter(); call_fetch(s, b"\\xff" * 16, Z, Z, 0, 1); b = time.perf_counter() - a
+f = call(first_call)
+t = call(first_touch)
+w = min(call(first_touch) for _ in range(100))
+print(f, t, w, b)
+"""
+
 
 def evict(path: str) -> None:
     for name in os.listdir(path):
@@ -148,14 +175,20 @@ def bench_first_gather(root: str) -> None:
     with Store(d) as w:
         w.put(keys(0, 16384), torch.randn(16384, 768))
     for label in ("page cache warm", "pages evicted"):
-        runs = []
+        runs, calls = [], []
         for seed in range(5):
             if label == "pages evicted":
                 evict(d)
             out = subprocess.run([sys.executable, "-c", FIRST_GATHER_CHILD, d, str(seed)],
                                  check=True, capture_output=True, text=True).stdout
             runs.append([float(x) for x in out.split()])
+            if label == "pages evicted":
+                evict(d)
+            out = subprocess.run([sys.executable, "-c", FIRST_FETCH_CHILD, d, str(seed)],
+                                 check=True, capture_output=True, text=True).stdout
+            calls.append([float(x) for x in out.split()])
         o, f, t, w, b, e = (sorted(r[i] for r in runs)[len(runs) // 2] for i in range(6))
+        cf, ct, cw, cb = (sorted(r[i] for r in calls)[len(calls) // 2] for i in range(4))
         print(f"fresh process [{label}] open {o * 1e3:6.1f} ms   binding's first calls (a "
               f"key not held; torch's first __dlpack__) {b * 1e6:6.1f} us   store's first "
               f"lookup+gather 256x3 KB: first call {f * 1e6:7.1f} us, first touch of other "
@@ -164,6 +197,39 @@ def bench_first_gather(root: str) -> None:
               f"binding's)/warm {(f + b) / w:5.2f}   epoch steady state {e * 1e6:6.1f} us, "
               f"first/epoch {f / e:5.2f}, epoch/warm {e / w:5.2f} "
               f"(median of {len(runs)} processes)")
+        print(f"fresh process [{label}] call path (call_fetch, 256 x 3 KB): first call "
+              f"{cf * 1e6:7.1f} us, first touch of other records {ct * 1e6:7.1f} us, warm "
+              f"{cw * 1e6:6.1f} us   first/warm {cf / cw:5.2f}   first touch/warm "
+              f"{ct / cw:5.2f}   (binding's first call, a key not held: {cb * 1e6:6.1f} us; "
+              f"median of {len(calls)} processes)")
+
+
+def bench_own_first_use(root: str) -> None:
+    """A persistent cache's second epoch in the process that wrote the first: its own
+    records are verified at their first use, through the decorator's path
+    (call_fetch), then read again verified; 16 batches of 256 x 3 KB."""
+    from torchcache_c._C import call_fetch
+
+    zero = b"\0" * 16
+    firsts, seconds = [], []
+    for _ in range(5):
+        s = Store(tempfile.mkdtemp(dir=root))
+        ids = torch.arange(4096)
+        k = torch.stack([ids, ids * 3 + 1], 1).contiguous()
+        vals = torch.randn(4096, 768)
+        for i in range(0, 4096, 256):
+            s.put(k[i:i + 256], vals[i:i + 256])
+        batches = [k[i:i + 256].numpy().tobytes() for i in range(0, 4096, 256)]
+        for out in (firsts, seconds):
+            a = time.perf_counter()
+            for b in batches:
+                assert call_fetch(s, b, zero, zero, 0, 1)[1] == 256
+            out.append(time.perf_counter() - a)
+        s.close()
+    f, w = statistics.median(firsts), statistics.median(seconds)
+    print(f"own records, first use in the writing process (call path, 16 x 256 x 3 KB): "
+          f"first pass {f * 1e3:6.2f} ms, second {w * 1e3:6.2f} ms, first/second {f / w:5.2f} "
+          f"(median of 5)")
 
 
 def bench_put_batches(root: str) -> None:
@@ -334,6 +400,7 @@ def main(root: str, segments_only: bool, open_only: bool = False,
     for where in (None, tempfile.mkdtemp(dir=root)):
         bench_gather(Store(where), src, "memory" if where is None else "dir")
     bench_first_gather(root)
+    bench_own_first_use(root)
     bench_put_batches(root)
     bench_arena_put()
 
@@ -415,6 +482,7 @@ if __name__ == "__main__":
         torch.set_num_threads(1)
         print(f"load average {load_average()}")
         bench_first_gather(args[0] if args else "/tmp")
+        bench_own_first_use(args[0] if args else "/tmp")
     else:
         main(args[0] if args else "/tmp", "--segments-only" in sys.argv,
              "--open-only" in sys.argv, "--arena-only" in sys.argv)

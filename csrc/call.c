@@ -360,16 +360,27 @@ static int gather_leaf(fetch_job *j, Py_ssize_t leaf, const uint64_t *lk, uint8_
 {
     leaf_out *o = &j->outs[leaf];
     int64_t first = 0;
-    while (first < j->batch && !j->present[first])
-        first++;
-    int rc = tc_store_entry_info(j->store, lk + 2 * first, &o->word, &o->ndim, o->shape,
+    int rc;
+    size_t itemsize;
+    for (;;) {
+        while (first < j->batch && !j->present[first])
+            first++;
+        if (first == j->batch)
+            return 0; /* no row left to serve: every row is computed */
+        /* The output's dtype and item shape: the first present row's record header
+         * (read and checked; its payload is checked by the gather).  A record that
+         * went away or fails since the lookup makes its row a miss; the next
+         * present row names the output. */
+        rc = tc_store_entry_info(j->store, lk + 2 * first, &o->word, &o->ndim, o->shape,
                                  j->err, sizeof(j->err));
-    size_t itemsize = rc == TC_STORE_OK ? tc_store_itemsize(o->word) : 0;
-    if (rc == TC_STORE_EMISSING || rc == TC_STORE_ECORRUPT || (rc == TC_STORE_OK && !itemsize)) {
-        /* The record went away since the lookup: every hit is recomputed (as the
-         * Python path does). */
-        memset(j->present, 0, (size_t)j->batch);
-        return 0;
+        itemsize = rc == TC_STORE_OK ? tc_store_itemsize(o->word) : 0;
+        if (rc == TC_STORE_EMISSING || rc == TC_STORE_ECORRUPT ||
+            (rc == TC_STORE_OK && !itemsize)) {
+            j->present[first] = 0;
+            j->err[0] = '\0';
+            continue;
+        }
+        break;
     }
     if (rc != TC_STORE_OK) {
         j->rc = rc;
@@ -432,7 +443,7 @@ static int lookup_and_gather(fetch_job *j)
     for (Py_ssize_t leaf = 0; rc == 0 && leaf < j->n_leaves; leaf++) {
         uint64_t *keys = lk + 2 * batch * (size_t)leaf;
         leaf_keys(j, leaf, keys);
-        rc = tc_store_lookup(j->store, keys, batch, found, j->err, sizeof(j->err));
+        rc = tc_store_lookup_unverified(j->store, keys, batch, found, j->err, sizeof(j->err));
         for (size_t i = 0; rc == TC_STORE_OK && i < batch; i++)
             j->present[i] &= found[i] != 0;
     }

@@ -95,6 +95,12 @@ void tc_store_free(tc_store *s);
  * A fault makes its rows read 0; only a closed store is an error. */
 int tc_store_lookup(tc_store *s, const uint64_t *keys, size_t n, uint8_t *present, char *err,
                     size_t err_len);
+/* The same, except that a record not checked yet counts as present: the
+ * tc_store_gather that follows checks it at its first use, in its destination, and
+ * does not serve it if it fails (the call path, csrc/call.c: a fresh process reads
+ * each record once instead of once to verify it and again to serve it). */
+int tc_store_lookup_unverified(tc_store *s, const uint64_t *keys, size_t n, uint8_t *present,
+                               char *err, size_t err_len);
 /* dtype word and item shape of the record of one key. */
 int tc_store_entry_info(tc_store *s, const uint64_t key[2], uint64_t *dtype_word, int *ndim,
                         int64_t shape[TC_STORE_MAX_NDIM], char *err, size_t err_len);

@@ -6,6 +6,7 @@ written before it keep hitting; its hit/miss split and gathered rows must equal 
 the store holds; and whatever it cannot read is left to the step-by-step path.
 """
 import hashlib
+import pathlib
 
 import pytest
 import torch
@@ -112,6 +113,79 @@ def test_keys_from_an_earlier_fetch_are_looked_up_without_the_inputs():
         _C.call_fetch(store, key_bytes[:-1], CTX, _leaf_constants(1), 0, 1)
     with pytest.raises(TypeError, match="keys must be bytes, 16 per row"):
         _C.call_fetch(store, b"", CTX, _leaf_constants(1), 0, 1)
+
+
+def damage(path, values: torch.Tensor, row: int, back: int = 0) -> None:
+    """Flips one byte of row `row`'s record in the segment under path: `back` bytes
+    before its payload (0: the payload's first byte; 64: inside its header)."""
+    (seg,) = list(pathlib.Path(path).glob("seg-*.tcs"))
+    data = bytearray(seg.read_bytes())
+    at = data.find(values[row].numpy().tobytes()) - back
+    assert at >= 0
+    data[at] ^= 0x10
+    seg.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("first", [False, True])
+def test_damaged_records_are_not_served_at_their_first_use(tmp_path, first):
+    # The call path's lookup leaves records unverified (a fresh process then reads
+    # each record once); the gather verifies each at its first use.  A damaged
+    # payload, or the header of the row that names the output, is a miss.
+    keys = torch.stack([torch.arange(8), torch.arange(8) + 100], 1)
+    values = torch.randn(8, 16)
+    with _C.Store(str(tmp_path)) as w:
+        w.put(keys, values)
+    damage(tmp_path, values, 5)
+    if first:
+        damage(tmp_path, values, 0, back=64)
+    zero = b"\0" * 16  # leaf constant 0: the stored keys are the leaf keys
+    store = _C.Store(str(tmp_path))
+    _, hits, miss, outs = _C.call_fetch(store, keys.numpy().tobytes(), zero, zero, 0, 1)
+    bad = [0, 5] if first else [5]
+    assert hits == 8 - len(bad)
+    assert torch.frombuffer(bytearray(miss), dtype=torch.int64).tolist() == bad
+    good = [r for r in range(8) if r not in bad]
+    assert torch.equal(torch.from_dlpack(outs[0])[good], values[good])
+    assert store.stats()["corrupt"] == len(bad)
+    # the next call knows: the damaged rows miss at the lookup, the rest are served
+    _, hits, miss, _ = _C.call_fetch(store, keys.numpy().tobytes(), zero, zero, 0, 1)
+    assert hits == 8 - len(bad)
+    assert torch.frombuffer(bytearray(miss), dtype=torch.int64).tolist() == bad
+
+
+def test_every_record_damaged_is_every_row_computed(tmp_path):
+    keys = torch.stack([torch.arange(4), torch.arange(4) + 7], 1)
+    values = torch.randn(4, 16)
+    with _C.Store(str(tmp_path)) as w:
+        w.put(keys, values)
+    for row in range(4):
+        damage(tmp_path, values, row, back=64 * (row % 2))
+    zero = b"\0" * 16
+    _, hits, miss, outs = _C.call_fetch(_C.Store(str(tmp_path)), keys.numpy().tobytes(), zero,
+                                        zero, 0, 1)
+    assert (hits, miss, outs) == (0, None, None)
+
+
+def test_a_damaged_record_under_a_cached_module_is_recomputed(tmp_path):
+    rows = []
+
+    class Enc(nn.Module):
+        def forward(self, x):
+            rows.append(x.shape[0])
+            return x * 3
+
+    x = torch.randn(6, 16)
+    first = torchcache(persistent=True, persistent_cache_dir=str(tmp_path))(Enc)()
+    with torch.no_grad():
+        expected = first(x)
+    (seg,) = tmp_path.rglob("seg-*.tcs")
+    damage(seg.parent, expected, 2)
+    fresh = torchcache(persistent=True, persistent_cache_dir=str(tmp_path))(Enc)()
+    with torch.no_grad():
+        out = fresh(x)
+        again = fresh(x)
+    assert torch.equal(out, expected) and torch.equal(again, expected)
+    assert rows == [6, 1]  # the damaged row alone ran forward, then it was stored again
 
 
 def test_a_row_whose_record_has_another_item_shape_is_a_miss():

@@ -207,15 +207,18 @@ def test_fd_limit_reader_serves_every_record_with_two_descriptors(tmp_path):
             w.put(k, items_for(k, 4))
     assert len(segments(cache)) == 300
     code = f"""
-import os, resource
+import os, resource, time
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
 from store_helpers import keys_for, check_served
 from torchcache_c._C import Store
 base = len(os.listdir("/proc/self/fd"))
+time.sleep(0.06)  # past the mtime slack: the open's listing is trusted
 s = Store({str(cache)!r}, refresh_ms=0)
 keys = keys_for(range(300))
 served = check_served(s, keys, 4)
-s.lookup(keys_for([1000]))  # a miss: refresh
+readdirs = s.stats()["readdirs"]
+s.lookup(keys_for([1000]))  # a miss: a refresh, which stats the path (no listing)
+assert s.stats()["readdirs"] == readdirs
 fds = len(os.listdir("/proc/self/fd")) - base
 def target(fd):
     try:

@@ -43,6 +43,8 @@ static char root[64];
         }                                                                                    \
     } while (0)
 
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw);
+
 static void items(uint64_t first, size_t n, uint64_t *keys, float (*it)[NUMEL], int zeros)
 {
     for (size_t i = 0; i < n; i++) {
@@ -1577,6 +1579,91 @@ static void gather_orders(void)
  * reader serves those rows exactly.  Then a record damaged under its writer
  * and put again (a second copy of the key in the same segment): verify
  * counts the damaged copy, and every row is served from the good one. */
+/* The call path's lookup (tc_store_lookup_unverified), over a segment opened
+ * from its index (records not read at the open): a record not checked yet counts
+ * as present, the gather checks it in its destination at its first use and does
+ * not serve a damaged one, and the next lookup (either kind) knows. */
+static void unverified_lookup(void)
+{
+    char d[128], seg[512], err[256];
+    const uint64_t rec = 128 + IDX_NUMEL * 4, base = 90000;
+    snprintf(d, sizeof(d), "%s/unverified", root);
+    tc_store *w = open_dir(d, 0, 0);
+    CHECK(put_numel(w, base, IDX_N, IDX_NUMEL) == IDX_N);
+    tc_store_free(w); /* writes the index */
+    one_segment(d, seg, sizeof(seg));
+    patch(seg, (long)(1 * rec + 128 + 40), "\x07", 1); /* payload of record 1 */
+    patch(seg, (long)(4 * rec + 8), "\x07", 1);        /* key0 in record 4's header */
+    tc_store *s = open_dir(d, 0, 0);
+    uint64_t keys[2 * 7];
+    float it[7 * IDX_NUMEL], dest[7 * IDX_NUMEL];
+    uint8_t present[7], ok[7];
+    int64_t shape[1] = {IDX_NUMEL};
+    numel_items(base, 7, IDX_NUMEL, keys, it);
+    keys[12] = 1; /* never stored: a miss, and a refresh */
+    CHECK(tc_store_lookup_unverified(s, keys, 7, present, err, sizeof(err)) == TC_STORE_OK);
+    CHECK(memcmp(present, "\1\1\1\1\1\1\0", 7) == 0);
+    CHECK(tc_store_gather(s, keys, 6, F32, 1, shape, (uint8_t *)dest, ok, err, sizeof(err)) ==
+          TC_STORE_OK);
+    CHECK(memcmp(ok, "\1\0\1\1\0\1", 6) == 0);
+    for (int i = 0; i < 6; i++)
+        CHECK(!ok[i] || memcmp(dest + i * IDX_NUMEL, it + i * IDX_NUMEL, IDX_NUMEL * 4) == 0);
+    CHECK(tc_store_lookup_unverified(s, keys, 7, present, err, sizeof(err)) == TC_STORE_OK);
+    CHECK(memcmp(present, "\1\0\1\1\0\1\0", 7) == 0);
+    CHECK(tc_store_lookup(s, keys, 7, present, err, sizeof(err)) == TC_STORE_OK);
+    CHECK(memcmp(present, "\1\0\1\1\0\1\0", 7) == 0);
+    tc_store_stats st;
+    CHECK(tc_store_stats_get(s, &st) == TC_STORE_OK && st.corrupt == 2);
+    tc_store_close(s);
+    CHECK(tc_store_lookup_unverified(s, keys, 7, present, err, sizeof(err)) ==
+          TC_STORE_ECLOSED);
+    tc_store_free(s);
+}
+
+/* A refresh between listings compares the directory's mtime: through the
+ * descriptor of the last listing, or by path where descriptors are scarce (a
+ * store opened at RLIMIT_NOFILE < 128).  Either way a new segment is seen at the
+ * next lookup that misses, and a removed directory is a fault, not an error. */
+static void dir_mtime_checks(void)
+{
+    char d[128], err[256];
+    for (int scarce = 0; scarce < 2; scarce++) {
+        snprintf(d, sizeof(d), "%s/mtime-%d", root, scarce);
+        tc_store *w = open_dir(d, 0, 0);
+        CHECK(put(w, 700, 2, 0) == 2);
+        tc_store_free(w);
+        struct rlimit was;
+        CHECK(getrlimit(RLIMIT_NOFILE, &was) == 0);
+        if (scarce) {
+            struct rlimit low = {64, was.rlim_max};
+            CHECK(setrlimit(RLIMIT_NOFILE, &low) == 0);
+        }
+        nanosleep(&(struct timespec){0, 60 * 1000000L}, NULL); /* past the mtime slack */
+        tc_store *s = open_dir(d, 0, 0);
+        CHECK(setrlimit(RLIMIT_NOFILE, &was) == 0);
+        uint64_t keys[2 * 4];
+        float it[4][NUMEL];
+        uint8_t present[4];
+        items(710, 4, keys, it, 0);
+        tc_store_stats before, after;
+        CHECK(tc_store_stats_get(s, &before) == TC_STORE_OK);
+        CHECK(tc_store_lookup(s, keys, 1, present, err, sizeof(err)) == TC_STORE_OK &&
+              !present[0]);
+        CHECK(tc_store_stats_get(s, &after) == TC_STORE_OK &&
+              after.refreshes == before.refreshes + 1 && after.readdirs == before.readdirs);
+        w = open_dir(d, 0, 0); /* another writer: a new segment */
+        CHECK(put(w, 710, 1, 0) == 1);
+        tc_store_free(w);
+        CHECK(tc_store_lookup(s, keys, 1, present, err, sizeof(err)) == TC_STORE_OK &&
+              present[0]);
+        CHECK(nftw(d, remove_entry, 8, FTW_DEPTH | FTW_PHYS) == 0);
+        CHECK(tc_store_lookup(s, keys + 2, 1, present, err, sizeof(err)) == TC_STORE_OK &&
+              !present[0]);
+        CHECK(tc_store_stats_get(s, &after) == TC_STORE_OK && after.faults[TC_FAULT_DIRECTORY] >= 1);
+        tc_store_free(s);
+    }
+}
+
 static void write_limits(void)
 {
     char d[128], seg[512], err[256], msg[256];
@@ -2378,6 +2465,8 @@ int main(void)
     many_segments();
     gather_cut();
     gather_orders();
+    unverified_lookup();
+    dir_mtime_checks();
     write_limits();
     index_not_for_v1();
     key_words();
