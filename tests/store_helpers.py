@@ -14,6 +14,19 @@ import torch
 from torchcache_c._C import Store
 
 
+def dir_descriptors(path) -> int:
+    """How many of this process's descriptors are the directory `path` (one closed
+    while /proc/self/fd is read, the listing's own, is skipped)."""
+    want = os.path.realpath(path)
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}") == want
+        except OSError:
+            pass
+    return count
+
+
 def keys_for(ids, salt: int = 0) -> torch.Tensor:
     """Keys (N, 2) for integer ids: key = (id, id * 31 + salt)."""
     ids = torch.as_tensor(list(ids), dtype=torch.int64)

@@ -21,7 +21,7 @@ import torch
 from torchcache_c._C import Store
 
 sys.path.insert(0, str(Path(__file__).parent))
-from store_helpers import check_served, items_for, keys_for  # noqa: E402
+from store_helpers import check_served, dir_descriptors, items_for, keys_for  # noqa: E402
 
 HERE = str(Path(__file__).parent)
 RECORD_HEADER = 128
@@ -86,18 +86,6 @@ def test_removed_directory_makes_misses_not_errors(tmp_path):
     assert store.stats()["faults"]["directory"] >= 1
     assert "cannot read cache directory" in store.take_faults()["directory"]
     assert store.put(keys_for([99]), items_for(keys_for([99]), 48)) == 0
-
-
-def dir_descriptors(path) -> int:
-    """How many of this process's descriptors are the directory `path`."""
-    want = os.path.realpath(path)
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            count += os.readlink(f"/proc/self/fd/{fd}") == want
-        except OSError:
-            pass
-    return count
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
@@ -209,7 +197,7 @@ def test_fd_limit_reader_serves_every_record_with_two_descriptors(tmp_path):
     code = f"""
 import os, resource, time
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
-from store_helpers import keys_for, check_served
+from store_helpers import keys_for, check_served, dir_descriptors
 from torchcache_c._C import Store
 base = len(os.listdir("/proc/self/fd"))
 time.sleep(0.06)  # past the mtime slack: the open's listing is trusted
@@ -220,12 +208,7 @@ readdirs = s.stats()["readdirs"]
 s.lookup(keys_for([1000]))  # a miss: a refresh, which stats the path (no listing)
 assert s.stats()["readdirs"] == readdirs
 fds = len(os.listdir("/proc/self/fd")) - base
-def target(fd):
-    try:
-        return os.readlink(f"/proc/self/fd/{{fd}}")
-    except OSError:  # the listing's own descriptor, closed by now
-        return None
-held = sum(target(fd) == os.path.realpath({str(cache)!r}) for fd in os.listdir("/proc/self/fd"))
+held = dir_descriptors({str(cache)!r})
 print(served, fds, s.stats()["open_fds"], sum(s.stats()["faults"].values()), held)
 """
     served, fds, open_fds, faults, held = map(int, run_python(code).split())
