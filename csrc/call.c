@@ -238,6 +238,11 @@ typedef struct {
     size_t size; /* of data (out_alloc) */
 } leaf_out;
 
+int tc_call_export_view(PyObject *obj, const char *what, tc_view *v)
+{
+    return export_view(obj, what, v);
+}
+
 static PyObject *leaf_capsule(leaf_out *o, int64_t batch)
 {
     owned_tensor *t = calloc(1, sizeof(*t));
@@ -270,6 +275,22 @@ static PyObject *leaf_capsule(leaf_out *o, int64_t batch)
         return NULL;
     }
     o->data = NULL; /* the capsule owns it now */
+    return capsule;
+}
+
+PyObject *tc_call_new_digests(int64_t rows, uint64_t **data)
+{
+    leaf_out o = {.word = TC_DTYPE_INT64, .ndim = 1, .shape = {2}, .item_bytes = 16};
+    o.size = (size_t)rows * 16;
+    o.data = out_alloc(o.size);
+    if (o.data == NULL)
+        return PyErr_NoMemory();
+    uint8_t *p = o.data;
+    PyObject *capsule = leaf_capsule(&o, rows);
+    if (capsule == NULL)
+        out_free(o.data, o.size);
+    else
+        *data = (uint64_t *)p;
     return capsule;
 }
 

@@ -45,7 +45,10 @@ PyDoc_STRVAR(hash_into_doc,
 "CPU tensor).  sample_count=0 hashes every byte; N > 0 hashes the sample of\n"
 "N elements defined in docs/hash.md.  For a CUDA x, stream is the address of\n"
 "the CUDA stream to run on.  A large CPU batch is split over up to `threads`\n"
-"threads.");
+"threads.  With out=None (a CPU x with B > 0 only) the digests go into a new\n"
+"buffer, returned as a DLPack capsule, and x is exported through the exporter\n"
+"call_fetch uses (_set_tensor_exporter): hash_tensor's path, one C call for\n"
+"the export and none for an output tensor.");
 
 static PyObject *py_hash_into(PyObject *self, PyObject *args, PyObject *kwargs)
 {
@@ -61,14 +64,19 @@ static PyObject *py_hash_into(PyObject *self, PyObject *args, PyObject *kwargs)
         PyErr_Format(PyExc_ValueError, "sample_count must be >= 0, not %lld", sample_count);
         return NULL;
     }
-    tc_view x, out;
-    if (tc_view_from_object(x_obj, "x", &x) < 0)
-        return NULL;
-    if (tc_view_from_object(out_obj, "out", &out) < 0) {
-        tc_view_release(&x);
-        return NULL;
+    tc_view x, out = {0};
+    if (out_obj == Py_None) {
+        if (tc_call_export_view(x_obj, "x", &x) < 0)
+            return NULL;
+    } else {
+        if (tc_view_from_object(x_obj, "x", &x) < 0)
+            return NULL;
+        if (tc_view_from_object(out_obj, "out", &out) < 0) {
+            tc_view_release(&x);
+            return NULL;
+        }
     }
-    PyObject *result = NULL;
+    PyObject *result = NULL, *fresh = NULL;
     if (x.ndim < 1) {
         PyErr_SetString(PyExc_ValueError,
                         "x must have a batch dimension: a 0-d tensor has no items; "
@@ -76,10 +84,23 @@ static PyObject *py_hash_into(PyObject *self, PyObject *args, PyObject *kwargs)
         goto done;
     }
     int64_t batch = x.shape[0];
-    if (check_digest_out(&out, batch) < 0)
-        goto done;
-    uint64_t *digests = (uint64_t *)out.data;
     int dev = x.t->device.device_type;
+    uint64_t *digests;
+    if (out_obj == Py_None) {
+        if ((dev != TC_DL_CPU && dev != TC_DL_CUDA_HOST) || batch == 0) {
+            PyErr_SetString(PyExc_ValueError,
+                            "out=None needs a CPU x with at least one item; pass an int64 "
+                            "(B, 2) CPU tensor as out otherwise");
+            goto done;
+        }
+        fresh = tc_call_new_digests(batch, &digests);
+        if (fresh == NULL)
+            goto done;
+    } else {
+        if (check_digest_out(&out, batch) < 0)
+            goto done;
+        digests = (uint64_t *)out.data;
+    }
     if (dev == TC_DL_CUDA || dev == TC_DL_CUDA_MANAGED) {
         char err[TC_CUDA_ERR_LEN];
         int rc;
@@ -113,9 +134,9 @@ static PyObject *py_hash_into(PyObject *self, PyObject *args, PyObject *kwargs)
                      dev);
         goto done;
     }
-    Py_INCREF(Py_None);
-    result = Py_None;
+    result = fresh != NULL ? Py_NewRef(fresh) : Py_NewRef(Py_None);
 done:
+    Py_XDECREF(fresh);
     tc_view_release(&x);
     tc_view_release(&out);
     return result;

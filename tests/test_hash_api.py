@@ -101,6 +101,16 @@ def test_conjugate_and_negative_views_hash_their_values():
     assert not torch.equal(hash_tensor(z.conj()), hash_tensor(z))
 
 
+def test_negative_bit_views_hash_their_values():
+    # .conj().imag is a float view with the negation bit set: the exporter hands over
+    # the stored (unnegated) bytes, so hash_tensor must resolve it first.
+    z = torch.randn(3, 4, dtype=torch.complex64)
+    neg = z.conj().imag
+    assert neg.is_neg() and not neg.is_complex()
+    assert torch.equal(hash_tensor(neg), hash_tensor(neg.resolve_neg()))
+    assert not torch.equal(hash_tensor(neg), hash_tensor(z.imag))
+
+
 def test_requires_grad_input_is_hashed_by_value():
     x = torch.randn(3, 4, requires_grad=True)
     assert torch.equal(hash_tensor(x), hash_tensor(x.detach()))
@@ -155,6 +165,26 @@ def test_c_entry_point_validates_out():
         torchcache_c._C.hash_into(object(), torch.empty(3, 2, dtype=torch.int64))
     with pytest.raises(ValueError, match="sample_count"):
         torchcache_c._C.hash_into(x, torch.empty(3, 2, dtype=torch.int64), -3)
+
+
+def test_c_entry_point_allocates_the_digests_when_out_is_none():
+    # hash_tensor's CPU path: the digests come back in a new buffer, as a capsule.
+    x = torch.randn(5, 7)
+    out = torch.empty(5, 2, dtype=torch.int64)
+    torchcache_c._C.hash_into(x, out)
+    got = torch.from_dlpack(torchcache_c._C.hash_into(x, None))
+    assert got.shape == (5, 2) and got.dtype == torch.int64 and got.is_contiguous()
+    assert torch.equal(got, out)
+    # Each result owns its buffer (a pool of freed buffers serves later calls): a
+    # live result is never handed out again.
+    held = [hash_tensor(torch.full((5, 7), float(i))) for i in range(40)]
+    again = [hash_tensor(torch.full((5, 7), float(i))) for i in range(40)]
+    assert all(torch.equal(a, b) for a, b in zip(held, again))
+    assert len({bytes(h.numpy()) for h in held}) == 40
+    with pytest.raises(ValueError, match="out=None needs a CPU x with at least one item"):
+        torchcache_c._C.hash_into(torch.empty(0, 3), None)
+    with pytest.raises(ValueError, match="batch dimension"):
+        torchcache_c._C.hash_into(torch.tensor(1.0), None)
 
 
 def test_build_info_describes_the_build():

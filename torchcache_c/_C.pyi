@@ -6,7 +6,7 @@ it is accepted; ``torch.Tensor`` is what the shim passes.
 """
 
 from types import TracebackType
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypedDict, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypedDict, Union, overload
 import os
 
 _Tensor = Any  # a torch.Tensor, or any object with __dlpack__
@@ -68,6 +68,7 @@ class StoreMismatchError(StoreError, ValueError): ...
 class StoreZstdError(StoreError, RuntimeError): ...
 class StorePermissionError(StoreError, PermissionError): ...
 
+@overload
 def hash_into(
     x: _Tensor,
     out: _Tensor,
@@ -75,6 +76,14 @@ def hash_into(
     stream: int = 0,
     threads: int = 1,
 ) -> None: ...
+@overload
+def hash_into(
+    x: _Tensor,
+    out: None,
+    sample_count: int = 0,
+    stream: int = 0,
+    threads: int = 1,
+) -> Any: ...
 def build_info() -> _BuildInfo: ...
 def call_fetch(
     store: "Store",

@@ -17,6 +17,10 @@ from . import _C
 logger = logging.getLogger("torchcache_c")
 _warned_cuda_copy = False
 _to_dlpack = torch.utils.dlpack.to_dlpack
+_from_capsule = getattr(torch._C, "_from_dlpack", torch.utils.dlpack.from_dlpack)
+# hash_tensor's CPU path exports through the exporter call_fetch uses (cache.py sets
+# the same one; whichever module is imported first registers it).
+_C._set_tensor_exporter(_to_dlpack)
 
 
 def _check_subsample(subsample_count: Optional[int]) -> int:
@@ -50,7 +54,7 @@ def hash_tensor(x: torch.Tensor, *, subsample_count: Optional[int] = None) -> to
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"hash_tensor() expects a torch.Tensor, not {type(x).__name__}")
-    count = _check_subsample(subsample_count)
+    count = 0 if subsample_count is None else _check_subsample(subsample_count)
     if x.layout != torch.strided:
         raise TypeError(f"hash_tensor() needs a dense (strided) tensor, not {x.layout}; "
                         "convert it with x.to_dense()")
@@ -62,6 +66,15 @@ def hash_tensor(x: torch.Tensor, *, subsample_count: Optional[int] = None) -> to
             "hash_tensor() needs a batch dimension: a 0-d tensor has no items; "
             "use x.reshape(1) to hash one scalar item"
         )
+    if x.is_cpu and x.shape[0]:
+        # One C call exports x (torch's C exporter: Tensor.__dlpack__'s Python checks
+        # cost more than hashing a small batch), hashes it and hands back a new digest
+        # buffer as a capsule (no torch.empty).  The exporter reads the bytes as they
+        # are stored, so a lazy conjugate or negation is resolved first; grad does
+        # not matter to a read (the capsule keeps x alive, not its graph).
+        if x.is_conj() or x.is_neg():
+            x = x.resolve_conj().resolve_neg()
+        return _from_capsule(_C.hash_into(x, None, count, 0, torch.get_num_threads()))
     x = _prepare(x)
     out = torch.empty((x.shape[0], 2), dtype=torch.int64)
     if x.shape[0] == 0:
@@ -70,8 +83,6 @@ def hash_tensor(x: torch.Tensor, *, subsample_count: Optional[int] = None) -> to
         return _hash_cuda(x, out, count)
     if x.device.type != "cpu":
         raise ValueError(f"hash_tensor() supports CPU and CUDA tensors, not {x.device.type}")
-    # torch's C exporter: Tensor.__dlpack__'s Python checks cost more than hashing a
-    # small batch, and _prepare has made the ones that matter (detached, no lazy bits).
     _C.hash_into(_to_dlpack(x), _to_dlpack(out), count, 0, torch.get_num_threads())
     return out
 
