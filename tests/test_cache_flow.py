@@ -142,6 +142,32 @@ def test_batch_size_mismatch_and_missing_tensor_raise_value_error():
         add(1, 2)
 
 
+@pytest.mark.parametrize("known", [False, True])
+def test_output_without_the_batch_as_leading_dimension_raises(known):
+    # known: the call's output layout was seen before (one tensor of this dtype), which
+    # takes the shim's short path for a known one-tensor output; it checks the same.
+    bad = {"out": None}
+
+    @torchcache()
+    def f(x):
+        return bad["out"] if bad["out"] is not None else x * 2
+
+    if known:
+        f(torch.ones(2, 3))
+    bad["out"] = torch.ones(5, 3)
+    with pytest.raises(ValueError, match="must have the batch size 2 as its leading"):
+        f(torch.zeros(2, 3))
+    bad["out"] = torch.tensor(1.0)
+    with pytest.raises(ValueError, match=r"output leaf 0 has shape \(\)"):
+        f(torch.zeros(2, 3))
+    bad["out"] = torch.ones(2, 3, dtype=torch.float64)  # another dtype than before
+    if known:
+        with pytest.raises(RuntimeError, match="different output structure or dtype"):
+            f(torch.zeros(2, 3))
+    else:
+        assert f(torch.zeros(2, 3)).dtype == torch.float64
+
+
 def test_one_dimensional_input_is_a_batch_of_scalars():
     @torchcache()
     def sq(x):

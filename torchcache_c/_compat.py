@@ -23,6 +23,12 @@ def compiler_disable(fn: Callable) -> Callable:
 _any_autocast = getattr(torch._C, "_is_any_autocast_enabled", None)
 
 
+def any_autocast() -> bool:
+    """Whether autocast may be on for some device: exact on torch >= 2.4 (one C call),
+    always True before it (then autocast_state asks per device)."""
+    return _any_autocast is None or bool(_any_autocast())
+
+
 def autocast_state(device_type: str) -> str:
     """'noautocast' or 'autocast:<dtype>' for autocast on device_type ('cpu' or 'cuda')."""
     if _any_autocast is not None and not _any_autocast():
