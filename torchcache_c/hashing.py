@@ -1,8 +1,9 @@
 """hash_tensor: torch-facing wrapper of the C hasher (docs/hash.md).
 
-It prepares the tensor (detach, resolve lazy conj/neg views), allocates the
-digest tensor and hands both to the C core through DLPack.  It never touches
-the bytes itself.
+It checks and prepares the tensor (resolves lazy conj/neg views) and hands it
+to the C core through DLPack.  A CPU batch is one C call that also allocates
+the digests (returned as a capsule); a CUDA batch gets a torch.empty output.
+It never touches the bytes itself.
 """
 
 from __future__ import annotations
