@@ -477,7 +477,16 @@ def bench_open_million(root: str) -> None:
 
 if __name__ == "__main__":
     flags = ("--segments-only", "--open-only", "--arena-only", "--first-only")
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+        print(__doc__)
+        sys.exit(0)
     args = [a for a in sys.argv[1:] if a not in flags]
+    unknown = [a for a in args if a.startswith("-")]
+    if unknown or len(args) > 1:
+        sys.exit(f"bench_store.py: unexpected arguments {unknown or args[1:]}; "
+                 f"usage: python benchmarks/bench_store.py [DIR] [{' | '.join(flags)}]")
+    if args and not os.path.isdir(args[0]):
+        sys.exit(f"bench_store.py: {args[0]!r} is not a directory (DIR: where to write)")
     if "--first-only" in sys.argv:
         torch.set_num_threads(1)
         print(f"load average {load_average()}")
