@@ -179,7 +179,7 @@ def test_c_entry_point_allocates_the_digests_when_out_is_none():
     # live result is never handed out again.
     held = [hash_tensor(torch.full((5, 7), float(i))) for i in range(40)]
     again = [hash_tensor(torch.full((5, 7), float(i))) for i in range(40)]
-    assert all(torch.equal(a, b) for a, b in zip(held, again))
+    assert all(torch.equal(a, b) for a, b in zip(held, again, strict=True))
     assert len({bytes(h.numpy()) for h in held}) == 40
     with pytest.raises(ValueError, match="out=None needs a CPU x with at least one item"):
         torchcache_c._C.hash_into(torch.empty(0, 3), None)
