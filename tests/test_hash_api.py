@@ -167,6 +167,11 @@ def test_c_entry_point_validates_out():
         torchcache_c._C.hash_into(x, torch.empty(3, 2, dtype=torch.int64), -3)
 
 
+def test_devices_other_than_cpu_and_cuda_are_refused():
+    with pytest.raises(ValueError, match="supports CPU and CUDA tensors, not meta"):
+        hash_tensor(torch.empty(2, 3, device="meta"))
+
+
 def test_c_entry_point_allocates_the_digests_when_out_is_none():
     # hash_tensor's CPU path: the digests come back in a new buffer, as a capsule.
     x = torch.randn(5, 7)

@@ -76,16 +76,12 @@ def hash_tensor(x: torch.Tensor, *, subsample_count: Optional[int] = None) -> to
         if x.is_conj() or x.is_neg():
             x = x.resolve_conj().resolve_neg()
         return _from_capsule(_C.hash_into(x, None, count, 0, torch.get_num_threads()))
-    x = _prepare(x)
+    if not (x.is_cpu or x.is_cuda):
+        raise ValueError(f"hash_tensor() supports CPU and CUDA tensors, not {x.device.type}")
     out = torch.empty((x.shape[0], 2), dtype=torch.int64)
     if x.shape[0] == 0:
         return out
-    if x.device.type == "cuda":
-        return _hash_cuda(x, out, count)
-    if x.device.type != "cpu":
-        raise ValueError(f"hash_tensor() supports CPU and CUDA tensors, not {x.device.type}")
-    _C.hash_into(_to_dlpack(x), _to_dlpack(out), count, 0, torch.get_num_threads())
-    return out
+    return _hash_cuda(_prepare(x), out, count)
 
 
 def _hash_cuda(x: torch.Tensor, out: torch.Tensor, count: int) -> torch.Tensor:
