@@ -18,6 +18,7 @@
 #include "call.h"
 #include "dlpack.h"
 #include "hash.h"
+#include "le_bytes.h"
 #include "store.h"
 #include "store_module.h"
 
@@ -54,13 +55,6 @@ static int is_host(const tc_view *v)
     return dev == TC_DL_CPU || dev == TC_DL_CUDA_HOST;
 }
 
-static uint64_t load_le64(const unsigned char *p)
-{
-    uint64_t x = 0;
-    for (int i = 7; i >= 0; i--)
-        x = x << 8 | p[i];
-    return x;
-}
 
 /* ---- the arguments every entry point checks ---------------------------------- */
 
@@ -106,7 +100,7 @@ static int digest_words(PyObject *obj, const char *what, Py_ssize_t count, uint6
     }
     const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(obj);
     for (Py_ssize_t i = 0; i < 2 * count; i++)
-        words[i] = load_le64(p + 8 * i);
+        words[i] = tc_get_le64(p + 8 * i);
     return 0;
 }
 

@@ -6,6 +6,7 @@
  * the CUDA engine are tested against, and the only path on other architectures.
  * It never allocates and never touches Python. */
 #include "hash_internal.h"
+#include "le_bytes.h"
 
 #include <string.h>
 
@@ -15,15 +16,6 @@ uint64_t tc_keys[TC_K_COUNT];
 uint64_t tc_lane_tail[TC_HASH_LANES + 1][2];
 uint64_t tc_block0_key[2];
 
-static inline uint64_t load_le64(const uint8_t *p)
-{
-    uint64_t w;
-    memcpy(&w, p, 8);
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    w = __builtin_bswap64(w);
-#endif
-    return w;
-}
 
 uint64_t tc_fmix64(uint64_t z)
 {
@@ -72,7 +64,7 @@ static void stripes_portable(const uint8_t *p, size_t nstripes, size_t s0,
         uint64_t ks2 = tc_keys[TC_K_STRIPE2 + s0 + s];
         const uint8_t *stripe = p + s * TC_HASH_STRIPE_BYTES;
         for (int j = 0; j < TC_HASH_LANES; j++) {
-            uint64_t w = load_le64(stripe + 8 * j);
+            uint64_t w = tc_get_le64(stripe + 8 * j);
             a[j] += w + mul_lo_hi(w ^ tc_keys[TC_K_LANE1 + j] ^ ks1);
             c[j] += mul_lo_hi(w ^ tc_keys[TC_K_LANE2 + j] ^ ks2);
         }
@@ -103,7 +95,7 @@ static void block1_portable(const uint8_t *stripe, size_t lanes, uint64_t h[2])
 {
     uint64_t h1 = tc_lane_tail[lanes][0], h2 = tc_lane_tail[lanes][1];
     for (size_t j = 0; j < lanes; j++) {
-        uint64_t w = load_le64(stripe + 8 * j);
+        uint64_t w = tc_get_le64(stripe + 8 * j);
         uint64_t a = tc_keys[TC_K_IV1 + j] + w +
                      mul_lo_hi(w ^ tc_keys[TC_K_LANE1 + j] ^ tc_keys[TC_K_STRIPE1]);
         uint64_t c = tc_keys[TC_K_IV2 + j] +

@@ -28,6 +28,7 @@
 #include "store.h"
 #include "hash.h"
 #include "zstd_dl.h"
+#include "le_bytes.h"
 
 #include <assert.h>
 #include <dirent.h>
@@ -274,65 +275,41 @@ static void fault(tc_store *s, int kind, const char *fmt, ...)
 
 /* ---- bytes on disk: little-endian, whatever the host (docs/format.md, section 3) */
 
-static uint64_t get_le64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
-static uint32_t get_le32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static void put_le64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++, v >>= 8)
-        p[i] = (uint8_t)v;
-}
-
-static void put_le32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++, v >>= 8)
-        p[i] = (uint8_t)v;
-}
 
 /* The one pair that turns a header into its 128 bytes and back. */
 static void header_encode(const rec_header *h, uint8_t b[REC_HEADER_BYTES])
 {
-    put_le32(b, h->magic);
+    tc_put_le32(b, h->magic);
     b[4] = (uint8_t)h->version;
     b[5] = (uint8_t)(h->version >> 8);
     b[6] = h->ndim;
     b[7] = h->flags;
-    put_le64(b + 8, h->key0);
-    put_le64(b + 16, h->key1);
-    put_le64(b + 24, h->dtype_word);
-    put_le64(b + 32, h->raw_len);
-    put_le64(b + 40, h->stored_len);
-    put_le64(b + 48, h->payload_sum);
-    put_le64(b + 56, h->header_sum);
+    tc_put_le64(b + 8, h->key0);
+    tc_put_le64(b + 16, h->key1);
+    tc_put_le64(b + 24, h->dtype_word);
+    tc_put_le64(b + 32, h->raw_len);
+    tc_put_le64(b + 40, h->stored_len);
+    tc_put_le64(b + 48, h->payload_sum);
+    tc_put_le64(b + 56, h->header_sum);
     for (int d = 0; d < TC_STORE_MAX_NDIM; d++)
-        put_le64(b + 64 + 8 * d, (uint64_t)h->shape[d]);
+        tc_put_le64(b + 64 + 8 * d, (uint64_t)h->shape[d]);
 }
 
 static void header_decode(const uint8_t b[REC_HEADER_BYTES], rec_header *h)
 {
-    h->magic = get_le32(b);
+    h->magic = tc_get_le32(b);
     h->version = (uint16_t)(b[4] | b[5] << 8);
     h->ndim = b[6];
     h->flags = b[7];
-    h->key0 = get_le64(b + 8);
-    h->key1 = get_le64(b + 16);
-    h->dtype_word = get_le64(b + 24);
-    h->raw_len = get_le64(b + 32);
-    h->stored_len = get_le64(b + 40);
-    h->payload_sum = get_le64(b + 48);
-    h->header_sum = get_le64(b + 56);
+    h->key0 = tc_get_le64(b + 8);
+    h->key1 = tc_get_le64(b + 16);
+    h->dtype_word = tc_get_le64(b + 24);
+    h->raw_len = tc_get_le64(b + 32);
+    h->stored_len = tc_get_le64(b + 40);
+    h->payload_sum = tc_get_le64(b + 48);
+    h->header_sum = tc_get_le64(b + 56);
     for (int d = 0; d < TC_STORE_MAX_NDIM; d++)
-        h->shape[d] = (int64_t)get_le64(b + 64 + 8 * d);
+        h->shape[d] = (int64_t)tc_get_le64(b + 64 + 8 * d);
 }
 
 /* ---- checksums (docs/format.md, section 4) ---------------------------------- */
@@ -348,7 +325,7 @@ static uint64_t header_checksum(const rec_header *h, uint64_t segment_id, uint64
     uint64_t a = h->version == REC_VERSION_V1 ? HEADER_SEED
                                               : tc_fmix64(HEADER_SEED_V2 ^ segment_id) ^ offset;
     for (size_t i = 0; i < REC_HEADER_BYTES / 8; i++)
-        a = tc_fmix64(a ^ (i == 7 ? 0 : get_le64(b + 8 * i))) + GAMMA;
+        a = tc_fmix64(a ^ (i == 7 ? 0 : tc_get_le64(b + 8 * i))) + GAMMA;
     return a;
 }
 
@@ -1136,7 +1113,7 @@ static int resync_search(segment *g, window *w, uint64_t o, uint64_t budget, uin
         const uint8_t *b = win_get(g, w, o, REC_HEADER_BYTES, w->cap, fault_kind, errnum);
         if (b == NULL)
             break;
-        if (get_le32(b) == REC_MAGIC) {
+        if (tc_get_le32(b) == REC_MAGIC) {
             rec_header h;
             header_decode(b, &h);
             uint64_t total;

@@ -22,6 +22,7 @@
 #endif
 #include "store.h"
 #include "hash.h"
+#include "le_bytes.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -48,21 +49,6 @@
 
 _Static_assert(sizeof(tc_index_entry) == IDX_ENTRY_BYTES, "entries decode in place");
 
-static uint64_t get_le64(const uint8_t *p)
-{
-    uint64_t v;
-    memcpy(&v, p, sizeof(v));
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    v = __builtin_bswap64(v);
-#endif
-    return v;
-}
-
-static void put_le64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
 
 uint64_t tc_index_key_order(uint64_t key0, uint64_t key1)
 {
@@ -108,7 +94,7 @@ static uint64_t header_sum(const uint8_t b[IDX_HEADER_BYTES], uint64_t seg_id)
 {
     uint64_t a = tc_fmix64(IDX_HEADER_SEED ^ seg_id);
     for (int i = 0; i < 7; i++)
-        a = tc_fmix64(a ^ get_le64(b + 8 * i)) + IDX_GAMMA;
+        a = tc_fmix64(a ^ tc_get_le64(b + 8 * i)) + IDX_GAMMA;
     return a;
 }
 
@@ -176,21 +162,21 @@ long tc_index_read(const char *dir, const char *seg_name, const tc_index_segment
         bad = "short header";
         goto fail;
     }
-    if ((uint32_t)get_le64(hb) != IDX_MAGIC || ((get_le64(hb) >> 32) & 0xffff) != IDX_VERSION ||
-        (get_le64(hb) >> 48) != IDX_ENTRY_BYTES) {
+    if ((uint32_t)tc_get_le64(hb) != IDX_MAGIC || ((tc_get_le64(hb) >> 32) & 0xffff) != IDX_VERSION ||
+        (tc_get_le64(hb) >> 48) != IDX_ENTRY_BYTES) {
         bad = "bad magic, version or entry size";
         goto fail;
     }
-    if (header_sum(hb, seg->id) != get_le64(hb + 56)) {
+    if (header_sum(hb, seg->id) != tc_get_le64(hb + 56)) {
         bad = "header checksum mismatch";
         goto fail;
     }
-    head->seg_id = get_le64(hb + 8);
-    head->seg_ino = get_le64(hb + 16);
-    head->covered = get_le64(hb + 24);
-    head->count = get_le64(hb + 32);
-    head->corrupt = get_le64(hb + 40);
-    uint64_t sum = get_le64(hb + 48);
+    head->seg_id = tc_get_le64(hb + 8);
+    head->seg_ino = tc_get_le64(hb + 16);
+    head->covered = tc_get_le64(hb + 24);
+    head->count = tc_get_le64(hb + 32);
+    head->corrupt = tc_get_le64(hb + 40);
+    uint64_t sum = tc_get_le64(hb + 48);
     /* Bound to this segment: its name (the id), this file (the inode), and a
      * prefix that the file still holds (an index older than the segment covers
      * less; a segment shorter than the prefix is not the one indexed). */
@@ -227,7 +213,7 @@ long tc_index_read(const char *dir, const char *seg_name, const tc_index_segment
     tc_index_entry *e = (tc_index_entry *)(void *)buf;
     for (size_t i = 0; i < head->count; i++) {
         const uint8_t *p = buf + i * IDX_ENTRY_BYTES;
-        tc_index_entry v = {get_le64(p), get_le64(p + 8), get_le64(p + 16), get_le64(p + 24)};
+        tc_index_entry v = {tc_get_le64(p), tc_get_le64(p + 8), tc_get_le64(p + 16), tc_get_le64(p + 24)};
         if (v.offset % 64 != 0 || v.offset > head->covered - IDX_MIN_RECORD_BYTES ||
             v.raw_len > (UINT64_MAX >> 2)) {
             bad = "entry out of bounds";
@@ -289,21 +275,21 @@ int tc_index_write(const char *dir, const char *seg_name, const tc_index_head *h
     uint8_t *p = (uint8_t *)(void *)entries;
     for (size_t i = 0; i < n; i++) {
         tc_index_entry v = entries[i];
-        put_le64(p + i * IDX_ENTRY_BYTES, v.key0);
-        put_le64(p + i * IDX_ENTRY_BYTES + 8, v.key1);
-        put_le64(p + i * IDX_ENTRY_BYTES + 16, v.offset);
-        put_le64(p + i * IDX_ENTRY_BYTES + 24, v.raw_len);
+        tc_put_le64(p + i * IDX_ENTRY_BYTES, v.key0);
+        tc_put_le64(p + i * IDX_ENTRY_BYTES + 8, v.key1);
+        tc_put_le64(p + i * IDX_ENTRY_BYTES + 16, v.offset);
+        tc_put_le64(p + i * IDX_ENTRY_BYTES + 24, v.raw_len);
     }
     uint8_t hb[IDX_HEADER_BYTES];
-    put_le64(hb, (uint64_t)IDX_MAGIC | (uint64_t)IDX_VERSION << 32 |
+    tc_put_le64(hb, (uint64_t)IDX_MAGIC | (uint64_t)IDX_VERSION << 32 |
                      (uint64_t)IDX_ENTRY_BYTES << 48);
-    put_le64(hb + 8, head->seg_id);
-    put_le64(hb + 16, head->seg_ino);
-    put_le64(hb + 24, head->covered);
-    put_le64(hb + 32, head->count);
-    put_le64(hb + 40, head->corrupt);
-    put_le64(hb + 48, entries_sum(p, (uint64_t)n * IDX_ENTRY_BYTES));
-    put_le64(hb + 56, header_sum(hb, head->seg_id));
+    tc_put_le64(hb + 8, head->seg_id);
+    tc_put_le64(hb + 16, head->seg_ino);
+    tc_put_le64(hb + 24, head->covered);
+    tc_put_le64(hb + 32, head->count);
+    tc_put_le64(hb + 40, head->corrupt);
+    tc_put_le64(hb + 48, entries_sum(p, (uint64_t)n * IDX_ENTRY_BYTES));
+    tc_put_le64(hb + 56, header_sum(hb, head->seg_id));
     /* The temporary file's name is unpredictable and made with O_EXCL|O_NOFOLLOW,
      * so a planted link or file is never followed or overwritten; rename makes
      * the whole file appear at once (a reader sees the old index or the new). */
