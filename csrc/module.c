@@ -3,7 +3,8 @@
  *
  * It owns no algorithm: hashing is hash*.c, storage is store.c (bound in
  * store_module.c).  It never imports torch: tensors arrive through DLPack and
- * results are written into tensors the Python shim allocated. */
+ * results are written into tensors the Python shim allocated, or (hash_into with
+ * out=None) into a buffer of call.c's pool handed back as a DLPack capsule. */
 #include "dlpack.h"
 #include "hash.h"
 #include "cuda.h"
