@@ -55,7 +55,6 @@ static int is_host(const tc_view *v)
     return dev == TC_DL_CPU || dev == TC_DL_CUDA_HOST;
 }
 
-
 /* ---- the arguments every entry point checks ---------------------------------- */
 
 /* `want` positional arguments, the first a Store: the store's engine, or NULL with

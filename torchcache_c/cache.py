@@ -384,8 +384,8 @@ class ModuleCache:
         grad = torch.is_grad_enabled()
         if grad:
             self._check_grad(inputs)
-        if training or (_worker_unchecked and not self.persistent):  # _warn_useless's tests
-            self._warn_useless(training)
+        if training or (_worker_unchecked and not self.persistent):
+            self._warn_useless(training)  # (only when one of its warnings can apply)
         handle, ctx_hex, ctx_digest = self._context(context, device, grad, training)
         layout = handle.layouts.get(ctx_hex)
         if layout is None:
