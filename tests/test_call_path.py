@@ -408,3 +408,30 @@ def test_recycled_output_buffers_never_alias_a_live_output():
             for b, w in zip(batches, want, strict=True):
                 out = m(b)  # recycled buffers, released at once
                 assert torch.equal(out, w)
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_non_contiguous_outputs_are_stored_and_served_by_value(tmp_path, persistent):
+    # forward returns (B, D) views that are not contiguous (a transposed buffer and a
+    # strided slice): call_put takes contiguous rows only, so the shim copies them.
+    calls = []
+
+    @torchcache(persistent=persistent, persistent_cache_dir=str(tmp_path))
+    def f(x):
+        calls.append(len(x))
+        t = torch.empty(x.shape[1], x.shape[0])
+        t.copy_((x * 2).t())
+        return {"t": t.t(), "s": (x + 1).repeat_interleave(2, dim=1)[:, ::2]}
+
+    x = torch.randn(6, 5)
+    want = {"t": x * 2, "s": x + 1}
+    probe = f.__wrapped__(x)  # forward itself: both leaves are non-contiguous views
+    assert not (probe["t"].is_contiguous() or probe["s"].is_contiguous())
+    calls.clear()
+    first = f(x)
+    again = f(x)
+    part = f(torch.cat([x[:3], torch.randn(2, 5)]))
+    assert calls == [6, 2]
+    for name in want:
+        assert torch.equal(first[name], want[name]) and torch.equal(again[name], want[name])
+        assert torch.equal(part[name][:3], want[name][:3])
