@@ -176,8 +176,10 @@ def _extension() -> Extension:
     compile_args = ["-O3", "-std=c11", "-fvisibility=hidden"]
     link_args = []
     if os.environ.get("TORCHCACHE_C_SANITIZE") == "1":
+        # -fno-wrapv: CPython's CFLAGS carry -fwrapv, which makes signed overflow
+        # defined and hides it from UBSan; the C core must not rely on it.
         san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
-               "-fno-omit-frame-pointer", "-O1", "-g"]
+               "-fno-wrapv", "-fno-omit-frame-pointer", "-O1", "-g"]
         compile_args += san
         link_args += san
     return Extension(

@@ -46,6 +46,17 @@ static void stripes_avx512(const uint8_t *p, size_t nstripes, size_t s0,
     }
 }
 
+/* The sum of the eight 64-bit lanes modulo 2^64.  Not _mm512_reduce_add_epi64:
+ * gcc's header adds the lanes as signed long long, which is undefined on
+ * overflow (UBSan reports it wherever -fwrapv is not given, as in the store and
+ * fuzz harnesses); the vector adds below and the final add are unsigned. */
+static inline uint64_t sum_lanes(__m512i v)
+{
+    __m256i s4 = _mm256_add_epi64(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+    __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(s4), _mm256_extracti128_si256(s4, 1));
+    return (uint64_t)_mm_cvtsi128_si64(s2) + (uint64_t)_mm_extract_epi64(s2, 1);
+}
+
 static inline __m512i fmix64x8(__m512i z)
 {
     const __m512i m1 = _mm512_set1_epi64((long long)0xff51afd7ed558ccdULL);
@@ -69,8 +80,8 @@ static void finish_avx512(const uint64_t a[TC_HASH_LANES], const uint64_t c[TC_H
         h1 = _mm512_add_epi64(h1, fmix64x8(_mm512_xor_si512(av, f1)));
         h2 = _mm512_add_epi64(h2, _mm512_xor_si512(cv, f2));
     }
-    h[0] = (uint64_t)_mm512_reduce_add_epi64(h1);
-    h[1] = (uint64_t)_mm512_reduce_add_epi64(h2);
+    h[0] = sum_lanes(h1);
+    h[1] = sum_lanes(h2);
 }
 
 static void finish_v1_avx512(const uint64_t a[TC_HASH_LANES], const uint64_t c[TC_HASH_LANES],
@@ -85,8 +96,8 @@ static void finish_v1_avx512(const uint64_t a[TC_HASH_LANES], const uint64_t c[T
         h1 = _mm512_add_epi64(h1, fmix64x8(_mm512_add_epi64(av, fmix64x8(_mm512_xor_si512(cv, f1)))));
         h2 = _mm512_add_epi64(h2, fmix64x8(_mm512_add_epi64(cv, fmix64x8(_mm512_xor_si512(av, f2)))));
     }
-    h[0] = (uint64_t)_mm512_reduce_add_epi64(h1);
-    h[1] = (uint64_t)_mm512_reduce_add_epi64(h2);
+    h[0] = sum_lanes(h1);
+    h[1] = sum_lanes(h2);
 }
 
 const tc_hash_kernels tc_kernels_avx512 = {
