@@ -186,6 +186,14 @@ def _extension() -> Extension:
         "torchcache_c._C",
         sources=sources,
         include_dirs=[str(CSRC)],
+        # build_ext relinks only when a source or one of these is newer than the
+        # extension: the headers, and the SIMD files, which BuildExt compiles into
+        # extra objects that its check does not look at (an edit to one of them
+        # alone left the old kernel in place).
+        depends=sorted(
+            str(p.relative_to(ROOT)) for p in CSRC.glob("*")
+            if p.suffix == ".h" or p.name in SIMD_SOURCES
+        ),
         define_macros=[("TC_VERSION", f'"{VERSION}"'), ("_GNU_SOURCE", "1")],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
