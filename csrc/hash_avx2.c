@@ -656,8 +656,8 @@ static inline __attribute__((always_inline)) void items_run(const uint8_t *base,
     }
 }
 
-void tc_items1_avx2(const uint8_t *base, ptrdiff_t stride, size_t n, size_t bytes,
-                    const uint64_t md[2], uint64_t *out)
+static void tc_items1_avx2(const uint8_t *base, ptrdiff_t stride, size_t n, size_t bytes,
+                           const uint64_t md[2], uint64_t *out)
 {
     /* Registers of four lanes that hold data; the lanes after them read only
      * padding and come from tc_lane_tail. */
@@ -706,8 +706,8 @@ void tc_items1_avx2(const uint8_t *base, ptrdiff_t stride, size_t n, size_t byte
 #undef TC_ITEMS1_CASE
 }
 
-void tc_itemsN_avx2(const uint8_t *base, ptrdiff_t stride, size_t n, size_t bytes,
-                    const uint64_t md[2], uint64_t *out)
+static void tc_itemsN_avx2(const uint8_t *base, ptrdiff_t stride, size_t n, size_t bytes,
+                           const uint64_t md[2], uint64_t *out)
 {
     itemsN_ctx C;
     C.bytes = bytes;

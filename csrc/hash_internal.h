@@ -105,10 +105,6 @@ void tc_block1_avx2(const uint8_t *stripe, size_t lanes, uint64_t h[2]);
 void tc_short_block_avx2(const uint8_t *p, size_t full, const uint8_t *last, uint64_t h[2]);
 void tc_items_final_avx2(size_t n, const uint64_t *in, const uint64_t *kb, const uint64_t md[2],
                          uint64_t *out);
-void tc_items1_avx2(const uint8_t *base, ptrdiff_t stride, size_t n, size_t bytes,
-                    const uint64_t md[2], uint64_t *out);
-void tc_itemsN_avx2(const uint8_t *base, ptrdiff_t stride, size_t n, size_t bytes,
-                    const uint64_t md[2], uint64_t *out);
 #endif
 
 /* The kernels in use (hash_dispatch.c); one atomic load.  A caller loads them

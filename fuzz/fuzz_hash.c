@@ -9,11 +9,13 @@
  *   - the digest depends on the logical elements only: the strided item and a
  *     compact row-major copy of it hash alike (docs/hash.md, section 1);
  *   - tc_hash_batch (one and two threads, at every level) gives each item's
- *     portable tc_hash_item digest; its batches of 17, 11 and 6 items take every
- *     path of the kernels' item finish (AVX2: a group of 12, one of 4, then one
- *     item alone) and of items1 and itemsN (passes of four groups of four, fewer
- *     groups, a remainder of 1 to 3 items).  The items lie back to back, the last
- *     at the end of its buffer, so ASan sees a read past an item. */
+ *     portable tc_hash_item digest; its batches of 37, 17, 11 and 6 items take
+ *     every path of the kernels' item finish (AVX2: a group of 12, one of 4, then
+ *     one item alone) and of items1 and itemsN (AVX2: passes of four groups of
+ *     four, fewer groups, a remainder of 1 to 3 items; AVX-512: a pass of four
+ *     groups of eight, fewer groups, a remainder of 1, 3, 5 or 6 items).  The
+ *     items lie back to back, the last at the end of its buffer, so ASan sees a
+ *     read past an item. */
 #include "hash.h"
 
 #include <stdint.h>
@@ -22,7 +24,7 @@
 #include <string.h>
 
 #define MAX_DIMS 4
-#define NITEMS 17
+#define NITEMS 37
 /* Bytes of the physical buffer an input may ask for (keeps each run fast). */
 #define MAX_BUFFER_BYTES (1u << 18)
 
@@ -189,12 +191,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         want[2 * i] = d.d1;
         want[2 * i + 1] = d.d2;
     }
-    /* The first 17, 11 and 6 items: whole passes of four groups of four, fewer
-     * groups, and groups plus a remainder of 1, 3 and 2 items (items1, itemsN). */
-    static const int counts[] = {NITEMS, 11, 6};
+    /* The first 37, 17, 11 and 6 items (items1, itemsN): AVX2's whole passes of
+     * four groups of four, fewer groups, and groups plus a remainder of 1, 1, 3
+     * and 2 items; AVX-512's pass of four groups of eight plus 5 items, two
+     * groups plus 1, one plus 3, and 6 items alone. */
+    static const int counts[] = {NITEMS, 17, 11, 6};
     for (int level = TC_SIMD_PORTABLE; level <= best; level++) {
         check(tc_hash_simd_force(level) == 0, "cannot force a level below the best");
-        for (int c = 0; c < 3; c++) {
+        for (size_t c = 0; c < sizeof(counts) / sizeof(counts[0]); c++) {
             batch.batch = counts[c];
             for (int threads = 1; threads <= 2; threads++) {
                 check(tc_hash_batch(&batch, l.sample_count, threads, digests) == 0,

@@ -31,7 +31,8 @@ ITEMSN_BYTES = [257, 259, 263, 264, 287, 300, 320, 384, 448, 511, 512, 513, 640,
 # groups of 12 (8 in registers, 4 in scalars), then groups of 4, then one at a time;
 # AVX2's one-stripe items (items1) and items of 2..16 stripes (itemsN) take passes
 # of 16 items (4 groups of 4), then groups of 4, then a group of four whose
-# missing items repeat the last one.
+# missing items repeat the last one; AVX-512's take passes of 32 items (4 groups
+# of 8), then groups of 8, then one group of 8 whose missing items are zeros.
 BATCHES = [1, 3, 4, 5, 7, 8, 9, 11, 12, 13, 15, 16, 17, 23, 24, 25, 28, 31, 32, 33, 47, 48,
            49, 65]
 
@@ -110,6 +111,38 @@ def test_multi_stripe_items_of_views_match_portable(simd, nbytes):
     got = hash_tensor(same)
     assert torch.equal(got, _portable_one_by_one(same, simd))
     assert len({tuple(r) for r in got.tolist()}) == 1
+
+
+# The AVX-512 item kernels (items1, itemsN) hash eight items side by side, each
+# item's lanes eight to a zmm register, the last register that holds data read by
+# a masked load: every item length of 1..600 bytes (every end of an item inside a
+# register of eight words, in one stripe, two and three), and the edges of 3..17
+# stripes.
+AVX512_ITEM_BYTES = [*range(1, 601), 767, 768, 769, 1023, 1024, 1025, 2047, 3071, 3072, 3073,
+                     3839, 3841, 4095, 4096, 4097]
+
+
+@pytest.mark.skipif("avx512" not in SIMD_LEVELS, reason="this CPU has no AVX-512F/DQ")
+def test_avx512_item_kernels_match_portable_at_every_size_and_remainder():
+    # Batches of 1..17 items (no group of eight, one, two, and every remainder),
+    # laid out three ways: back to back with the last item ending where the buffer
+    # ends, rows of a wider buffer (batch stride != item length; the last item
+    # ends at the buffer's end too), and one item repeated at one address (stride
+    # 0).  Each at the AVX-512 level against the same batch at the portable one.
+    g = torch.Generator().manual_seed(512)
+    try:
+        for nbytes in AVX512_ITEM_BYTES:
+            wide = torch.randint(0, 256, (17, nbytes + 24), generator=g, dtype=torch.uint8)
+            for batch in range(1, 18):
+                for x in (wide[:batch, :nbytes].contiguous(), wide[17 - batch:, 24:],
+                          wide[3, :nbytes].expand(batch, nbytes)):
+                    _C._set_simd("avx512")
+                    got = hash_tensor(x)
+                    _C._set_simd("portable")
+                    want = hash_tensor(x)
+                    assert torch.equal(got, want), (nbytes, batch, x.stride())
+    finally:
+        _C._set_simd(build_info()["simd_best"])
 
 
 def test_multi_stripe_padding_is_not_data(simd):
