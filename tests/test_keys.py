@@ -268,6 +268,25 @@ def test_library_code_counts_by_distribution_version():
     assert _origin_of(json.dumps) is not None  # standard library
 
 
+def test_distribution_token_is_name_version_and_record_digest():
+    """The token of installed library code: the distribution's name, version and a
+    digest of its RECORD (so a reinstall with other files under the same version
+    counts), read once per process; a package whose top-level name is not its
+    distribution's is found through the installed metadata."""
+    import hashlib
+    import importlib.metadata
+
+    from torchcache_c.keys import _dist_token, _distributions_of
+
+    dist = importlib.metadata.distribution("torch")
+    digest = hashlib.blake2b(dist.read_text("RECORD").encode(), digest_size=8).hexdigest()
+    assert _dist_token("torch") == f"dist:torch=={dist.version}#{digest}"
+    assert _distributions_of("torch") == ("torch",)
+    assert _distributions_of("_pytest") == ("pytest",)  # top level `_pytest`, dist pytest
+    assert _dist_token("no-such-distribution-tc") == "dist:no-such-distribution-tc==?"
+    assert _distributions_of("no_such_package_tc") == ()
+
+
 def test_memory_address_repr_warns_and_is_keyed_by_content(caplog, monkeypatch):
     from torchcache_c import keys
 

@@ -113,19 +113,32 @@ def _all_distributions() -> Dict[str, List[str]]:
 
 
 @functools.lru_cache(maxsize=None)
+def _installed(name: str) -> Optional[Tuple[str, str, str, str]]:
+    """(Name, Version, RECORD, top_level.txt) of the installed distribution `name`, or
+    None.  Read once per process: torch's RECORD is 1.4 MB, and importlib.metadata
+    re-reads and re-parses a file at every access (reading it once for the package test
+    and once for the token, and METADATA twice, cost ~10 ms of a process's first call)."""
+    try:
+        dist = importlib.metadata.distribution(name)
+        meta = dist.metadata
+        return (meta["Name"], meta["Version"], dist.read_text("RECORD") or "",
+                dist.read_text("top_level.txt") or "")
+    except (importlib.metadata.PackageNotFoundError, OSError, KeyError):
+        return None
+
+
+@functools.lru_cache(maxsize=None)
 def _distributions_of(top: str) -> Tuple[str, ...]:
     """The installed distributions that provide top-level package `top`.  Tries the
     distribution named like the package first (torch, transformers, numpy): scanning
     every installed distribution's metadata costs a quarter of a second in a large
     environment, one lookup by name a millisecond."""
-    try:
-        dist = importlib.metadata.distribution(top)
-        provided = (dist.read_text("top_level.txt") or "").split()
-        record = dist.read_text("RECORD") or ""
-        if top in provided or f"\n{top}/" in "\n" + record or f"\n{top}.py," in "\n" + record:
-            return (dist.metadata["Name"],)
-    except (importlib.metadata.PackageNotFoundError, OSError, KeyError):
-        pass
+    found = _installed(top)
+    if found is not None:
+        name, _, record, top_level = found
+        if (top in top_level.split() or record.startswith((f"{top}/", f"{top}.py,"))
+                or f"\n{top}/" in record or f"\n{top}.py," in record):
+            return (name,)
     return tuple(sorted(_all_distributions().get(top, [])))
 
 
@@ -133,13 +146,11 @@ def _distributions_of(top: str) -> Tuple[str, ...]:
 def _dist_token(dist_name: str) -> str:
     """name==version and a digest of the RECORD file (hashes of every installed file),
     so that a reinstall with other contents under the same version still counts."""
-    try:
-        dist = importlib.metadata.distribution(dist_name)
-    except importlib.metadata.PackageNotFoundError:
+    found = _installed(dist_name)
+    if found is None:
         return f"dist:{dist_name}==?"
-    record = dist.read_text("RECORD") or ""
-    digest = hashlib.blake2b(record.encode(), digest_size=8).hexdigest()
-    return f"dist:{dist_name}=={dist.version}#{digest}"
+    digest = hashlib.blake2b(found[2].encode(), digest_size=8).hexdigest()
+    return f"dist:{dist_name}=={found[1]}#{digest}"
 
 
 _PYTHON = "python:" + sys.version.split()[0]
