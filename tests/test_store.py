@@ -243,7 +243,11 @@ def test_four_processes_writing_overlapping_keys_lose_nothing(tmp_path):
     pids = [fork_writer(str(tmp_path), p * 100, 300, 16, 300) for p in range(4)]
     for pid in pids:
         assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
-    assert len(segments(tmp_path)) == 4
+    # Writers 0 and 3 each hold 100 keys no other writer has, so each made a segment.
+    # Writers 1 and 2 may find every key of theirs stored already (refresh_ms=0) if
+    # they run late; a put that stores nothing makes no file.  CI on a loaded 2-core
+    # machine once saw three segments.
+    assert 2 <= len(segments(tmp_path)) <= 4
     store = Store(str(tmp_path))
     assert check_served(store, keys_for(range(600)), 300) == 600
     assert store.stats()["records"] == 600
