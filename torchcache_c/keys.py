@@ -113,16 +113,23 @@ def _all_distributions() -> Dict[str, List[str]]:
 
 
 @functools.lru_cache(maxsize=None)
-def _installed(name: str) -> Optional[Tuple[str, str, str, str]]:
-    """(Name, Version, RECORD, top_level.txt) of the installed distribution `name`, or
-    None.  Read once per process: torch's RECORD is 1.4 MB, and importlib.metadata
-    re-reads and re-parses a file at every access (reading it once for the package test
-    and once for the token, and METADATA twice, cost ~10 ms of a process's first call)."""
+def _installed(name: str) -> Optional[Tuple[str, str, str, bool]]:
+    """(Name, Version, RECORD digest, whether it installs a top-level package or
+    module named `name`) of the installed distribution `name`, or None.  Read once
+    per process and only this much kept: torch's RECORD is 1.4 MB, and
+    importlib.metadata re-reads and re-parses a file at every access (the package
+    test and the token each reading it, and METADATA parsed twice, cost ~10 ms of a
+    process's first call)."""
     try:
         dist = importlib.metadata.distribution(name)
         meta = dist.metadata
-        return (meta["Name"], meta["Version"], dist.read_text("RECORD") or "",
-                dist.read_text("top_level.txt") or "")
+        record = dist.read_text("RECORD") or ""
+        top_level = dist.read_text("top_level.txt") or ""
+        provides = (name in top_level.split()
+                    or record.startswith((f"{name}/", f"{name}.py,"))
+                    or f"\n{name}/" in record or f"\n{name}.py," in record)
+        digest = hashlib.blake2b(record.encode(), digest_size=8).hexdigest()
+        return meta["Name"], meta["Version"], digest, provides
     except (importlib.metadata.PackageNotFoundError, OSError, KeyError):
         return None
 
@@ -134,11 +141,8 @@ def _distributions_of(top: str) -> Tuple[str, ...]:
     every installed distribution's metadata costs a quarter of a second in a large
     environment, one lookup by name a millisecond."""
     found = _installed(top)
-    if found is not None:
-        name, _, record, top_level = found
-        if (top in top_level.split() or record.startswith((f"{top}/", f"{top}.py,"))
-                or f"\n{top}/" in record or f"\n{top}.py," in record):
-            return (name,)
+    if found is not None and found[3]:
+        return (found[0],)
     return tuple(sorted(_all_distributions().get(top, [])))
 
 
@@ -149,8 +153,7 @@ def _dist_token(dist_name: str) -> str:
     found = _installed(dist_name)
     if found is None:
         return f"dist:{dist_name}==?"
-    digest = hashlib.blake2b(found[2].encode(), digest_size=8).hexdigest()
-    return f"dist:{dist_name}=={found[1]}#{digest}"
+    return f"dist:{dist_name}=={found[1]}#{found[2]}"
 
 
 _PYTHON = "python:" + sys.version.split()[0]
