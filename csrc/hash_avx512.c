@@ -474,8 +474,6 @@ static void itemsN_avx512(const uint8_t *base, ptrdiff_t stride, size_t n, size_
     }
     /* A register of the last stripe that reads only zero padding (w = 0) adds
      * the same product to every item's accumulators: it starts there. */
-    if (!rest)
-        C.data_regs = 0;
     for (int r = rest ? C.data_regs : 4; r < 4; r++) {
         __m512i x1 = C.k1[C.full][r], x2 = C.k2[C.full][r];
         C.iv1[r] = _mm512_add_epi64(C.iv1[r], _mm512_mul_epu32(x1, _mm512_srli_epi64(x1, 32)));
