@@ -15,7 +15,16 @@
           in the CPU's L2/L3; the epoch steady state is the other reference: the
           median call of a warm process's third pass over all 16,384 records in
           batches of 256 (each call reads records last read 63 calls ago, out of
-          the CPU caches, as a training epoch does);
+          the CPU caches, as a training epoch does).  The floor, in its own fresh
+          process alternated with the store's: pread_floor.c (built here with $CC,
+          cc or gcc; skipped without one) reads the file front to back as the
+          store's open does, then the same records as the two calls with one
+          preadv each (header, payload into its row) and nothing else: its own
+          first/warm is what reading these records costs the first time against
+          the tenth on this machine, with no store at all; store/floor says what
+          the store adds.  The same program with "mmap" copies the records out of
+          a mapping of the file made present with MAP_POPULATE (what the store
+          does not do: a file cut short under a mapping raises SIGBUS);
   put:    64 items of 1 MiB appended to a directory, vs os.write of the same bytes;
           and 256 records of 3 KB per call (the shape of a training batch), vs one
           os.write of the same bytes per call;
@@ -39,8 +48,10 @@
           triggers a refresh), its ratio to the 1-segment miss, the reader's extra
           descriptors, records served.
   Targets (issues 11 and 12): open <= 1 s, miss <= 5 ms growing linearly, extra
-  fds <= 2 and every record served at 10,000 segments; first gather <= 2x warm;
-  open of 1M records <= 0.1 s.
+  fds <= 2 and every record served at 10,000 segments; first gather <= 2x warm
+  (read against the floor's own first/warm: no reader that copies the records
+  out of the page cache can have a lower ratio than the floor); open of 1M
+  records <= 0.1 s.
 
 Usage: python benchmarks/bench_store.py [DIR] [--segments-only | --open-only | --arena-only |
                                                    --first-only]
@@ -52,6 +63,7 @@ from __future__ import annotations
 import mmap
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -61,7 +73,7 @@ import time
 import torch
 from _machine import cpu_description, load_average
 
-from torchcache_c._C import Store
+from torchcache_c._C import Store, parse_record
 
 
 def best(f, n: int) -> float:
@@ -170,13 +182,59 @@ def evict(path: str) -> None:
         os.close(fd)
 
 
+def build_pread_floor() -> str | None:
+    """Compiles pread_floor.c next to nothing of ours (a temporary directory); None
+    (and a line saying why) where there is no C compiler."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pread_floor.c")
+    exe = os.path.join(tempfile.mkdtemp(), "pread_floor")
+    if cc is not None:
+        out = subprocess.run([cc, "-O2", "-o", exe, src], capture_output=True, text=True)
+        if out.returncode == 0:
+            return exe
+        print(f"pread floor: {cc} could not build {src}:\n{out.stderr}")
+    else:
+        print("pread floor: skipped (no C compiler: set CC)")
+    return None
+
+
+def floor_places(d: str, seed: int) -> str:
+    """pread_floor's input: the places of the records that FIRST_GATHER_CHILD's two
+    batches (seeds seed and 1000 + seed) read, found by walking the segment."""
+    (name,) = [n for n in os.listdir(d) if n.startswith("seg-")]
+    with open(os.path.join(d, name), "rb") as f:
+        buf = f.read()
+    at, pos = {}, 0
+    while pos < len(buf):
+        k0, _, _, _, length, _ = parse_record(buf, name, pos, pos, payload=False)
+        at[k0] = (pos, length)
+        pos += length
+    lines = []
+    for s in (seed, 1000 + seed):
+        ids = torch.randperm(16384, generator=torch.Generator().manual_seed(s))[:256]
+        lines.append(str(len(ids)))
+        lines += [f"{at[i][0]} {at[i][1]}" for i in ids.tolist()]
+    return "\n".join(lines) + "\n"
+
+
 def bench_first_gather(root: str) -> None:
     d = tempfile.mkdtemp(dir=root)
     with Store(d) as w:
         w.put(keys(0, 16384), torch.randn(16384, 768))
+    floor_exe = build_pread_floor()
+    (segment,) = [os.path.join(d, n) for n in os.listdir(d) if n.startswith("seg-")]
     for label in ("page cache warm", "pages evicted"):
         runs, calls = [], []
+        floors: dict = {"preadv": [], "mmap": []}
         for seed in range(5):
+            for way, extra in (("preadv", []), ("mmap", ["mmap"])):
+                if floor_exe is None:
+                    break
+                if label == "pages evicted":
+                    evict(d)
+                out = subprocess.run([floor_exe, segment, *extra], input=floor_places(d, seed),
+                                     check=True, capture_output=True, text=True).stdout
+                floors[way].append([float(x) for x in out.split()])
             if label == "pages evicted":
                 evict(d)
             out = subprocess.run([sys.executable, "-c", FIRST_GATHER_CHILD, d, str(seed)],
@@ -202,6 +260,18 @@ def bench_first_gather(root: str) -> None:
               f"{cw * 1e6:6.1f} us   first/warm {cf / cw:5.2f}   first touch/warm "
               f"{ct / cw:5.2f}   (binding's first call, a key not held: {cb * 1e6:6.1f} us; "
               f"median of {len(calls)} processes)")
+        for way, rows in floors.items():
+            if not rows:
+                continue
+            pf, pt, pw = (sorted(r[i] for r in rows)[len(rows) // 2] for i in range(3))
+            what = ("the floor" if way == "preadv" else
+                    "a memcpy out of a populated mapping, which the store does not do: SIGBUS")
+            print(f"fresh process [{label}] {way} (C, the same records, no store: "
+                  f"pread_floor.c; {what}): first call {pf * 1e6:7.1f} us, first touch of other "
+                  f"records {pt * 1e6:7.1f} us, warm {pw * 1e6:6.1f} us   first/warm "
+                  f"{pf / pw:5.2f}   first touch/warm {pt / pw:5.2f}   store / this: first call "
+                  f"{f / pf:5.2f}, first touch {t / pt:5.2f}, warm {w / pw:5.2f} (median of "
+                  f"{len(rows)} processes)")
 
 
 def bench_own_first_use(root: str) -> None:
