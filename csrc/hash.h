@@ -75,6 +75,13 @@ typedef struct {
  * memory could not be had (digests are then unspecified). */
 int tc_hash_batch(const tc_batch *x, uint64_t sample_count, int threads, uint64_t *digests);
 
+/* Whose threads tc_hash_batch runs on: the path of the process's OpenMP runtime
+ * (torch's libgomp) where one is loaded and usable, else "pthreads". */
+const char *tc_hash_threads_runtime(void);
+/* allow = 0: threads of our own even where an OpenMP runtime is loaded (tests,
+ * and a way out); returns the previous setting. */
+int tc_hash_threads_allow_openmp(int allow);
+
 /* Constants shared with the CUDA engine. */
 uint64_t tc_hash_key(uint64_t index);
 uint64_t tc_fmix64(uint64_t z);

@@ -214,11 +214,36 @@ static PyObject *py_set_simd(PyObject *self, PyObject *arg)
     return NULL;
 }
 
+PyDoc_STRVAR(threads_runtime_doc,
+"_threads_runtime(allow_openmp=None)\n--\n\n"
+"Whose threads hashing with threads > 1 runs on in this process: the path of\n"
+"the OpenMP runtime it shares with torch, or 'pthreads' (threads of its own,\n"
+"made for each call).  allow_openmp=False makes it use its own threads even\n"
+"where a runtime is loaded (True: back to the default).  For tests and\n"
+"benchmarks.");
+
+static PyObject *py_threads_runtime(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"allow_openmp", NULL};
+    PyObject *allow = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:_threads_runtime", kwlist, &allow))
+        return NULL;
+    if (allow != Py_None) {
+        int on = PyObject_IsTrue(allow);
+        if (on < 0)
+            return NULL;
+        tc_hash_threads_allow_openmp(on);
+    }
+    return PyUnicode_DecodeFSDefault(tc_hash_threads_runtime());
+}
+
 static PyMethodDef module_methods[] = {
     {"hash_into", (PyCFunction)(void (*)(void))py_hash_into, METH_VARARGS | METH_KEYWORDS,
      hash_into_doc},
     {"build_info", py_build_info, METH_NOARGS, build_info_doc},
     {"_set_simd", py_set_simd, METH_O, set_simd_doc},
+    {"_threads_runtime", (PyCFunction)(void (*)(void))py_threads_runtime,
+     METH_VARARGS | METH_KEYWORDS, threads_runtime_doc},
     {NULL, NULL, 0, NULL},
 };
 

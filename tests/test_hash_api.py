@@ -1,5 +1,10 @@
 """hash_tensor's contract: shape, invariances, dtypes and errors."""
 
+import os
+import subprocess
+import sys
+import threading
+
 import pytest
 import torch
 
@@ -200,9 +205,34 @@ def test_build_info_describes_the_build():
     assert info["hash"] == "tch128-v2"
 
 
+def _openmp_loaded():
+    """The path of the OpenMP runtime this process has loaded (torch's), or None."""
+    names = ("libgomp", "libiomp5", "libomp")
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            path = line.split()[-1] if len(line.split()) >= 6 else ""
+            if os.path.basename(path).startswith(names):
+                return path
+    return None
+
+
+@pytest.fixture(params=["openmp", "pthreads"])
+def threads_runtime(request):
+    """Hashing's threads: the OpenMP team shared with torch, or threads of its own."""
+    torch.ones(1 << 20).sum()  # torch's OpenMP runtime is loaded and has run
+    if request.param == "openmp" and _openmp_loaded() is None:
+        pytest.skip("this torch build has no OpenMP runtime")
+    torchcache_c._C._threads_runtime(allow_openmp=request.param == "openmp")
+    try:
+        yield request.param
+    finally:
+        torchcache_c._C._threads_runtime(allow_openmp=True)
+
+
 @pytest.mark.parametrize("shape", [(1, 3_000_001), (7, 1_000_003), (300, 20_000)])
 @pytest.mark.parametrize("threads", [2, 3, 8])
-def test_threaded_batch_matches_one_thread(shape, threads):
+def test_threaded_batch_matches_one_thread(shape, threads, threads_runtime):
+    assert (torchcache_c._C._threads_runtime() == "pthreads") == (threads_runtime == "pthreads")
     x = torch.randint(0, 256, shape, dtype=torch.uint8)
     one = torch.empty(shape[0], 2, dtype=torch.int64)
     many = torch.empty(shape[0], 2, dtype=torch.int64)
@@ -214,6 +244,103 @@ def test_threaded_batch_matches_one_thread(shape, threads):
     assert torch.equal(one, many)
     torchcache_c._C.hash_into(x, many, 1000, 0, threads)
     assert torch.equal(many, hash_tensor(x, subsample_count=1000))
+
+
+def test_threads_are_torchs_openmp_team_where_torch_has_one():
+    # A torch op has just run: libgomp's workers spin for a while after it, so threads
+    # of our own would wait for a core; its team is what the hash runs on instead.
+    torch.ones(1 << 20).sum()
+    path = _openmp_loaded()
+    if path is None:
+        pytest.skip("this torch build has no OpenMP runtime")
+    assert torchcache_c._C._threads_runtime() == path
+    assert torchcache_c._C._threads_runtime(allow_openmp=False) == "pthreads"
+    assert torchcache_c._C._threads_runtime(allow_openmp=True) == path
+
+
+_FORKED = """
+import os, signal, torch, torchcache_c
+x = torch.randint(0, 256, (3, 2_000_000), dtype=torch.uint8)
+one = torch.empty(3, 2, dtype=torch.int64)
+torchcache_c._C.hash_into(x, one, 0, 0, 1)
+torch.set_num_threads(2)
+torch.rand(4_000_000).sum()  # libgomp's team of 2 now exists in this process
+many = torch.empty(3, 2, dtype=torch.int64)
+torchcache_c._C.hash_into(x, many, 0, 0, 2)
+assert torch.equal(one, many)
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    # the team's threads were not copied: libgomp would wait for them for ever
+    signal.alarm(50)  # (so that a child that hangs does not outlive the test)
+    out = torch.empty(3, 2, dtype=torch.int64)
+    torchcache_c._C.hash_into(x, out, 0, 0, 2)
+    os.write(w, (torchcache_c._C._threads_runtime() + " " +
+                 str(torch.equal(out, one))).encode())
+    os._exit(0)
+os.close(w)
+print(os.read(r, 4096).decode(), os.waitpid(pid, 0)[1], torchcache_c._C._threads_runtime())
+"""
+
+
+def test_a_process_forked_after_torchs_threads_ran_hashes_on_threads_of_its_own():
+    out = subprocess.run([sys.executable, "-c", _FORKED], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    child_runtime, child_equal, status, parent_runtime = out.stdout.split()
+    assert (child_runtime, child_equal, status) == ("pthreads", "True", "0")
+    if _openmp_loaded() is not None:
+        assert parent_runtime != "pthreads"
+
+
+_SMALL_TEAM = """
+import torch, torchcache_c
+torch.ones(1 << 20).sum()
+x = torch.randint(0, 256, (5, 1_000_003), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+one, many = torch.empty(5, 2, dtype=torch.int64), torch.empty(5, 2, dtype=torch.int64)
+torchcache_c._C.hash_into(x, one, 0, 0, 1)
+torchcache_c._C.hash_into(x, many, 0, 0, 4)
+print(torchcache_c._C._threads_runtime(), torch.equal(one, many))
+"""
+
+
+def test_a_team_smaller_than_asked_for_still_hashes_every_block():
+    # OMP_THREAD_LIMIT=1: the runtime gives a team of one where four were asked for;
+    # the three workers that never run leave their blocks to the one that does.
+    if _openmp_loaded() is None:
+        pytest.skip("this torch build has no OpenMP runtime")
+    env = dict(os.environ, OMP_THREAD_LIMIT="1")
+    out = subprocess.run([sys.executable, "-c", _SMALL_TEAM], capture_output=True, text=True,
+                         env=env, timeout=120, check=True)
+    runtime, equal = out.stdout.split()
+    assert runtime != "pthreads" and equal == "True"
+
+
+def test_python_threads_hashing_at_once_each_get_their_digests(threads_runtime):
+    # Each Python thread's call starts a team of its own (the GIL is released).
+    gen = torch.Generator().manual_seed(9)
+    xs = [torch.randint(0, 256, (4, 1_300_000), dtype=torch.uint8, generator=gen)
+          for _ in range(4)]
+    want = [hash_tensor(x) for x in xs]  # (threads as torch has them)
+    for x, w in zip(xs, want):
+        one = torch.empty(4, 2, dtype=torch.int64)
+        torchcache_c._C.hash_into(x, one, 0, 0, 1)
+        assert torch.equal(one, w)
+    wrong = []
+
+    def hash_often(i):
+        out = torch.empty(4, 2, dtype=torch.int64)
+        for _ in range(10):
+            torchcache_c._C.hash_into(xs[i], out, 0, 0, 2)
+            if not torch.equal(out, want[i]):
+                wrong.append(i)
+
+    workers = [threading.Thread(target=hash_often, args=(i,)) for i in range(4)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert wrong == []
 
 
 @pytest.mark.filterwarnings("ignore:.*quantized tensor creation.*:UserWarning")
