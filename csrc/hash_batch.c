@@ -171,7 +171,7 @@ typedef int (*omp_int_fn)(void);
 static pthread_once_t omp_once = PTHREAD_ONCE_INIT;
 static gomp_parallel_fn omp_parallel;
 static omp_int_fn omp_thread_num;
-static char omp_path[256];
+static char omp_path[4096]; /* PATH_MAX: the name dl_iterate_phdr gives */
 static pid_t loaded_pid;
 static _Atomic int omp_allowed = 1;
 

@@ -296,7 +296,8 @@ def test_a_process_forked_after_torchs_threads_ran_hashes_on_threads_of_its_own(
 _SMALL_TEAM = """
 import torch, torchcache_c
 torch.ones(1 << 20).sum()
-x = torch.randint(0, 256, (5, 1_000_003), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+g = torch.Generator().manual_seed(4)
+x = torch.randint(0, 256, (5, 1_000_003), dtype=torch.uint8, generator=g)
 one, many = torch.empty(5, 2, dtype=torch.int64), torch.empty(5, 2, dtype=torch.int64)
 torchcache_c._C.hash_into(x, one, 0, 0, 1)
 torchcache_c._C.hash_into(x, many, 0, 0, 4)
@@ -322,7 +323,7 @@ def test_python_threads_hashing_at_once_each_get_their_digests(threads_runtime):
     xs = [torch.randint(0, 256, (4, 1_300_000), dtype=torch.uint8, generator=gen)
           for _ in range(4)]
     want = [hash_tensor(x) for x in xs]  # (threads as torch has them)
-    for x, w in zip(xs, want):
+    for x, w in zip(xs, want, strict=True):
         one = torch.empty(4, 2, dtype=torch.int64)
         torchcache_c._C.hash_into(x, one, 0, 0, 1)
         assert torch.equal(one, w)
